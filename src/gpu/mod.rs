@@ -1,0 +1,1 @@
+//! GPU backend over wgpu: WGSL kernels in `shaders/`, lazy command recording. (stub)

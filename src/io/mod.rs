@@ -1,0 +1,1 @@
+//! Image decoding and resizing, .npy output, colormaps and overlays, atomic writes. (stub)
