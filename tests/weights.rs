@@ -442,7 +442,12 @@ fn f16_and_bf16_convert_exactly() {
 /// Folded conv vs conv -> BN computed directly in f64 from the PyTorch tensors.
 #[test]
 fn batchnorm_folding_matches_direct_computation() {
-    for (eps_meta, eps) in [(None, 1e-5f64), (Some("0.001"), 1e-3), (Some("junk"), 1e-5)] {
+    for (eps_meta, eps) in [
+        (None, 1e-5f64),
+        (Some(("bn_eps", "0.001")), 1e-3),
+        (Some(("eps", "2e-4")), 2e-4),
+        (Some(("bn_eps", "junk")), 1e-5),
+    ] {
         let mut sd = random_state_dict(&small_spec(18));
         // A conv with its own bias too: b' = (b - mean) s + beta.
         let cout = find(&sd, "layer2.0.conv1.weight").1[0];
@@ -450,7 +455,7 @@ fn batchnorm_folding_matches_direct_computation() {
         sd.push(("layer2.0.conv1.bias".into(), vec![cout], cb.clone()));
         // Small variances make folding error visible.
         find_mut(&mut sd, "layer2.0.bn1.running_var").2[0] = 1e-3;
-        let meta: Vec<(&str, &str)> = eps_meta.map(|m| ("bn_eps", m)).into_iter().collect();
+        let meta: Vec<(&str, &str)> = eps_meta.into_iter().collect();
         let lw = from_bytes(&to_safetensors_bytes(&sd, Dtype::F32, "", &meta)).unwrap();
         assert_eq!(lw.bn_eps, eps as f32);
         let layer = &lw.net.stages[1][0].convs[0];

@@ -23,6 +23,7 @@
 
 use super::{Block, BlockKind, ConvLayer, Heads, ResNet};
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -173,19 +174,23 @@ fn fold_to_hwio(w: &[f64], scale: &[f64], cin: usize, cout: usize, k: usize) -> 
     let row = kk * cin;
     debug_assert_eq!(w.len(), row * cout);
     let mut out = vec![0f32; w.len()];
-    for o0 in (0..cout).step_by(T) {
-        let o1 = (o0 + T).min(cout);
-        for j0 in (0..row).step_by(T) {
-            for j in j0..(j0 + T).min(row) {
-                // dst column j = (y*k + x)*cin + i; src offset within a row = i*kk + y*k + x.
-                let src = (j % cin) * kk + j / cin;
-                let dst = &mut out[j * cout..][o0..o1];
-                for (d, o) in dst.iter_mut().zip(o0..o1) {
-                    *d = (w[o * row + src] * scale[o]) as f32;
+    // Blocks of T output rows (HWIO rows j), in parallel; within a block, T x T tiles.
+    out.par_chunks_mut(T * cout)
+        .enumerate()
+        .for_each(|(jb, block)| {
+            let j0 = jb * T;
+            for o0 in (0..cout).step_by(T) {
+                let o1 = (o0 + T).min(cout);
+                for (jj, dst_row) in block.chunks_exact_mut(cout).enumerate() {
+                    let j = j0 + jj;
+                    // dst column j = (y*k + x)*cin + i; src offset within a row = i*kk + y*k + x.
+                    let src = (j % cin) * kk + j / cin;
+                    for (d, o) in dst_row[o0..o1].iter_mut().zip(o0..o1) {
+                        *d = (w[o * row + src] * scale[o]) as f32;
+                    }
                 }
             }
-        }
-    }
+        });
     out
 }
 
