@@ -30,20 +30,32 @@ fn conv_transpose_is_the_adjoint_of_conv() {
             let g = cpu.conv_transpose(&st, &pc, h, w, None, 1.0, None).unwrap();
             let lhs = dot(&cpu.download(&y).unwrap().data, &s.data);
             let rhs = dot(&x.data, &cpu.download(&g).unwrap().data);
-            assert!((lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0), "{}: <conv x, s> = {lhs}, <x, convT s> = {rhs}", conv.name);
+            assert!(
+                (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+                "{}: <conv x, s> = {lhs}, <x, convT s> = {rhs}",
+                conv.name
+            );
             // The fused epilogue: scale * mul ⊙ convT(s) + acc.
             let mul = random_tensor(x.shape, 0.0, 2.0, 30).data;
             let acc = random_tensor(x.shape, -1.0, 1.0, 31).data;
             let (mt, at) = (
-                cpu.upload(&lafam_gpu::HostTensor::new(x.shape, mul.clone())).unwrap(),
-                cpu.upload(&lafam_gpu::HostTensor::new(x.shape, acc.clone())).unwrap(),
+                cpu.upload(&lafam_gpu::HostTensor::new(x.shape, mul.clone()))
+                    .unwrap(),
+                cpu.upload(&lafam_gpu::HostTensor::new(x.shape, acc.clone()))
+                    .unwrap(),
             );
-            let fused = cpu.conv_transpose(&st, &pc, h, w, Some(&mt), -2.0, Some(&at)).unwrap();
+            let fused = cpu
+                .conv_transpose(&st, &pc, h, w, Some(&mt), -2.0, Some(&at))
+                .unwrap();
             let fused = cpu.download(&fused).unwrap();
             let plain = cpu.download(&g).unwrap();
             for j in 0..fused.data.len() {
                 let want = -2.0 * mul[j] * plain.data[j] + acc[j];
-                assert!((fused.data[j] - want).abs() <= 1e-5 * (1.0 + want.abs()), "{}: epilogue at {j}", conv.name);
+                assert!(
+                    (fused.data[j] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{}: epilogue at {j}",
+                    conv.name
+                );
             }
         }
     }
@@ -65,8 +77,14 @@ fn max_pool_backward_routes_to_first_maximum_and_conserves() {
     let rt = cpu.upload(&r).unwrap();
     let g = cpu.max_pool_backward(&xt, &rt, pool).unwrap();
     let g = cpu.download(&g).unwrap();
-    let (sum_r, sum_g): (f64, f64) = (r.data.iter().map(|&v| v as f64).sum(), g.data.iter().map(|&v| v as f64).sum());
-    assert!((sum_r - sum_g).abs() < 1e-4 * sum_r, "max-pool backward must conserve: {sum_r} vs {sum_g}");
+    let (sum_r, sum_g): (f64, f64) = (
+        r.data.iter().map(|&v| v as f64).sum(),
+        g.data.iter().map(|&v| v as f64).sum(),
+    );
+    assert!(
+        (sum_r - sum_g).abs() < 1e-4 * sum_r,
+        "max-pool backward must conserve: {sum_r} vs {sum_g}"
+    );
     // Naive check: every output's relevance lands on the first maximum of its window.
     let mut want = vec![0f32; shape.len()];
     for n in 0..2 {

@@ -11,7 +11,7 @@ use lafam_gpu::explain::lrp::RelevanceTrace;
 use lafam_gpu::explain::{Composite, Explainer};
 use lafam_gpu::model::{load_weights, ConvLayer, ResNet, Stage};
 use lafam_gpu::tensor::rel_l2_err;
-use lafam_gpu::Upsample;
+use lafam_gpu::{Backend, Upsample};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

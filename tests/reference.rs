@@ -38,14 +38,25 @@ fn check_all_cases<B: Backend>(mut make: impl FnMut() -> B) {
                 let label = format!("{model_name}/{image_name}/{stage}");
                 let (shape, want) = read_npy(case["activation"].as_str().unwrap());
                 let got = &acts[stage.index()];
-                assert_eq!([got.shape.n, got.shape.h, got.shape.w, got.shape.c].to_vec(), shape, "{label}");
+                assert_eq!(
+                    [got.shape.n, got.shape.h, got.shape.w, got.shape.c].to_vec(),
+                    shape,
+                    "{label}"
+                );
                 let err = max_rel_err(&got.data, &want);
                 assert!(err <= TOL, "{label}: activation rel err {err:e}");
                 worst = worst.max(err);
-                for (mode, key) in [(Upsample::Nearest, "lafam_nearest"), (Upsample::Bilinear, "lafam_bilinear")] {
+                for (mode, key) in [
+                    (Upsample::Nearest, "lafam_nearest"),
+                    (Upsample::Bilinear, "lafam_bilinear"),
+                ] {
                     let (_, want) = read_npy(case[key].as_str().unwrap());
                     let map = ex.lafam(batch, stage, mode, &[(h, w)]).unwrap().remove(0);
-                    assert_eq!((map.shape.h, map.shape.w, map.shape.c), (h, w, 1), "{label} {key}");
+                    assert_eq!(
+                        (map.shape.h, map.shape.w, map.shape.c),
+                        (h, w, 1),
+                        "{label} {key}"
+                    );
                     let err = max_rel_err(&map.data, &want);
                     assert!(err <= TOL, "{label} {key}: rel err {err:e}");
                     worst = worst.max(err);
@@ -54,7 +65,11 @@ fn check_all_cases<B: Backend>(mut make: impl FnMut() -> B) {
             }
         }
     }
-    assert_eq!(checked, m["cases"].as_array().unwrap().len(), "every fixture case checked");
+    assert_eq!(
+        checked,
+        m["cases"].as_array().unwrap().len(),
+        "every fixture case checked"
+    );
     eprintln!("{checked} reference cases, worst rel err {worst:e}");
 }
 
@@ -67,15 +82,24 @@ fn check_batch_case<B: Backend>(backend: B) {
     let mut rgb = Vec::new();
     let (mut h, mut w) = (0, 0);
     for name in case["images"].as_array().unwrap() {
-        let (bytes, ih, iw) = read_rgb(m["images"][name.as_str().unwrap()]["file"].as_str().unwrap());
+        let (bytes, ih, iw) = read_rgb(
+            m["images"][name.as_str().unwrap()]["file"]
+                .as_str()
+                .unwrap(),
+        );
         rgb.extend(bytes);
         (h, w) = (ih, iw);
     }
     let stage: Stage = case["layer"].as_str().unwrap().parse().unwrap();
-    let acts = ex.stage_activations(ImageBatch::new(&rgb, 2, h, w).unwrap(), stage).unwrap();
+    let acts = ex
+        .stage_activations(ImageBatch::new(&rgb, 2, h, w).unwrap(), stage)
+        .unwrap();
     let (shape, want) = read_npy(case["activation"].as_str().unwrap());
     let got = &acts[stage.index()];
-    assert_eq!(vec![got.shape.n, got.shape.h, got.shape.w, got.shape.c], shape);
+    assert_eq!(
+        vec![got.shape.n, got.shape.h, got.shape.w, got.shape.c],
+        shape
+    );
     let err = max_rel_err(&got.data, &want);
     assert!(err <= TOL, "batch of 2: rel err {err:e}");
 }

@@ -37,7 +37,14 @@ pub fn read_rgb(name: &str) -> (Vec<u8>, usize, usize) {
 }
 
 /// A random conv layer (weights ~ U(-1,1)/sqrt(fan_in), bias ~ U(-0.1,0.1)).
-pub fn random_conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, seed: u64) -> lafam_gpu::model::ConvLayer {
+pub fn random_conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    seed: u64,
+) -> lafam_gpu::model::ConvLayer {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let scale = 1.0 / ((k * k * cin) as f32).sqrt();
@@ -49,17 +56,28 @@ pub fn random_conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize,
         kw: k,
         stride,
         pad,
-        weight: (0..k * k * cin * cout).map(|_| rng.random_range(-1.0..1.0) * scale).collect(),
+        weight: (0..k * k * cin * cout)
+            .map(|_| rng.random_range(-1.0..1.0) * scale)
+            .collect(),
         bias: (0..cout).map(|_| rng.random_range(-0.1..0.1)).collect(),
     }
 }
 
 /// A random NHWC tensor with values in [lo, hi).
-pub fn random_tensor(shape: lafam_gpu::Shape, lo: f32, hi: f32, seed: u64) -> lafam_gpu::HostTensor {
+pub fn random_tensor(
+    shape: lafam_gpu::Shape,
+    lo: f32,
+    hi: f32,
+    seed: u64,
+) -> lafam_gpu::HostTensor {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    lafam_gpu::HostTensor::new(shape, (0..shape.len()).map(|_| rng.random_range(lo..hi)).collect())
+    lafam_gpu::HostTensor::new(
+        shape,
+        (0..shape.len()).map(|_| rng.random_range(lo..hi)).collect(),
+    )
 }
 
 /// Every (kernel, stride, padding) a ResNet uses.
-pub const RESNET_CONVS: [(usize, usize, usize); 5] = [(7, 2, 3), (3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)];
+pub const RESNET_CONVS: [(usize, usize, usize); 5] =
+    [(7, 2, 3), (3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)];
