@@ -24,7 +24,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub const RESNET_STEM: Pool = Pool { kernel: 3, stride: 2, pad: 1 };
+    pub const RESNET_STEM: Pool = Pool {
+        kernel: 3,
+        stride: 2,
+        pad: 1,
+    };
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
         (
             (h + 2 * self.pad - self.kernel) / self.stride + 1,
@@ -82,5 +86,82 @@ pub trait Backend {
     fn minmax_normalise(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// Resample every channel of every image to `h`x`w`.
-    fn resize(&mut self, x: &Self::Tensor, h: usize, w: usize, mode: Upsample) -> Result<Self::Tensor>;
+    fn resize(
+        &mut self,
+        x: &Self::Tensor,
+        h: usize,
+        w: usize,
+        mode: Upsample,
+    ) -> Result<Self::Tensor>;
+}
+
+/// Which sign of a gate tensor lets a ratio through (zennit's Gamma rule masks its two
+/// denominators by the sign of the layer's unmodified output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateSign {
+    Positive,
+    Negative,
+}
+
+/// The relevance-propagation (LRP) ops. Separate from [`Backend`] so a backend can grow them
+/// op by op; the LRP method needs all of them.
+pub trait LrpBackend: Backend {
+    /// Gradient of `conv2d` with respect to its input (a transposed convolution) of `s`
+    /// (`[n, ho, wo, cout]`) back to `[n, in_h, in_w, cin]`, with the fused LRP epilogue
+    /// `out = scale * (mul ⊙ convT(s)) + acc` (`mul` defaults to ones, `acc` to zeros).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_transpose(
+        &mut self,
+        s: &Self::Tensor,
+        conv: &Self::Conv,
+        in_h: usize,
+        in_w: usize,
+        mul: Option<&Self::Tensor>,
+        scale: f32,
+        acc: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+
+    /// `r / stab(z)` with `stab(z) = z + 1e-6 * sign(z)`, `sign(0) = +1`. With a gate, the
+    /// result is zero wherever the gate's sign is not the one asked for.
+    fn lrp_ratio(
+        &mut self,
+        r: &Self::Tensor,
+        z: &Self::Tensor,
+        gate: Option<(&Self::Tensor, GateSign)>,
+    ) -> Result<Self::Tensor>;
+
+    /// zennit's Norm rule on a residual add `a + b`: returns `(a r / stab(a+b), b r / stab(a+b))`.
+    fn residual_split(
+        &mut self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        r: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+
+    /// Gradient of max-pool: each output's relevance goes to the first maximum of its window
+    /// (scan order), as torch's backward does. `x` is the pool's input.
+    fn max_pool_backward(
+        &mut self,
+        x: &Self::Tensor,
+        r: &Self::Tensor,
+        pool: Pool,
+    ) -> Result<Self::Tensor>;
+
+    /// `alpha * a + beta * b` (b optional).
+    fn lincomb(
+        &mut self,
+        a: &Self::Tensor,
+        alpha: f32,
+        b: Option<&Self::Tensor>,
+        beta: f32,
+    ) -> Result<Self::Tensor>;
+
+    /// `relu(a + b)` (the residual add of a block when its branch is kept).
+    fn add_relu(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `clamp(x, lo, hi)`: the positive (`lo = 0`) or negative (`hi = 0`) part of an input.
+    fn clamp(&mut self, x: &Self::Tensor, lo: f32, hi: f32) -> Result<Self::Tensor>;
+
+    /// A tensor whose channel `c` holds `values[c]` everywhere (ones, or ZBox bounds).
+    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor>;
 }

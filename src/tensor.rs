@@ -44,11 +44,18 @@ pub struct HostTensor {
 
 impl HostTensor {
     pub fn new(shape: Shape, data: Vec<f32>) -> Self {
-        assert_eq!(shape.len(), data.len(), "HostTensor data does not match shape {shape}");
+        assert_eq!(
+            shape.len(),
+            data.len(),
+            "HostTensor data does not match shape {shape}"
+        );
         HostTensor { shape, data }
     }
     pub fn zeros(shape: Shape) -> Self {
-        HostTensor { shape, data: vec![0.0; shape.len()] }
+        HostTensor {
+            shape,
+            data: vec![0.0; shape.len()],
+        }
     }
     /// Image `i` of the batch as its own tensor.
     pub fn image(&self, i: usize) -> HostTensor {
@@ -61,7 +68,10 @@ impl HostTensor {
         let mut data = Vec::with_capacity(first.image_len() * parts.len());
         let mut n = 0;
         for p in parts {
-            assert_eq!((p.shape.h, p.shape.w, p.shape.c), (first.h, first.w, first.c));
+            assert_eq!(
+                (p.shape.h, p.shape.w, p.shape.c),
+                (first.h, first.w, first.c)
+            );
             data.extend_from_slice(&p.data);
             n += p.shape.n;
         }

@@ -1,2 +1,686 @@
-//! CPU backend: the same ops as the GPU in plain Rust (rayon + gemm). The reference for tests.
-//! (stub: being written)
+//! CPU backend: the same ops as the GPU in plain Rust (rayon for data parallelism, the `gemm`
+//! crate for the convolution's matrix product). It is the reference every GPU kernel is
+//! tested against, and the fallback on machines without an adapter.
+
+use crate::backend::{Backend, GateSign, Pool, Upsample};
+use crate::model::ConvLayer;
+use crate::tensor::{HostTensor, Shape};
+use anyhow::{ensure, Result};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A tensor on the CPU backend: shared storage, an element offset (for per-image views), a shape.
+#[derive(Clone, Debug)]
+pub struct CpuTensor {
+    data: Arc<Vec<f32>>,
+    offset: usize,
+    shape: Shape,
+}
+
+impl CpuTensor {
+    fn new(shape: Shape, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.len(), data.len());
+        CpuTensor {
+            data: Arc::new(data),
+            offset: 0,
+            shape,
+        }
+    }
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data[self.offset..self.offset + self.shape.len()]
+    }
+}
+
+/// Weights of a conv in the GEMM layout the forward uses: `[kh*kw*cin, cout]` row-major.
+pub struct CpuConv {
+    layer: ConvLayer,
+}
+
+/// The CPU backend. Uses rayon's global pool (RAYON_NUM_THREADS to override).
+pub struct Cpu {
+    threads: usize,
+}
+
+impl Cpu {
+    pub fn new() -> Self {
+        Cpu {
+            threads: rayon::current_num_threads(),
+        }
+    }
+    fn parallelism(&self) -> gemm::Parallelism {
+        if self.threads > 1 {
+            gemm::Parallelism::Rayon(self.threads)
+        } else {
+            gemm::Parallelism::None
+        }
+    }
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `dst[m, n] = a[m, k] * b[k, n]`, all row-major and contiguous; with `b_transposed`, `b` is
+/// stored as `[n, k]` and used transposed.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    b_transposed: bool,
+    par: gemm::Parallelism,
+) {
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    let (b_cs, b_rs) = if b_transposed {
+        (k as isize, 1)
+    } else {
+        (1, n as isize)
+    };
+    // SAFETY: the asserts above bound every access gemm makes for these sizes and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Rows of the implicit GEMM's left matrix: for every output pixel of one image, the
+/// `kh*kw*cin` input values under the kernel (zero outside the image), in HWIO order.
+fn im2col(x: &[f32], s: Shape, c: &ConvLayer, wo: usize, cols: &mut [f32]) {
+    let k = c.kh * c.kw * c.cin;
+    cols.par_chunks_mut(k * wo)
+        .enumerate()
+        .for_each(|(oy, rows)| {
+            for ox in 0..wo {
+                let row = &mut rows[ox * k..(ox + 1) * k];
+                for ky in 0..c.kh {
+                    let iy = (oy * c.stride + ky) as isize - c.pad as isize;
+                    for kx in 0..c.kw {
+                        let ix = (ox * c.stride + kx) as isize - c.pad as isize;
+                        let dst = &mut row[(ky * c.kw + kx) * c.cin..(ky * c.kw + kx + 1) * c.cin];
+                        if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            let src = ((iy as usize) * s.w + ix as usize) * s.c;
+                            dst.copy_from_slice(&x[src..src + c.cin]);
+                        }
+                    }
+                }
+            }
+        });
+}
+
+impl Backend for Cpu {
+    type Tensor = CpuTensor;
+    type Conv = CpuConv;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn max_tensor_bytes(&self) -> u64 {
+        // Bounded only by memory; keep a batch's largest activation under 1 GiB.
+        1 << 30
+    }
+
+    fn prepare_conv(&mut self, conv: &ConvLayer) -> Result<CpuConv> {
+        ensure!(
+            conv.weight.len() == conv.kh * conv.kw * conv.cin * conv.cout
+                && conv.bias.len() == conv.cout,
+            "conv {}: weight/bias sizes do not match its shape",
+            conv.name
+        );
+        ensure!(
+            conv.stride > 0 && conv.kh > 0 && conv.kw > 0,
+            "conv {}: zero kernel or stride",
+            conv.name
+        );
+        Ok(CpuConv {
+            layer: conv.clone(),
+        })
+    }
+
+    fn upload(&mut self, t: &HostTensor) -> Result<CpuTensor> {
+        Ok(CpuTensor::new(t.shape, t.data.clone()))
+    }
+
+    fn download(&mut self, t: &CpuTensor) -> Result<HostTensor> {
+        Ok(HostTensor::new(t.shape, t.as_slice().to_vec()))
+    }
+
+    fn shape(&self, t: &CpuTensor) -> Shape {
+        t.shape
+    }
+
+    fn image(&self, t: &CpuTensor, i: usize) -> CpuTensor {
+        assert!(i < t.shape.n, "image {i} of a batch of {}", t.shape.n);
+        CpuTensor {
+            data: t.data.clone(),
+            offset: t.offset + i * t.shape.image_len(),
+            shape: t.shape.one(),
+        }
+    }
+
+    fn preprocess(&mut self, rgb: &[u8], n: usize, h: usize, w: usize) -> Result<CpuTensor> {
+        ensure!(
+            rgb.len() == n * h * w * 3,
+            "preprocess: {} bytes for {n}x{h}x{w}x3",
+            rgb.len()
+        );
+        let data = rgb
+            .par_iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = i % 3;
+                (v as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+            })
+            .collect();
+        Ok(CpuTensor::new(Shape::new(n, h, w, 3), data))
+    }
+
+    fn conv2d(
+        &mut self,
+        x: &CpuTensor,
+        conv: &CpuConv,
+        residual: Option<&CpuTensor>,
+        relu: bool,
+    ) -> Result<CpuTensor> {
+        let c = &conv.layer;
+        let s = x.shape;
+        ensure!(
+            s.c == c.cin,
+            "conv {}: input has {} channels, expected {}",
+            c.name,
+            s.c,
+            c.cin
+        );
+        ensure!(
+            s.h + 2 * c.pad >= c.kh && s.w + 2 * c.pad >= c.kw,
+            "conv {}: input {}x{} smaller than the kernel",
+            c.name,
+            s.h,
+            s.w
+        );
+        let (ho, wo) = c.out_size(s.h, s.w);
+        let out_shape = Shape::new(s.n, ho, wo, c.cout);
+        if let Some(r) = residual {
+            ensure!(
+                r.shape == out_shape,
+                "conv {}: residual {} does not match output {}",
+                c.name,
+                r.shape,
+                out_shape
+            );
+        }
+        let k = c.kh * c.kw * c.cin;
+        let m = ho * wo;
+        let mut out = vec![0f32; out_shape.len()];
+        let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
+        let mut cols = if direct {
+            Vec::new()
+        } else {
+            vec![0f32; m * k]
+        };
+        let xs = x.as_slice();
+        for img in 0..s.n {
+            let xin = &xs[img * s.image_len()..(img + 1) * s.image_len()];
+            let dst = &mut out[img * m * c.cout..(img + 1) * m * c.cout];
+            let lhs: &[f32] = if direct {
+                xin
+            } else {
+                im2col(xin, s, c, wo, &mut cols);
+                &cols
+            };
+            matmul(dst, lhs, &c.weight, m, k, c.cout, false, self.parallelism());
+        }
+        // Fused epilogue: bias, residual, ReLU.
+        let res = residual.map(|r| r.as_slice());
+        out.par_chunks_mut(c.cout).enumerate().for_each(|(p, px)| {
+            let r = res.map(|r| &r[p * c.cout..(p + 1) * c.cout]);
+            for (j, v) in px.iter_mut().enumerate() {
+                let mut y = *v + c.bias[j];
+                if let Some(r) = r {
+                    y += r[j];
+                }
+                *v = if relu { y.max(0.0) } else { y };
+            }
+        });
+        Ok(CpuTensor::new(out_shape, out))
+    }
+
+    fn max_pool(&mut self, x: &CpuTensor, pool: Pool) -> Result<CpuTensor> {
+        let s = x.shape;
+        ensure!(
+            pool.kernel > 0 && pool.stride > 0 && pool.pad * 2 <= pool.kernel,
+            "max-pool: bad parameters {pool:?}"
+        );
+        ensure!(
+            s.h + 2 * pool.pad >= pool.kernel && s.w + 2 * pool.pad >= pool.kernel,
+            "max-pool: input {s} too small"
+        );
+        let (ho, wo) = pool.out_size(s.h, s.w);
+        let out_shape = Shape::new(s.n, ho, wo, s.c);
+        let xs = x.as_slice();
+        let mut out = vec![0f32; out_shape.len()];
+        out.par_chunks_mut(wo * s.c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, oy) = (row / ho, row % ho);
+                for ox in 0..wo {
+                    for ch in 0..s.c {
+                        let mut best = f32::NEG_INFINITY;
+                        for ky in 0..pool.kernel {
+                            let iy = (oy * pool.stride + ky) as isize - pool.pad as isize;
+                            if iy < 0 || iy >= s.h as isize {
+                                continue;
+                            }
+                            for kx in 0..pool.kernel {
+                                let ix = (ox * pool.stride + kx) as isize - pool.pad as isize;
+                                if ix < 0 || ix >= s.w as isize {
+                                    continue;
+                                }
+                                best = best.max(
+                                    xs[((img * s.h + iy as usize) * s.w + ix as usize) * s.c + ch],
+                                );
+                            }
+                        }
+                        dst[ox * s.c + ch] = best;
+                    }
+                }
+            });
+        Ok(CpuTensor::new(out_shape, out))
+    }
+
+    fn channel_mean(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = x.shape;
+        ensure!(s.c > 0, "channel mean of a tensor with no channels");
+        let out = x
+            .as_slice()
+            .par_chunks(s.c)
+            .map(|px| px.iter().sum::<f32>() / s.c as f32)
+            .collect();
+        Ok(CpuTensor::new(Shape { c: 1, ..s }, out))
+    }
+
+    fn minmax_normalise(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = x.shape;
+        let mut out = x.as_slice().to_vec();
+        out.par_chunks_mut(s.image_len()).for_each(|img| {
+            let (lo, hi) = img
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                    (lo.min(v), hi.max(v))
+                });
+            let scale = 1.0 / (hi - lo + 1e-6);
+            img.iter_mut().for_each(|v| *v = (*v - lo) * scale);
+        });
+        Ok(CpuTensor::new(s, out))
+    }
+
+    fn resize(&mut self, x: &CpuTensor, h: usize, w: usize, mode: Upsample) -> Result<CpuTensor> {
+        let s = x.shape;
+        ensure!(
+            h > 0 && w > 0 && s.h > 0 && s.w > 0,
+            "resize: empty size {s} -> {h}x{w}"
+        );
+        let out_shape = Shape::new(s.n, h, w, s.c);
+        let xs = x.as_slice();
+        let ys: Vec<Tap> = (0..h).map(|d| Tap::new(d, s.h, h, mode)).collect();
+        let xt: Vec<Tap> = (0..w).map(|d| Tap::new(d, s.w, w, mode)).collect();
+        let mut out = vec![0f32; out_shape.len()];
+        out.par_chunks_mut(w * s.c)
+            .enumerate()
+            .for_each(|(row, dst)| {
+                let (img, y) = (row / h, row % h);
+                let ty = ys[y];
+                let at =
+                    |iy: usize, ix: usize, ch: usize| xs[((img * s.h + iy) * s.w + ix) * s.c + ch];
+                for (x, tx) in xt.iter().enumerate() {
+                    for ch in 0..s.c {
+                        let top = at(ty.i0, tx.i0, ch) * (1.0 - tx.t) + at(ty.i0, tx.i1, ch) * tx.t;
+                        let bottom =
+                            at(ty.i1, tx.i0, ch) * (1.0 - tx.t) + at(ty.i1, tx.i1, ch) * tx.t;
+                        dst[x * s.c + ch] = top * (1.0 - ty.t) + bottom * ty.t;
+                    }
+                }
+            });
+        Ok(CpuTensor::new(out_shape, out))
+    }
+}
+
+/// The two source indices and weight of one output coordinate, as torch's interpolate
+/// (align_corners=False) computes them.
+#[derive(Clone, Copy, Debug)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    t: f32,
+}
+
+impl Tap {
+    fn new(dst: usize, input: usize, output: usize, mode: Upsample) -> Tap {
+        match mode {
+            // torch 'nearest': floor(dst * in / out), in integers.
+            Upsample::Nearest => {
+                let i = ((dst * input) / output).min(input - 1);
+                Tap {
+                    i0: i,
+                    i1: i,
+                    t: 0.0,
+                }
+            }
+            Upsample::Bilinear => {
+                let scale = input as f32 / output as f32;
+                let src = ((dst as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                let i1 = (i0 + 1).min(input - 1);
+                Tap {
+                    i0,
+                    i1,
+                    t: src - i0 as f32,
+                }
+            }
+        }
+    }
+}
+
+/// Scatter-adds im2col rows back onto an image: the adjoint of [`im2col`].
+fn col2im(cols: &[f32], s: Shape, c: &ConvLayer, wo: usize, out: &mut [f32]) {
+    let k = c.kh * c.kw * c.cin;
+    let ho = cols.len() / (k * wo);
+    // Parallel over input rows: each input row gathers from the output pixels covering it,
+    // so no two threads write the same element.
+    out.par_chunks_mut(s.w * s.c)
+        .enumerate()
+        .for_each(|(iy, row)| {
+            row.fill(0.0);
+            for ky in 0..c.kh {
+                let num = iy as isize + c.pad as isize - ky as isize;
+                if num < 0 || num % c.stride as isize != 0 {
+                    continue;
+                }
+                let oy = num as usize / c.stride;
+                if oy >= ho {
+                    continue;
+                }
+                for ox in 0..wo {
+                    let src_row = &cols[(oy * wo + ox) * k..(oy * wo + ox + 1) * k];
+                    for kx in 0..c.kw {
+                        let ix = (ox * c.stride + kx) as isize - c.pad as isize;
+                        if ix < 0 || ix >= s.w as isize {
+                            continue;
+                        }
+                        let src = &src_row[(ky * c.kw + kx) * c.cin..(ky * c.kw + kx + 1) * c.cin];
+                        let dst = &mut row[ix as usize * c.cin..(ix as usize + 1) * c.cin];
+                        dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    }
+                }
+            }
+        });
+}
+
+fn stabilise(z: f32) -> f32 {
+    z + if z >= 0.0 { 1e-6 } else { -1e-6 }
+}
+
+impl Cpu {
+    fn same_shape(&self, what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+        ensure!(
+            a.shape == b.shape,
+            "{what}: shapes {} and {} differ",
+            a.shape,
+            b.shape
+        );
+        Ok(())
+    }
+
+    fn zip_map(
+        &self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        f: impl Fn(f32, f32) -> f32 + Sync,
+    ) -> CpuTensor {
+        let out = a
+            .as_slice()
+            .par_iter()
+            .zip(b.as_slice())
+            .map(|(&x, &y)| f(x, y))
+            .collect();
+        CpuTensor::new(a.shape, out)
+    }
+}
+
+impl crate::backend::LrpBackend for Cpu {
+    fn conv_transpose(
+        &mut self,
+        s: &CpuTensor,
+        conv: &CpuConv,
+        in_h: usize,
+        in_w: usize,
+        mul: Option<&CpuTensor>,
+        scale: f32,
+        acc: Option<&CpuTensor>,
+    ) -> Result<CpuTensor> {
+        let c = &conv.layer;
+        let (ho, wo) = c.out_size(in_h, in_w);
+        let ss = s.shape;
+        ensure!(
+            (ss.h, ss.w, ss.c) == (ho, wo, c.cout),
+            "conv_transpose {}: relevance {} does not come from a {in_h}x{in_w} input",
+            c.name,
+            ss
+        );
+        let in_shape = Shape::new(ss.n, in_h, in_w, c.cin);
+        for t in mul.iter().chain(acc.iter()) {
+            ensure!(
+                t.shape == in_shape,
+                "conv_transpose {}: operand {} is not {in_shape}",
+                c.name,
+                t.shape
+            );
+        }
+        let k = c.kh * c.kw * c.cin;
+        let m = ho * wo;
+        let mut out = vec![0f32; in_shape.len()];
+        let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
+        let mut cols = if direct {
+            Vec::new()
+        } else {
+            vec![0f32; m * k]
+        };
+        let sv = s.as_slice();
+        for img in 0..ss.n {
+            let r = &sv[img * m * c.cout..(img + 1) * m * c.cout];
+            let dst = &mut out[img * in_shape.image_len()..(img + 1) * in_shape.image_len()];
+            if direct {
+                matmul(dst, r, &c.weight, m, c.cout, k, true, self.parallelism());
+            } else {
+                matmul(
+                    &mut cols,
+                    r,
+                    &c.weight,
+                    m,
+                    c.cout,
+                    k,
+                    true,
+                    self.parallelism(),
+                );
+                col2im(&cols, in_shape, c, wo, dst);
+            }
+        }
+        let (mul, acc) = (mul.map(|t| t.as_slice()), acc.map(|t| t.as_slice()));
+        out.par_iter_mut().enumerate().for_each(|(i, v)| {
+            let mut y = *v * scale;
+            if let Some(m) = mul {
+                y *= m[i];
+            }
+            if let Some(a) = acc {
+                y += a[i];
+            }
+            *v = y;
+        });
+        Ok(CpuTensor::new(in_shape, out))
+    }
+
+    fn lrp_ratio(
+        &mut self,
+        r: &CpuTensor,
+        z: &CpuTensor,
+        gate: Option<(&CpuTensor, GateSign)>,
+    ) -> Result<CpuTensor> {
+        self.same_shape("lrp_ratio", r, z)?;
+        let ratio = self.zip_map(r, z, |r, z| r / stabilise(z));
+        let Some((g, sign)) = gate else {
+            return Ok(ratio);
+        };
+        self.same_shape("lrp_ratio gate", r, g)?;
+        Ok(self.zip_map(&ratio, g, |v, g| {
+            let open = match sign {
+                GateSign::Positive => g > 0.0,
+                GateSign::Negative => g < 0.0,
+            };
+            if open {
+                v
+            } else {
+                0.0
+            }
+        }))
+    }
+
+    fn residual_split(
+        &mut self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        r: &CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        self.same_shape("residual_split", a, b)?;
+        self.same_shape("residual_split", a, r)?;
+        let (av, bv) = (a.as_slice(), b.as_slice());
+        let ratio: Vec<f32> = r
+            .as_slice()
+            .par_iter()
+            .enumerate()
+            .map(|(i, &r)| r / stabilise(av[i] + bv[i]))
+            .collect();
+        let ra = av.par_iter().zip(&ratio).map(|(x, q)| x * q).collect();
+        let rb = bv.par_iter().zip(&ratio).map(|(x, q)| x * q).collect();
+        Ok((CpuTensor::new(a.shape, ra), CpuTensor::new(a.shape, rb)))
+    }
+
+    fn max_pool_backward(&mut self, x: &CpuTensor, r: &CpuTensor, pool: Pool) -> Result<CpuTensor> {
+        let s = x.shape;
+        let (ho, wo) = pool.out_size(s.h, s.w);
+        ensure!(
+            r.shape == Shape::new(s.n, ho, wo, s.c),
+            "max_pool_backward: relevance {} for input {s}",
+            r.shape
+        );
+        let (xs, rs) = (x.as_slice(), r.as_slice());
+        // Scatter per image (windows overlap), images in parallel.
+        let mut out = vec![0f32; s.len()];
+        out.par_chunks_mut(s.image_len())
+            .enumerate()
+            .for_each(|(img, dst)| {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        for ch in 0..s.c {
+                            let mut best = f32::NEG_INFINITY;
+                            let mut at = None;
+                            for ky in 0..pool.kernel {
+                                let iy = (oy * pool.stride + ky) as isize - pool.pad as isize;
+                                if iy < 0 || iy >= s.h as isize {
+                                    continue;
+                                }
+                                for kx in 0..pool.kernel {
+                                    let ix = (ox * pool.stride + kx) as isize - pool.pad as isize;
+                                    if ix < 0 || ix >= s.w as isize {
+                                        continue;
+                                    }
+                                    let i = (iy as usize * s.w + ix as usize) * s.c + ch;
+                                    let v = xs[img * s.image_len() + i];
+                                    if v > best || at.is_none() {
+                                        best = v;
+                                        at = Some(i);
+                                    }
+                                }
+                            }
+                            if let Some(i) = at {
+                                dst[i] += rs[((img * ho + oy) * wo + ox) * s.c + ch];
+                            }
+                        }
+                    }
+                }
+            });
+        Ok(CpuTensor::new(s, out))
+    }
+
+    fn lincomb(
+        &mut self,
+        a: &CpuTensor,
+        alpha: f32,
+        b: Option<&CpuTensor>,
+        beta: f32,
+    ) -> Result<CpuTensor> {
+        match b {
+            Some(b) => {
+                self.same_shape("lincomb", a, b)?;
+                Ok(self.zip_map(a, b, |x, y| alpha * x + beta * y))
+            }
+            None => Ok(CpuTensor::new(
+                a.shape,
+                a.as_slice().par_iter().map(|x| alpha * x).collect(),
+            )),
+        }
+    }
+
+    fn add_relu(&mut self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        self.same_shape("add_relu", a, b)?;
+        Ok(self.zip_map(a, b, |x, y| (x + y).max(0.0)))
+    }
+
+    fn clamp(&mut self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {
+        Ok(CpuTensor::new(
+            x.shape,
+            x.as_slice().par_iter().map(|v| v.clamp(lo, hi)).collect(),
+        ))
+    }
+
+    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<CpuTensor> {
+        ensure!(
+            values.len() == shape.c,
+            "fill_channels: {} values for {} channels",
+            values.len(),
+            shape.c
+        );
+        Ok(CpuTensor::new(
+            shape,
+            (0..shape.len()).map(|i| values[i % shape.c]).collect(),
+        ))
+    }
+}

@@ -12,6 +12,8 @@ pub struct Explainer<B: Backend> {
     pub net: ResNet<B::Conv>,
     /// The host description, for sizes and batch planning.
     pub spec: ResNet<ConvLayer>,
+    /// Rule-modified weights, once LRP is enabled.
+    pub lrp: Option<super::lrp::LrpWeights<B::Conv>>,
 }
 
 /// A batch of RGB8 images of one size, as the network sees them.
@@ -27,12 +29,20 @@ pub struct ImageBatch<'a> {
 impl<'a> ImageBatch<'a> {
     pub fn new(rgb: &'a [u8], n: usize, h: usize, w: usize) -> Result<Self> {
         ensure!(n > 0 && h > 0 && w > 0, "empty image batch {n}x{h}x{w}");
-        ensure!(rgb.len() == n * h * w * 3, "image batch holds {} bytes, expected {n}x{h}x{w}x3", rgb.len());
+        ensure!(
+            rgb.len() == n * h * w * 3,
+            "image batch holds {} bytes, expected {n}x{h}x{w}x3",
+            rgb.len()
+        );
         Ok(ImageBatch { rgb, n, h, w })
     }
-    fn slice(&self, start: usize, count: usize) -> ImageBatch<'a> {
+    pub(crate) fn slice(&self, start: usize, count: usize) -> ImageBatch<'a> {
         let per = self.h * self.w * 3;
-        ImageBatch { rgb: &self.rgb[start * per..(start + count) * per], n: count, ..*self }
+        ImageBatch {
+            rgb: &self.rgb[start * per..(start + count) * per],
+            n: count,
+            ..*self
+        }
     }
 }
 
@@ -40,27 +50,42 @@ impl<B: Backend> Explainer<B> {
     /// Prepares the network's weights on the backend once.
     pub fn new(mut backend: B, spec: &ResNet<ConvLayer>) -> Result<Self> {
         let net = spec.try_map(|c| backend.prepare_conv(c))?;
-        Ok(Explainer { backend, net, spec: spec.clone() })
+        Ok(Explainer {
+            backend,
+            net,
+            spec: spec.clone(),
+            lrp: None,
+        })
     }
 
     /// How many `h`x`w` images one forward pass up to `stage` can take without any
     /// activation exceeding the backend's tensor limit.
     pub fn max_batch(&self, h: usize, w: usize, stage: Stage) -> usize {
-        let per_image = (self.spec.max_activation_per_image(h, w, stage) * 4).max(h * w * 3 * 4) as u64;
+        let per_image =
+            (self.spec.max_activation_per_image(h, w, stage) * 4).max(h * w * 3 * 4) as u64;
         (self.backend.max_tensor_bytes() / per_image).max(1) as usize
     }
 
     /// Stage outputs layer1..=`upto` for every image, downloaded (mostly for tests).
-    pub fn stage_activations(&mut self, images: ImageBatch, upto: Stage) -> Result<Vec<HostTensor>> {
+    pub fn stage_activations(
+        &mut self,
+        images: ImageBatch,
+        upto: Stage,
+    ) -> Result<Vec<HostTensor>> {
         let mut per_stage: Vec<Vec<HostTensor>> = vec![Vec::new(); upto.index() + 1];
         for chunk in self.chunks(images, upto) {
-            let x = self.backend.preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
+            let x = self
+                .backend
+                .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
             let outs = forward(&mut self.backend, &self.net, &x, upto)?;
             for (dst, t) in per_stage.iter_mut().zip(&outs) {
                 dst.push(self.backend.download(t)?);
             }
         }
-        Ok(per_stage.iter().map(|parts| HostTensor::stack(parts)).collect())
+        Ok(per_stage
+            .iter()
+            .map(|parts| HostTensor::stack(parts))
+            .collect())
     }
 
     /// LaFAM maps for every image of the batch, image `i` resampled to `out_sizes[i]`
@@ -72,11 +97,18 @@ impl<B: Backend> Explainer<B> {
         upsample: Upsample,
         out_sizes: &[(usize, usize)],
     ) -> Result<Vec<HostTensor>> {
-        ensure!(out_sizes.len() == images.n, "{} output sizes for {} images", out_sizes.len(), images.n);
+        ensure!(
+            out_sizes.len() == images.n,
+            "{} output sizes for {} images",
+            out_sizes.len(),
+            images.n
+        );
         let mut maps = Vec::with_capacity(images.n);
         let mut start = 0;
         for chunk in self.chunks(images, stage) {
-            let x = self.backend.preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
+            let x = self
+                .backend
+                .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
             let outs = forward(&mut self.backend, &self.net, &x, stage)?;
             let small = self.lafam_tail(&outs[stage.index()])?;
             // Record every image's upsample before the first download, so the whole chunk
@@ -101,8 +133,11 @@ impl<B: Backend> Explainer<B> {
         self.backend.minmax_normalise(&mean)
     }
 
-    fn chunks<'a>(&self, images: ImageBatch<'a>, stage: Stage) -> Vec<ImageBatch<'a>> {
+    pub(crate) fn chunks<'a>(&self, images: ImageBatch<'a>, stage: Stage) -> Vec<ImageBatch<'a>> {
         let max = self.max_batch(images.h, images.w, stage);
-        (0..images.n).step_by(max).map(|s| images.slice(s, max.min(images.n - s))).collect()
+        (0..images.n)
+            .step_by(max)
+            .map(|s| images.slice(s, max.min(images.n - s)))
+            .collect()
     }
 }

@@ -129,7 +129,12 @@ impl ResNet<ConvLayer> {
 
     /// Output channels of each stage.
     pub fn stage_channels(&self) -> [usize; 4] {
-        [0, 1, 2, 3].map(|i| self.stages[i].last().and_then(|b| b.convs.last()).map_or(0, |c| c.cout))
+        [0, 1, 2, 3].map(|i| {
+            self.stages[i]
+                .last()
+                .and_then(|b| b.convs.last())
+                .map_or(0, |c| c.cout)
+        })
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -139,7 +144,11 @@ impl ResNet<ConvLayer> {
             Ok::<(), ()>(())
         })
         .ok();
-        n + self.heads.fc.as_ref().map_or(0, |(w, b, _)| w.len() + b.len())
+        n + self
+            .heads
+            .fc
+            .as_ref()
+            .map_or(0, |(w, b, _)| w.len() + b.len())
     }
 
     /// Largest activation (elements per image) the forward pass up to `stage` produces for
@@ -215,7 +224,9 @@ impl FromStr for Stage {
             "layer2" => Ok(Stage::Layer2),
             "layer3" => Ok(Stage::Layer3),
             "layer4" => Ok(Stage::Layer4),
-            _ => Err(format!("unknown layer '{s}': expected layer1, layer2, layer3 or layer4")),
+            _ => Err(format!(
+                "unknown layer '{s}': expected layer1, layer2, layer3 or layer4"
+            )),
         }
     }
 }

@@ -1,0 +1,361 @@
+//! LaFAM-LRP: relevance propagation seeded with a stage's own activations (`R = A`) and
+//! traced back to the input pixels through every block, with zennit's semantics under
+//! `ResNetCanonizer`: BatchNorm folded into the convs (done at load), conv rules from the
+//! composite (see [`rules`](super::rules)), Norm on residual adds, ReLU pass-through,
+//! winner-take-all max-pool.
+
+use super::lafam::{Explainer, ImageBatch};
+use super::rules::{imagenet_bounds, Composite, InputMod, Rule};
+use crate::backend::{Backend, LrpBackend, Pool, Upsample};
+use crate::model::{ConvLayer, ResNet, Stage};
+use crate::tensor::HostTensor;
+use anyhow::{ensure, Context, Result};
+
+/// The rule-modified weights of one conv, one per rule term (None where the term cannot
+/// contribute, e.g. an `x⁻` term on a conv whose input is a ReLU output).
+pub struct LrpConv<C> {
+    pub terms: Vec<Option<C>>,
+}
+
+/// The weights the backward pass needs, prepared once for a composite.
+pub struct LrpWeights<C> {
+    pub composite: Composite,
+    pub first: Rule,
+    pub rule: Rule,
+    pub net: ResNet<LrpConv<C>>,
+}
+
+/// The conv with a term's parameter modification applied.
+fn modified(conv: &ConvLayer, rule: &Rule, term: usize) -> ConvLayer {
+    let t = &rule.terms[term];
+    let mut c = conv.clone();
+    c.name = format!("{} ({} term {term})", conv.name, rule.name);
+    c.weight
+        .iter_mut()
+        .for_each(|w| *w = t.params.apply(*w, rule.gamma));
+    c.bias.iter_mut().for_each(|b| {
+        *b = if t.bias {
+            t.params.apply(*b, rule.gamma)
+        } else {
+            0.0
+        }
+    });
+    c
+}
+
+fn prepare_conv<B: Backend>(
+    b: &mut B,
+    conv: &ConvLayer,
+    rule: &Rule,
+    nonneg_input: bool,
+) -> Result<LrpConv<B::Conv>> {
+    let active: Vec<_> = rule
+        .active_terms(nonneg_input)
+        .map(|t| t as *const _)
+        .collect();
+    let terms = (0..rule.terms.len())
+        .map(|i| {
+            let used = active.contains(&(&rule.terms[i] as *const _));
+            used.then(|| b.prepare_conv(&modified(conv, rule, i)))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    Ok(LrpConv { terms })
+}
+
+/// What the forward pass keeps for the backward: each conv's input and each block's two
+/// residual operands. Nothing else.
+struct BlockTape<T> {
+    /// Input of each conv of the branch (the first is the block input).
+    conv_inputs: Vec<T>,
+    skip: T,
+    branch: T,
+}
+
+struct Tape<T> {
+    input: T,
+    stem_out: T,
+    blocks: Vec<BlockTape<T>>,
+    output: T,
+}
+
+/// Per-stage relevance sums, for conservation checks (`--debug-relevance`, tests).
+#[derive(Clone, Debug, Default)]
+pub struct RelevanceTrace {
+    pub sums: Vec<(String, f64)>,
+}
+
+impl<B: LrpBackend> Explainer<B> {
+    /// Prepares the rule-modified weights for `composite` (once per process).
+    pub fn enable_lrp(&mut self, composite: Composite) -> Result<()> {
+        let (first, rule) = (composite.first_rule(), composite.rule());
+        let stem = &self.spec.stem as *const ConvLayer;
+        let backend = &mut self.backend;
+        let net = self.spec.try_map(|c| {
+            if std::ptr::eq(c, stem) {
+                prepare_conv(backend, c, &first, false)
+            } else {
+                prepare_conv(backend, c, &rule, true)
+            }
+        })?;
+        self.lrp = Some(LrpWeights {
+            composite,
+            first,
+            rule,
+            net,
+        });
+        Ok(())
+    }
+
+    fn forward_tape(&mut self, x: B::Tensor, upto: Stage) -> Result<Tape<B::Tensor>> {
+        let b = &mut self.backend;
+        let stem_out = b.conv2d(&x, &self.net.stem, None, true)?;
+        let mut h = b.max_pool(&stem_out, Pool::RESNET_STEM)?;
+        let mut blocks = Vec::new();
+        for block in self.net.stages[..=upto.index()].iter().flatten() {
+            let skip = match &block.downsample {
+                Some(ds) => b.conv2d(&h, ds, None, false)?,
+                None => h.clone(),
+            };
+            let (last, inner) = block.convs.split_last().expect("a block has convs");
+            let mut conv_inputs = vec![h.clone()];
+            let mut y = h;
+            for conv in inner {
+                y = b.conv2d(&y, conv, None, true)?;
+                conv_inputs.push(y.clone());
+            }
+            let branch = b.conv2d(&y, last, None, false)?;
+            h = b.add_relu(&branch, &skip)?;
+            blocks.push(BlockTape {
+                conv_inputs,
+                skip,
+                branch,
+            });
+        }
+        Ok(Tape {
+            input: x,
+            stem_out,
+            blocks,
+            output: h,
+        })
+    }
+
+    /// Relevance at the input, `[n, h, w, 3]`, of the batch seeded with the stage's output.
+    /// Also returns the stage activations (for LaFAM from the same forward pass).
+    pub fn lrp_input_relevance(
+        &mut self,
+        x: B::Tensor,
+        stage: Stage,
+        mut trace: Option<&mut RelevanceTrace>,
+    ) -> Result<(B::Tensor, B::Tensor)> {
+        ensure!(self.lrp.is_some(), "LRP weights not prepared (enable_lrp)");
+        let tape = self.forward_tape(x, stage)?;
+        let Explainer {
+            backend: b,
+            net,
+            lrp,
+            ..
+        } = self;
+        let lrp = lrp.as_ref().unwrap();
+        let mut record = |b: &mut B, name: String, t: &B::Tensor| -> Result<()> {
+            if let Some(tr) = trace.as_deref_mut() {
+                let host = b.download(t)?;
+                tr.sums
+                    .push((name, host.data.iter().map(|&v| v as f64).sum()));
+            }
+            Ok(())
+        };
+        let mut r = tape.output.clone();
+        record(b, format!("{stage} output (seed)"), &r)?;
+        // (rule weights, forward weights, name) of every block up to the stage, in order.
+        let mut blocks = Vec::new();
+        for (s, (lrp_blocks, fwd_blocks)) in lrp
+            .net
+            .stages
+            .iter()
+            .zip(&net.stages)
+            .take(stage.index() + 1)
+            .enumerate()
+        {
+            for (i, pair) in lrp_blocks.iter().zip(fwd_blocks).enumerate() {
+                blocks.push((pair, format!("layer{}.{i}", s + 1)));
+            }
+        }
+        for (((block, fwd), name), bt) in blocks.iter().zip(&tape.blocks).rev() {
+            let (r_skip, r_branch) = b.residual_split(&bt.skip, &bt.branch, &r)?;
+            let mut rb = r_branch;
+            let convs = block.convs.iter().zip(&fwd.convs).zip(&bt.conv_inputs);
+            for (i, ((conv, fwd_conv), x)) in convs.enumerate().rev() {
+                // The identity skip's relevance joins the first conv's result in its epilogue.
+                let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
+                rb = apply_rule(b, &lrp.rule, conv, fwd_conv, x, &rb, acc)?;
+            }
+            r = match (&block.downsample, &fwd.downsample) {
+                (Some(ds), Some(fwd_ds)) => apply_rule(
+                    b,
+                    &lrp.rule,
+                    ds,
+                    fwd_ds,
+                    &bt.conv_inputs[0],
+                    &r_skip,
+                    Some(&rb),
+                )?,
+                _ => rb,
+            };
+            record(b, format!("{name} input"), &r)?;
+        }
+        r = b.max_pool_backward(&tape.stem_out, &r, Pool::RESNET_STEM)?;
+        record(b, "stem output".into(), &r)?;
+        let r_in = apply_rule(
+            b,
+            &lrp.first,
+            &lrp.net.stem,
+            &net.stem,
+            &tape.input,
+            &r,
+            None,
+        )?;
+        record(b, "input".into(), &r_in)?;
+        Ok((r_in, tape.output))
+    }
+
+    /// LaFAM-LRP maps: input relevance summed over RGB, image `i` resampled to `out_sizes[i]`.
+    /// With `with_lafam`, the LaFAM maps of the same forward pass come back too.
+    pub fn lrp(
+        &mut self,
+        images: ImageBatch,
+        stage: Stage,
+        upsample: Upsample,
+        out_sizes: &[(usize, usize)],
+        with_lafam: bool,
+    ) -> Result<Vec<(HostTensor, Option<HostTensor>)>> {
+        ensure!(
+            out_sizes.len() == images.n,
+            "{} output sizes for {} images",
+            out_sizes.len(),
+            images.n
+        );
+        let mut maps = Vec::with_capacity(images.n);
+        let mut start = 0;
+        for chunk in self.chunks(images, stage) {
+            let x = self
+                .backend
+                .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
+            let (r_in, activations) = self.lrp_input_relevance(x, stage, None)?;
+            let mean = self.backend.channel_mean(&r_in)?;
+            let summed = self.backend.lincomb(&mean, 3.0, None, 0.0)?;
+            let small = if with_lafam {
+                Some(self.lafam_tail(&activations)?)
+            } else {
+                None
+            };
+            let mut pending = Vec::with_capacity(chunk.n);
+            for i in 0..chunk.n {
+                let (h, w) = out_sizes[start + i];
+                let one = self.backend.image(&summed, i);
+                let map = if (h, w) == (chunk.h, chunk.w) {
+                    one
+                } else {
+                    self.backend.resize(&one, h, w, upsample)?
+                };
+                let lafam = match &small {
+                    Some(s) => {
+                        let one = self.backend.image(s, i);
+                        Some(self.backend.resize(&one, h, w, upsample)?)
+                    }
+                    None => None,
+                };
+                pending.push((map, lafam));
+            }
+            for (map, lafam) in &pending {
+                let lafam = lafam
+                    .as_ref()
+                    .map(|t| self.backend.download(t))
+                    .transpose()?;
+                maps.push((self.backend.download(map)?, lafam));
+            }
+            start += chunk.n;
+        }
+        Ok(maps)
+    }
+}
+
+/// One conv's backward step under `rule`: `R_in = Σ_terms r_coef · input_t ⊙ convT(s_g, W_t)`
+/// with `s_g = R / stab(Σ_{t in g} z_coef · conv(input_t, W_t))` (+ `acc`).
+fn apply_rule<B: LrpBackend>(
+    b: &mut B,
+    rule: &Rule,
+    conv: &LrpConv<B::Conv>,
+    forward: &B::Conv,
+    x: &B::Tensor,
+    r: &B::Tensor,
+    acc: Option<&B::Tensor>,
+) -> Result<B::Tensor> {
+    let shape = b.shape(x);
+    let mut inputs: Vec<Option<B::Tensor>> = Vec::with_capacity(rule.terms.len());
+    let mut z: Vec<Option<B::Tensor>> = vec![None; rule.gates.len()];
+    for (t, w) in rule.terms.iter().zip(&conv.terms) {
+        let Some(w) = w else {
+            inputs.push(None);
+            continue;
+        };
+        let input = match t.input {
+            InputMod::Identity => x.clone(),
+            InputMod::Positive => b.clamp(x, 0.0, f32::INFINITY)?,
+            InputMod::Negative => b.clamp(x, f32::NEG_INFINITY, 0.0)?,
+            InputMod::Ones => b.fill_channels(shape, &vec![1.0; shape.c])?,
+            InputMod::Low | InputMod::High => {
+                ensure!(
+                    shape.c == 3,
+                    "{}: box bounds need an RGB input, found {} channels",
+                    rule.name,
+                    shape.c
+                );
+                let (low, high) = imagenet_bounds();
+                b.fill_channels(
+                    shape,
+                    if t.input == InputMod::Low {
+                        &low
+                    } else {
+                        &high
+                    },
+                )?
+            }
+        };
+        let out = b.conv2d(&input, w, None, false)?;
+        z[t.group] = Some(match z[t.group].take() {
+            None if t.z_coef == 1.0 => out,
+            None => b.lincomb(&out, t.z_coef, None, 0.0)?,
+            Some(prev) => b.lincomb(&prev, 1.0, Some(&out), t.z_coef)?,
+        });
+        inputs.push(Some(input));
+    }
+    let gate_out = if rule.gates.iter().any(Option::is_some) {
+        Some(b.conv2d(x, forward, None, false)?)
+    } else {
+        None
+    };
+    let mut ratios = Vec::with_capacity(z.len());
+    for (zg, gate) in z.iter().zip(&rule.gates) {
+        let zg = zg.as_ref().context("LRP rule group without terms")?;
+        let gate = gate.map(|sign| (gate_out.as_ref().unwrap(), sign));
+        ratios.push(b.lrp_ratio(r, zg, gate)?);
+    }
+    let mut out: Option<B::Tensor> = acc.cloned();
+    for ((t, w), input) in rule.terms.iter().zip(&conv.terms).zip(&inputs) {
+        let (Some(w), Some(input)) = (w, input) else {
+            continue;
+        };
+        let mul = (t.input != InputMod::Ones).then_some(input);
+        out = Some(b.conv_transpose(
+            &ratios[t.group],
+            w,
+            shape.h,
+            shape.w,
+            mul,
+            t.r_coef,
+            out.as_ref(),
+        )?);
+    }
+    out.context("LRP rule without terms")
+}

@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use lafam_gpu::gpu::{Gpu, GpuOptions};
+use std::path::PathBuf;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
+}
+
+pub fn manifest() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("fixture manifest");
+    serde_json::from_str(&text).expect("manifest is JSON")
+}
+
+/// The GPU backend. Tests must FAIL, not skip, when CI has no adapter.
+pub fn gpu() -> Gpu {
+    Gpu::new(&GpuOptions::default())
+        .expect("no GPU adapter: install mesa-vulkan-drivers + libvulkan1 (lavapipe)")
+}
+
+/// A float32 .npy file: (shape, data).
+pub fn read_npy(name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(fixtures().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+/// An RGB8 fixture image: (bytes, h, w).
+pub fn read_rgb(name: &str) -> (Vec<u8>, usize, usize) {
+    let img = image::open(fixtures().join(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    (img.into_raw(), h as usize, w as usize)
+}
+
+/// A random conv layer (weights ~ U(-1,1)/sqrt(fan_in), bias ~ U(-0.1,0.1)).
+pub fn random_conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, seed: u64) -> lafam_gpu::model::ConvLayer {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let scale = 1.0 / ((k * k * cin) as f32).sqrt();
+    lafam_gpu::model::ConvLayer {
+        name: format!("test conv {k}x{k}/{stride} p{pad} {cin}->{cout}"),
+        cin,
+        cout,
+        kh: k,
+        kw: k,
+        stride,
+        pad,
+        weight: (0..k * k * cin * cout).map(|_| rng.random_range(-1.0..1.0) * scale).collect(),
+        bias: (0..cout).map(|_| rng.random_range(-0.1..0.1)).collect(),
+    }
+}
+
+/// A random NHWC tensor with values in [lo, hi).
+pub fn random_tensor(shape: lafam_gpu::Shape, lo: f32, hi: f32, seed: u64) -> lafam_gpu::HostTensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    lafam_gpu::HostTensor::new(shape, (0..shape.len()).map(|_| rng.random_range(lo..hi)).collect())
+}
+
+/// Every (kernel, stride, padding) a ResNet uses.
+pub const RESNET_CONVS: [(usize, usize, usize); 5] = [(7, 2, 3), (3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)];
