@@ -68,8 +68,14 @@ fn conv2d_matches_cpu() {
                         &mut g,
                         &mut c,
                         &[&x, &r],
-                        |g, t| g.conv2d(&t[0], &cg, with_res.then_some(&t[1]), relu).unwrap(),
-                        |c, t| c.conv2d(&t[0], &cc, with_res.then_some(&t[1]), relu).unwrap(),
+                        |g, t| {
+                            g.conv2d(&t[0], &cg, with_res.then_some(&t[1]), relu)
+                                .unwrap()
+                        },
+                        |c, t| {
+                            c.conv2d(&t[0], &cc, with_res.then_some(&t[1]), relu)
+                                .unwrap()
+                        },
                     );
                     worst = worst.max(err);
                     cases += 1;
@@ -123,14 +129,26 @@ fn conv2d_rejects_bad_shapes() {
     let mut g = gpu();
     let layer = random_conv(4, 8, 3, 1, 1, 1);
     let cg = g.prepare_conv(&layer).unwrap();
-    let x = g.upload(&HostTensor::zeros(Shape::new(1, 5, 5, 5))).unwrap();
+    let x = g
+        .upload(&HostTensor::zeros(Shape::new(1, 5, 5, 5)))
+        .unwrap();
     assert!(g.conv2d(&x, &cg, None, false).is_err(), "channel mismatch");
-    let x = g.upload(&HostTensor::zeros(Shape::new(1, 5, 5, 4))).unwrap();
-    let bad = g.upload(&HostTensor::zeros(Shape::new(1, 5, 4, 8))).unwrap();
-    assert!(g.conv2d(&x, &cg, Some(&bad), false).is_err(), "residual shape");
+    let x = g
+        .upload(&HostTensor::zeros(Shape::new(1, 5, 5, 4)))
+        .unwrap();
+    let bad = g
+        .upload(&HostTensor::zeros(Shape::new(1, 5, 4, 8)))
+        .unwrap();
+    assert!(
+        g.conv2d(&x, &cg, Some(&bad), false).is_err(),
+        "residual shape"
+    );
     let big = random_conv(4, 8, 7, 1, 0, 2);
     let cbig = g.prepare_conv(&big).unwrap();
-    assert!(g.conv2d(&x, &cbig, None, false).is_err(), "input smaller than kernel");
+    assert!(
+        g.conv2d(&x, &cbig, None, false).is_err(),
+        "input smaller than kernel"
+    );
     // The GPU is still usable afterwards.
     let y = g.conv2d(&x, &cg, None, true).unwrap();
     assert_eq!(g.download(&y).unwrap().shape, Shape::new(1, 5, 5, 8));
@@ -342,7 +360,10 @@ fn preprocess_matches_cpu() {
         };
         worst = worst.max(check(&format!("preprocess {n}x{h}x{w}"), &got, &want));
     }
-    assert!(g.preprocess(&[0u8; 10], 1, 2, 2).is_err(), "wrong byte count");
+    assert!(
+        g.preprocess(&[0u8; 10], 1, 2, 2).is_err(),
+        "wrong byte count"
+    );
     eprintln!("preprocess: max rel err {worst:e}");
 }
 
@@ -351,7 +372,10 @@ fn preprocess_matches_cpu() {
 fn lazy_recording_and_buffer_reuse() {
     let (mut g, mut c) = (gpu(), Cpu::new());
     let layer = random_conv(8, 8, 3, 1, 1, 3);
-    let (cg, cc) = (g.prepare_conv(&layer).unwrap(), c.prepare_conv(&layer).unwrap());
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
     let x = random_tensor(Shape::new(2, 9, 7, 8), -1.0, 1.0, 4);
     let (mut yg, mut yc) = (g.upload(&x).unwrap(), c.upload(&x).unwrap());
     // 40 chained convs: each intermediate is dropped and its buffer reused while the
@@ -359,14 +383,36 @@ fn lazy_recording_and_buffer_reuse() {
     for _ in 0..40 {
         yg = g.conv2d(&yg, &cg, Some(&yg), true).unwrap();
         yc = c.conv2d(&yc, &cc, Some(&yc), true).unwrap();
-        let mg = g.max_pool(&yg, Pool { kernel: 3, stride: 1, pad: 1 }).unwrap();
-        let mc = c.max_pool(&yc, Pool { kernel: 3, stride: 1, pad: 1 }).unwrap();
+        let mg = g
+            .max_pool(
+                &yg,
+                Pool {
+                    kernel: 3,
+                    stride: 1,
+                    pad: 1,
+                },
+            )
+            .unwrap();
+        let mc = c
+            .max_pool(
+                &yc,
+                Pool {
+                    kernel: 3,
+                    stride: 1,
+                    pad: 1,
+                },
+            )
+            .unwrap();
         yg = g.resize(&mg, 9, 7, Upsample::Bilinear).unwrap();
         yc = c.resize(&mc, 9, 7, Upsample::Bilinear).unwrap();
         yg = g.minmax_normalise(&yg).unwrap();
         yc = c.minmax_normalise(&yc).unwrap();
     }
-    let err = check("40 chained blocks", &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+    let err = check(
+        "40 chained blocks",
+        &g.download(&yg).unwrap(),
+        &c.download(&yc).unwrap(),
+    );
     eprintln!("chained: max rel err {err:e}");
     // An upload recorded after pending work must not be overwritten by it.
     let a = random_tensor(Shape::new(1, 4, 4, 8), 0.0, 1.0, 5);
@@ -390,7 +436,9 @@ fn adapter_is_described() {
     let s = g.adapter_summary();
     assert!(!s.is_empty());
     let limits = g.limits_summary();
-    assert!(limits.iter().any(|(k, _)| k == "max_storage_buffer_binding_size"));
+    assert!(limits
+        .iter()
+        .any(|(k, _)| k == "max_storage_buffer_binding_size"));
     assert!(g.max_tensor_bytes() >= 128 << 20);
     eprintln!("{s}");
     for (k, v) in limits {
@@ -404,7 +452,8 @@ fn basic_block(cin: usize, cout: usize, stride: usize, seed: u64) -> Block<ConvL
             random_conv(cin, cout, 3, stride, 1, seed),
             random_conv(cout, cout, 3, 1, 1, seed + 1),
         ],
-        downsample: (stride != 1 || cin != cout).then(|| random_conv(cin, cout, 1, stride, 0, seed + 2)),
+        downsample: (stride != 1 || cin != cout)
+            .then(|| random_conv(cin, cout, 1, stride, 0, seed + 2)),
     }
 }
 
@@ -415,7 +464,8 @@ fn bottleneck(cin: usize, mid: usize, stride: usize, seed: u64) -> Block<ConvLay
             random_conv(mid, mid, 3, stride, 1, seed + 1),
             random_conv(mid, mid * 4, 1, 1, 0, seed + 2),
         ],
-        downsample: (stride != 1 || cin != mid * 4).then(|| random_conv(cin, mid * 4, 1, stride, 0, seed + 3)),
+        downsample: (stride != 1 || cin != mid * 4)
+            .then(|| random_conv(cin, mid * 4, 1, stride, 0, seed + 3)),
     }
 }
 
@@ -458,7 +508,12 @@ fn explainer_smoke_small_resnets() {
         let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
         for (s, (a, b)) in ag.iter().zip(&ac).enumerate() {
             let err = check(&format!("{:?} layer{}", net.kind, s + 1), a, b);
-            eprintln!("explainer {:?} layer{}: {} max rel err {err:e}", net.kind, s + 1, a.shape);
+            eprintln!(
+                "explainer {:?} layer{}: {} max rel err {err:e}",
+                net.kind,
+                s + 1,
+                a.shape
+            );
         }
         for mode in [Upsample::Nearest, Upsample::Bilinear] {
             let sizes = [(h, w), (60, 50)];
@@ -466,8 +521,111 @@ fn explainer_smoke_small_resnets() {
             let mc = ec.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
             for (a, b) in mg.iter().zip(&mc) {
                 let err = check(&format!("{:?} lafam {mode:?}", net.kind), a, b);
-                eprintln!("explainer {:?} lafam {mode:?} {}: max rel err {err:e}", net.kind, a.shape);
+                eprintln!(
+                    "explainer {:?} lafam {mode:?} {}: max rel err {err:e}",
+                    net.kind, a.shape
+                );
             }
         }
     }
+}
+
+/// Dispatches over more than 65535 workgroups in one dimension are tiled over two.
+#[test]
+fn large_grids_are_tiled() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    // 4200 x 4200 outputs: 68906 workgroups of 256.
+    let x = random_tensor(Shape::new(1, 7, 7, 1), 0.0, 1.0, 50);
+    let err = parity(
+        "resize to 4200x4200",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| g.resize(&t[0], 4200, 4200, Upsample::Bilinear).unwrap(),
+        |c, t| c.resize(&t[0], 4200, 4200, Upsample::Bilinear).unwrap(),
+    );
+    eprintln!("resize 7x7 -> 4200x4200: max rel err {err:e}");
+    // 2100 x 2100 output pixels: 68907 M tiles of 64.
+    let layer = random_conv(4, 4, 1, 1, 0, 51);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let x = random_tensor(Shape::new(1, 2100, 2100, 4), -1.0, 1.0, 52);
+    let err = parity(
+        "conv 1x1 over 2100x2100",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
+        |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+    );
+    eprintln!("conv 1x1 4->4 over 2100x2100: max rel err {err:e}");
+}
+
+/// Without a matching adapter `Gpu::new` returns an error (it does not panic).
+#[test]
+fn missing_adapter_is_an_error() {
+    let opts = lafam_gpu::gpu::GpuOptions {
+        adapter_name: Some("no-such-adapter-xyz".into()),
+        backends: None,
+    };
+    let err = Gpu::new(&opts).err().expect("no adapter has that name");
+    assert!(err.to_string().contains("no GPU adapter found"), "{err}");
+    let opts = lafam_gpu::gpu::GpuOptions {
+        adapter_name: None,
+        backends: Some(wgpu::Backends::empty()),
+    };
+    let err = Gpu::new(&opts).err().expect("no backend, no adapter");
+    assert!(err.to_string().contains("no GPU adapter found"), "{err}");
+}
+
+/// One timed ResNet-50-shaped forward (random weights, 224x224, batch 1) on both backends:
+/// `cargo test --release --test gpu_ops -- --ignored --nocapture bench`.
+#[test]
+#[ignore = "timing, not a check"]
+fn bench_resnet50_forward() {
+    let mut seed = 1000;
+    let mut stage = |cin: usize, mid: usize, blocks: usize, stride: usize| {
+        (0..blocks)
+            .map(|i| {
+                seed += 10;
+                let c = if i == 0 { cin } else { mid * 4 };
+                bottleneck(c, mid, if i == 0 { stride } else { 1 }, seed)
+            })
+            .collect::<Vec<_>>()
+    };
+    let net = ResNet {
+        kind: BlockKind::Bottleneck,
+        stem: random_conv(3, 64, 7, 2, 3, 1),
+        stages: [
+            stage(64, 64, 3, 1),
+            stage(256, 128, 4, 2),
+            stage(512, 256, 6, 2),
+            stage(1024, 512, 3, 2),
+        ],
+        heads: Heads::default(),
+    };
+    let (h, w) = (224, 224);
+    let gflop = 2.0 * net.macs_per_image(h, w, Stage::Layer4) as f64 / 1e9;
+    let rgb = vec![128u8; h * w * 3];
+    let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
+    let mut eg = Explainer::new(gpu(), &net).unwrap();
+    let mut ec = Explainer::new(Cpu::new(), &net).unwrap();
+    let small = vec![128u8; 64 * 64 * 3];
+    let warm = ImageBatch::new(&small, 1, 64, 64).unwrap();
+    eg.stage_activations(warm, Stage::Layer4).unwrap();
+    let t = std::time::Instant::now();
+    let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
+    let tg = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
+    let tc = t.elapsed().as_secs_f64();
+    let err = max_rel_err(&ag[3].data, &ac[3].data);
+    eprintln!(
+        "ResNet-50 forward 224x224: {gflop:.2} GFLOP; gpu ({}) {tg:.2} s = {:.1} GFLOP/s; cpu {tc:.2} s = {:.1} GFLOP/s; layer4 rel err {err:e}",
+        eg.backend.adapter_summary(),
+        gflop / tg,
+        gflop / tc
+    );
 }

@@ -23,26 +23,51 @@ fn every_shader_parses_and_validates() {
         let module = match naga::front::wgsl::parse_str(&src) {
             Ok(m) => m,
             Err(e) => {
-                failures.push(format!("{}: parse error:\n{}", path.display(), e.emit_to_string(&src)));
+                failures.push(format!(
+                    "{}: parse error:\n{}",
+                    path.display(),
+                    e.emit_to_string(&src)
+                ));
                 continue;
             }
         };
-        let mut validator =
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default());
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        );
         if let Err(e) = validator.validate(&module) {
-            failures.push(format!("{}: validation error:\n{}", path.display(), e.emit_to_string(&src)));
+            failures.push(format!(
+                "{}: validation error:\n{}",
+                path.display(),
+                e.emit_to_string(&src)
+            ));
             continue;
         }
-        assert!(!module.entry_points.is_empty(), "{} has no entry point", path.display());
+        assert!(
+            !module.entry_points.is_empty(),
+            "{} has no entry point",
+            path.display()
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
 fn the_shaders_the_gpu_backend_loads_exist() {
-    let names: Vec<String> =
-        shader_files().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    for want in ["conv.wgsl", "pool.wgsl", "preprocess.wgsl", "reduce.wgsl", "resample.wgsl"] {
-        assert!(names.iter().any(|n| n == want), "shaders/{want} missing (found {names:?})");
+    let names: Vec<String> = shader_files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "conv.wgsl",
+        "pool.wgsl",
+        "preprocess.wgsl",
+        "reduce.wgsl",
+        "resample.wgsl",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "shaders/{want} missing (found {names:?})"
+        );
     }
 }

@@ -88,7 +88,11 @@ async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
                 anyhow!(
                     "no GPU adapter found (none named like '{name}' among backends {backends:?}; \
                      available: {})",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 )
             });
     }
@@ -113,18 +117,19 @@ async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 /// The limits requested from the device: wgpu's defaults, raised to what the adapter offers
 /// for the limits that bound batch size and kernel shapes.
 fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
-    let mut l = wgpu::Limits::default();
-    l.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size;
-    l.max_buffer_size = adapter.max_buffer_size;
-    l.max_compute_workgroup_storage_size = adapter.max_compute_workgroup_storage_size;
-    l.max_compute_invocations_per_workgroup = adapter.max_compute_invocations_per_workgroup;
-    l.max_compute_workgroup_size_x = adapter.max_compute_workgroup_size_x;
-    l.max_compute_workgroup_size_y = adapter.max_compute_workgroup_size_y;
-    l.max_compute_workgroup_size_z = adapter.max_compute_workgroup_size_z;
-    l.max_compute_workgroups_per_dimension = adapter.max_compute_workgroups_per_dimension;
-    l.max_storage_buffers_per_shader_stage = adapter.max_storage_buffers_per_shader_stage;
-    l.max_bind_groups = adapter.max_bind_groups;
-    l
+    wgpu::Limits {
+        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
+        max_buffer_size: adapter.max_buffer_size,
+        max_compute_workgroup_storage_size: adapter.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: adapter.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_size_x: adapter.max_compute_workgroup_size_x,
+        max_compute_workgroup_size_y: adapter.max_compute_workgroup_size_y,
+        max_compute_workgroup_size_z: adapter.max_compute_workgroup_size_z,
+        max_compute_workgroups_per_dimension: adapter.max_compute_workgroups_per_dimension,
+        max_storage_buffers_per_shader_stage: adapter.max_storage_buffers_per_shader_stage,
+        max_bind_groups: adapter.max_bind_groups,
+        ..wgpu::Limits::default()
+    }
 }
 
 async fn create_context(opts: &GpuOptions) -> Result<Context> {
@@ -132,12 +137,10 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let info = adapter.get_info();
     let adapter_limits = adapter.limits();
     let required_limits = wanted_limits(&adapter_limits);
-    let required = wgpu::Limits::default();
     anyhow::ensure!(
         adapter_limits.max_compute_invocations_per_workgroup >= 256
             && adapter_limits.max_compute_workgroup_storage_size >= 16384
-            && adapter_limits.max_storage_buffers_per_shader_stage
-                >= required.max_storage_buffers_per_shader_stage.min(6),
+            && adapter_limits.max_storage_buffers_per_shader_stage >= 6,
         "GPU adapter '{}' is too limited for lafam-gpu (needs 256 invocations per workgroup, \
          16 KiB workgroup memory, 6 storage buffers per stage)",
         info.name
@@ -157,7 +160,9 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     {
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            sink.lock().unwrap_or_else(|p| p.into_inner()).push(e.to_string());
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string());
         }));
         let sink = errors.clone();
         device.set_device_lost_callback(move |reason, msg| {

@@ -78,8 +78,7 @@ impl Gpu {
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let ctx = context::shared_context(opts)?;
         let l = &ctx.limits;
-        let max_tensor_bytes =
-            (l.max_storage_buffer_binding_size as u64).min(l.max_buffer_size) / 16 * 16;
+        let max_tensor_bytes = l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 16 * 16;
         let device = &ctx.device;
         let ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params ring"),
@@ -114,7 +113,10 @@ impl Gpu {
             (true, false) => i.driver_info.clone(),
             (false, false) => format!("{} {}", i.driver, i.driver_info),
         };
-        format!("{} ({:?}, {:?}, {driver})", i.name, i.backend, i.device_type)
+        format!(
+            "{} ({:?}, {:?}, {driver})",
+            i.name, i.backend, i.device_type
+        )
     }
 
     /// The device limits and adapter features that matter to this crate, as (name, value).
@@ -128,7 +130,7 @@ impl Gpu {
             ("max tensor bytes".into(), mib(self.max_tensor_bytes)),
             (
                 "max_storage_buffer_binding_size".into(),
-                mib(l.max_storage_buffer_binding_size as u64),
+                mib(l.max_storage_buffer_binding_size),
             ),
             ("max_buffer_size".into(), mib(l.max_buffer_size)),
             (
@@ -147,13 +149,22 @@ impl Gpu {
                 "max_storage_buffers_per_shader_stage".into(),
                 l.max_storage_buffers_per_shader_stage.to_string(),
             ),
-            ("shader f16".into(), yes(f.contains(wgpu::Features::SHADER_F16))),
-            ("subgroups".into(), yes(f.contains(wgpu::Features::SUBGROUP))),
+            (
+                "shader f16".into(),
+                yes(f.contains(wgpu::Features::SHADER_F16)),
+            ),
+            (
+                "subgroups".into(),
+                yes(f.contains(wgpu::Features::SUBGROUP)),
+            ),
             (
                 "timestamp queries".into(),
                 yes(f.contains(wgpu::Features::TIMESTAMP_QUERY)),
             ),
-            ("buffer pool".into(), format!("{bufs} buffers, {}", mib(bytes))),
+            (
+                "buffer pool".into(),
+                format!("{bufs} buffers, {}", mib(bytes)),
+            ),
         ]
     }
 
@@ -465,10 +476,7 @@ impl Backend for Gpu {
     }
 
     fn preprocess(&mut self, rgb: &[u8], n: usize, h: usize, w: usize) -> Result<GpuTensor> {
-        ensure!(
-            n > 0 && h > 0 && w > 0,
-            "empty image batch {n}x{h}x{w}"
-        );
+        ensure!(n > 0 && h > 0 && w > 0, "empty image batch {n}x{h}x{w}");
         ensure!(
             rgb.len() == n * h * w * 3,
             "image batch holds {} bytes, expected {n}x{h}x{w}x3",
@@ -530,13 +538,19 @@ impl Backend for Gpu {
         let m = s.n * ho * wo;
         let k = conv.kh * conv.kw * conv.cin;
         let variant = ConvVariant {
-            a_vec4: conv.cin % 4 == 0 && x.offset % 4 == 0,
-            b_vec4: conv.cout % 4 == 0 && residual.is_none_or(|r| r.offset % 4 == 0),
+            a_vec4: conv.cin.is_multiple_of(4) && x.offset.is_multiple_of(4),
+            b_vec4: conv.cout.is_multiple_of(4)
+                && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
         };
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
         let n_tiles = (conv.cout as u64).div_ceil(CONV_TILE);
-        ensure!(n_tiles <= max, "conv {}: {} output channels exceed the dispatch grid", conv.name, conv.cout);
+        ensure!(
+            n_tiles <= max,
+            "conv {}: {} output channels exceed the dispatch grid",
+            conv.name,
+            conv.cout
+        );
         let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
         let out = self.alloc(oshape)?;
         let params = [
@@ -602,7 +616,13 @@ impl Backend for Gpu {
             0,
             0,
         ];
-        self.unary(|p| &p.max_pool, &params, &x.buffer, &out.buffer, total as u64)?;
+        self.unary(
+            |p| &p.max_pool,
+            &params,
+            &x.buffer,
+            &out.buffer,
+            total as u64,
+        )?;
         Ok(out)
     }
 
@@ -613,14 +633,28 @@ impl Backend for Gpu {
         let oshape = Shape::new(s.n, s.h, s.w, 1);
         let out = self.alloc(oshape)?;
         let pixels = oshape.len();
-        let params = [pixels as u32, s.c as u32, u32_of(x.offset, "input offset")?, 0];
-        self.unary(|p| &p.channel_mean, &params, &x.buffer, &out.buffer, pixels as u64)?;
+        let params = [
+            pixels as u32,
+            s.c as u32,
+            u32_of(x.offset, "input offset")?,
+            0,
+        ];
+        self.unary(
+            |p| &p.channel_mean,
+            &params,
+            &x.buffer,
+            &out.buffer,
+            pixels as u64,
+        )?;
         Ok(out)
     }
 
     fn minmax_normalise(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(!s.is_empty(), "min-max normalisation of an empty tensor {s}");
+        ensure!(
+            !s.is_empty(),
+            "min-max normalisation of an empty tensor {s}"
+        );
         self.check_bytes("min-max input", s)?;
         let out = self.alloc(s)?;
         let params = [

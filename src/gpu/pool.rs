@@ -82,11 +82,13 @@ impl BufferPool {
         let mut padded = Vec::with_capacity(size as usize);
         padded.extend_from_slice(data);
         padded.resize(size as usize, 0);
-        let buffer = Arc::new(device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("upload"),
-            contents: &padded,
-            usage: STORAGE_USAGE,
-        }));
+        let buffer = Arc::new(
+            device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("upload"),
+                contents: &padded,
+                usage: STORAGE_USAGE,
+            }),
+        );
         self.push(buffer.clone(), size);
         buffer
     }
@@ -129,6 +131,9 @@ impl BufferPool {
 
     /// (buffers, bytes) held, live or free.
     pub fn stats(&self) -> (usize, u64) {
-        (self.entries.len(), self.entries.iter().map(|e| e.size).sum())
+        (
+            self.entries.len(),
+            self.entries.iter().map(|e| e.size).sum(),
+        )
     }
 }
