@@ -19,7 +19,8 @@ pub struct LrpConv<C> {
 
 /// The weights the backward pass needs, prepared once for a composite.
 pub struct LrpWeights<C> {
-    pub composite: Composite,
+    /// The composite the rules came from (None for a custom pair of rules).
+    pub composite: Option<Composite>,
     pub first: Rule,
     pub rule: Rule,
     pub net: ResNet<LrpConv<C>>,
@@ -88,7 +89,13 @@ pub struct RelevanceTrace {
 impl<B: LrpBackend> Explainer<B> {
     /// Prepares the rule-modified weights for `composite` (once per process).
     pub fn enable_lrp(&mut self, composite: Composite) -> Result<()> {
-        let (first, rule) = (composite.first_rule(), composite.rule());
+        self.enable_lrp_rules(composite.first_rule(), composite.rule())?;
+        self.lrp.as_mut().unwrap().composite = Some(composite);
+        Ok(())
+    }
+
+    /// Prepares LRP with any pair of rules (first conv, every other conv).
+    pub fn enable_lrp_rules(&mut self, first: Rule, rule: Rule) -> Result<()> {
         let stem = &self.spec.stem as *const ConvLayer;
         let backend = &mut self.backend;
         let net = self.spec.try_map(|c| {
@@ -99,7 +106,7 @@ impl<B: LrpBackend> Explainer<B> {
             }
         })?;
         self.lrp = Some(LrpWeights {
-            composite,
+            composite: None,
             first,
             rule,
             net,

@@ -171,6 +171,24 @@ impl Rule {
         }
     }
 
+    /// Epsilon (LRP-ε with ε as the stabiliser): `R_i = x_i Σ_j w_ij R_j / stab(z_j)`.
+    /// Conservative when the biases are zero; zennit uses it for linear layers.
+    pub fn epsilon() -> Rule {
+        Rule {
+            name: "Epsilon",
+            terms: vec![term(
+                InputMod::Identity,
+                ParamMod::Identity,
+                true,
+                0,
+                1.0,
+                1.0,
+            )],
+            gates: vec![None],
+            gamma: 0.0,
+        }
+    }
+
     /// Flat: relevance spread uniformly over each receptive field.
     pub fn flat() -> Rule {
         Rule {
