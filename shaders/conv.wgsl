@@ -1,0 +1,264 @@
+// Convolution over NHWC f32 as an implicit GEMM:
+//   out[m, n] = act( sum_k A[m, k] * W[k, n] + bias[n] + residual[m, n] )
+// with M = n*ho*wo output pixels, N = cout, K = kh*kw*cin, A the (never materialised) im2col of
+// the input with zero padding, W the HWIO weight ([kh][kw][cin][cout] = row-major [K][N]).
+//
+// Tiling: a 64x64 output tile per workgroup of 16x16 threads, each thread owning a 4x4 block
+// of outputs in registers; K is walked in tiles of 16 staged in workgroup memory (8 KiB), with
+// the next K tile's global loads prefetched into registers while the current one is computed.
+//
+// Specialisations (override constants, one pipeline each, created at start-up):
+//   A_VEC4: cin % 4 == 0 and the input's element offset % 4 == 0: A is read as vec4 over
+//           channels (one load per thread per K tile). Otherwise scalar loads (stem, cin=3).
+//   B_VEC4: cout % 4 == 0 (and the residual's offset % 4 == 0): weights, residual and output
+//           are read/written as vec4 over output channels.
+//   PLAIN_GEMM: 1x1 kernel, stride 1, no padding: A[m, k] = x[m*cin + k], no im2col arithmetic.
+//
+// The module is created without runtime bounds checks: every index is guarded here, and the
+// host validates every size (and that divisors are non-zero) before recording a dispatch.
+
+override A_VEC4: bool = true;
+override B_VEC4: bool = true;
+override PLAIN_GEMM: bool = false;
+
+struct Params {
+    n: u32,
+    h: u32,
+    w: u32,
+    cin: u32,
+    ho: u32,
+    wo: u32,
+    cout: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    m: u32,          // n * ho * wo
+    k: u32,          // kh * kw * cin
+    x_off: u32,      // element offset of the input view
+    r_off: u32,      // element offset of the residual view
+    flags: u32,      // bit 0: add residual, bit 1: ReLU
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+// As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
+var<workgroup> As: array<vec4<f32>, 256>;
+var<workgroup> Bs: array<vec4<f32>, 256>;
+
+fn x_scalar(i: u32) -> f32 {
+    return x[i >> 2u][i & 3u];
+}
+
+fn w_scalar(i: u32) -> f32 {
+    return wt[i >> 2u][i & 3u];
+}
+
+// Per-thread description of the A row (output pixel) it loads.
+struct RowInfo {
+    valid: bool,
+    base: u32,     // PLAIN_GEMM: element index of the row start; else: image base element
+    iy0: i32,
+    ix0: i32,
+}
+
+// One element A[m, k] through im2col with zero padding (scalar path).
+fn load_a_scalar(r: RowInfo, k: u32) -> f32 {
+    if (!r.valid || k >= p.k) {
+        return 0.0;
+    }
+    if (PLAIN_GEMM) {
+        return x_scalar(r.base + k);
+    }
+    let tap = k / p.cin;
+    let ci = k - tap * p.cin;
+    let ky = tap / p.kw;
+    let kx = tap - ky * p.kw;
+    let iy = r.iy0 + i32(ky);
+    let ix = r.ix0 + i32(kx);
+    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
+        return 0.0;
+    }
+    return x_scalar(r.base + (u32(iy) * p.w + u32(ix)) * p.cin + ci);
+}
+
+// A[m, k..k+4] (k % 4 == 0, cin % 4 == 0 so the four share one kernel tap).
+fn load_a_vec4(r: RowInfo, k: u32) -> vec4<f32> {
+    if (!r.valid || k >= p.k) {
+        return vec4<f32>(0.0);
+    }
+    if (PLAIN_GEMM) {
+        return x[(r.base + k) >> 2u];
+    }
+    let tap = k / p.cin;
+    let ci = k - tap * p.cin;
+    let ky = tap / p.kw;
+    let kx = tap - ky * p.kw;
+    let iy = r.iy0 + i32(ky);
+    let ix = r.ix0 + i32(kx);
+    if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
+        return vec4<f32>(0.0);
+    }
+    return x[(r.base + (u32(iy) * p.w + u32(ix)) * p.cin + ci) >> 2u];
+}
+
+// The four A values this thread stages for K tile starting at k0: row `row`, k = k0+kq*4..+4.
+fn load_a(r: RowInfo, k0: u32, kq: u32) -> vec4<f32> {
+    let k = k0 + kq * 4u;
+    if (A_VEC4) {
+        return load_a_vec4(r, k);
+    }
+    return vec4<f32>(load_a_scalar(r, k), load_a_scalar(r, k + 1u), load_a_scalar(r, k + 2u), load_a_scalar(r, k + 3u));
+}
+
+// W[k, n..n+4] with k = k0 + kl, n = n0 + nq*4.
+fn load_b(k: u32, n: u32) -> vec4<f32> {
+    if (k >= p.k || n >= p.cout) {
+        return vec4<f32>(0.0);
+    }
+    let i = k * p.cout + n;
+    if (B_VEC4) {
+        return wt[i >> 2u];
+    }
+    var v = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if (n + j < p.cout) {
+            v[j] = w_scalar(i + j);
+        }
+    }
+    return v;
+}
+
+fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
+    if (m >= p.m || n >= p.cout) {
+        return;
+    }
+    let o = m * p.cout + n;
+    if (B_VEC4) {
+        var v = acc + vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]);
+        if ((p.flags & 1u) != 0u) {
+            v += res[(p.r_off + o) >> 2u];
+        }
+        if ((p.flags & 2u) != 0u) {
+            v = max(v, vec4<f32>(0.0));
+        }
+        out[o >> 2u] = v;
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            if (n + j < p.cout) {
+                var v = acc[j] + bias[n + j];
+                if ((p.flags & 1u) != 0u) {
+                    let ri = p.r_off + o + j;
+                    v += res[ri >> 2u][ri & 3u];
+                }
+                if ((p.flags & 2u) != 0u) {
+                    v = max(v, 0.0);
+                }
+                let oi = o + j;
+                out[oi >> 2u][oi & 3u] = v;
+            }
+        }
+    }
+}
+
+// Grid: x = N tiles, (y, z) = M tiles split over two dimensions (tile = y + z * num_y).
+@compute @workgroup_size(16, 16, 1)
+fn conv2d(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m_tile = wid.y + wid.z * nwg.y;
+    let m_tiles = (p.m + BM - 1u) / BM;
+    if (m_tile >= m_tiles) {
+        return; // whole workgroup: uniform
+    }
+    let m0 = m_tile * BM;
+    let n0 = wid.x * BN;
+
+    // A staging: row a_row (0..63), k quad a_kq (0..3).
+    let a_row = t >> 2u;
+    let a_kq = t & 3u;
+    // B staging: k row b_k (0..15), n quad b_nq (0..15).
+    let b_k = t >> 4u;
+    let b_nq = t & 15u;
+    // Compute: rows ty*4..+4, cols tx*4..+4.
+    let tx = t & 15u;
+    let ty = t >> 4u;
+
+    var r: RowInfo;
+    let m = m0 + a_row;
+    r.valid = m < p.m;
+    r.base = 0u;
+    r.iy0 = 0;
+    r.ix0 = 0;
+    if (r.valid) {
+        if (PLAIN_GEMM) {
+            r.base = p.x_off + m * p.cin;
+        } else {
+            let hw = p.ho * p.wo;
+            let img = m / hw;
+            let rem = m - img * hw;
+            let oy = rem / p.wo;
+            let ox = rem - oy * p.wo;
+            r.base = p.x_off + img * p.h * p.w * p.cin;
+            r.iy0 = i32(oy * p.stride) - i32(p.pad);
+            r.ix0 = i32(ox * p.stride) - i32(p.pad);
+        }
+    }
+
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    let k_tiles = (p.k + BK - 1u) / BK;
+    var a_reg = load_a(r, 0u, a_kq);
+    var b_reg = load_b(b_k, n0 + b_nq * 4u);
+
+    for (var kt = 0u; kt < k_tiles; kt++) {
+        workgroupBarrier();
+        // Stage: A transposed to As[k][m], B as is.
+        let col = a_row >> 2u;
+        let comp = a_row & 3u;
+        let kb = a_kq * 4u;
+        As[(kb + 0u) * 16u + col][comp] = a_reg.x;
+        As[(kb + 1u) * 16u + col][comp] = a_reg.y;
+        As[(kb + 2u) * 16u + col][comp] = a_reg.z;
+        As[(kb + 3u) * 16u + col][comp] = a_reg.w;
+        Bs[b_k * 16u + b_nq] = b_reg;
+        workgroupBarrier();
+
+        // Prefetch the next K tile while this one is computed.
+        if (kt + 1u < k_tiles) {
+            let k0 = (kt + 1u) * BK;
+            a_reg = load_a(r, k0, a_kq);
+            b_reg = load_b(k0 + b_k, n0 + b_nq * 4u);
+        }
+
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = As[kk * 16u + ty];
+            let b = Bs[kk * 16u + tx];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+    }
+
+    let om = m0 + ty * 4u;
+    let on = n0 + tx * 4u;
+    epilogue(om, on, acc0);
+    epilogue(om + 1u, on, acc1);
+    epilogue(om + 2u, on, acc2);
+    epilogue(om + 3u, on, acc3);
+}

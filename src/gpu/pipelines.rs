@@ -1,0 +1,181 @@
+//! The pipeline registry: every WGSL module compiled once per device, without runtime bounds
+//! checks (indices are guarded in the kernels and sizes validated on the host; checked modules
+//! ran 37x slower, DESIGN.md section 4), and one pipeline per specialisation.
+
+use anyhow::{anyhow, Result};
+
+/// Size of every kernel's uniform parameter block (16 u32), bound at a dynamic offset.
+pub(crate) const PARAMS_BYTES: u64 = 64;
+
+const PREPROCESS: &str = include_str!("../../shaders/preprocess.wgsl");
+const CONV: &str = include_str!("../../shaders/conv.wgsl");
+const POOL: &str = include_str!("../../shaders/pool.wgsl");
+const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+const RESAMPLE: &str = include_str!("../../shaders/resample.wgsl");
+
+/// Conv specialisations, see `shaders/conv.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvVariant {
+    pub a_vec4: bool,
+    pub b_vec4: bool,
+    pub plain_gemm: bool,
+}
+
+impl ConvVariant {
+    fn index(self) -> usize {
+        self.a_vec4 as usize | (self.b_vec4 as usize) << 1 | (self.plain_gemm as usize) << 2
+    }
+    fn from_index(i: usize) -> Self {
+        ConvVariant {
+            a_vec4: i & 1 != 0,
+            b_vec4: i & 2 != 0,
+            plain_gemm: i & 4 != 0,
+        }
+    }
+}
+
+pub(crate) struct Pipelines {
+    /// uniform params + one read-only input + one read-write output.
+    pub unary_layout: wgpu::BindGroupLayout,
+    /// uniform params + x, weight, bias, residual (read-only) + output.
+    pub conv_layout: wgpu::BindGroupLayout,
+    conv: Vec<wgpu::ComputePipeline>,
+    pub preprocess: wgpu::ComputePipeline,
+    pub max_pool: wgpu::ComputePipeline,
+    pub channel_mean: wgpu::ComputePipeline,
+    pub minmax: wgpu::ComputePipeline,
+    pub resize_nearest: wgpu::ComputePipeline,
+    pub resize_bilinear: wgpu::ComputePipeline,
+}
+
+fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn params_entry() -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: wgpu::BufferSize::new(PARAMS_BYTES),
+        },
+        count: None,
+    }
+}
+
+impl Pipelines {
+    pub fn new(device: &wgpu::Device) -> Result<Self> {
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let built = Self::build(device);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(anyhow!("pipeline creation failed: {e}"));
+        }
+        Ok(built)
+    }
+
+    pub fn conv(&self, v: ConvVariant) -> &wgpu::ComputePipeline {
+        &self.conv[v.index()]
+    }
+
+    fn build(device: &wgpu::Device) -> Self {
+        let unary_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("unary"),
+            entries: &[params_entry(), storage(1, true), storage(2, false)],
+        });
+        let conv_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("conv"),
+            entries: &[
+                params_entry(),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, true),
+                storage(5, false),
+            ],
+        });
+        let unary_pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("unary"),
+            bind_group_layouts: &[Some(&unary_layout)],
+            immediate_size: 0,
+        });
+        let conv_pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("conv"),
+            bind_group_layouts: &[Some(&conv_layout)],
+            immediate_size: 0,
+        });
+        let module = |label: &str, src: &str| {
+            // SAFETY: every kernel guards its indices against the sizes in its parameters,
+            // and the host validates those sizes (non-zero divisors, buffer extents) before
+            // recording a dispatch (src/gpu/mod.rs), so unchecked access stays in bounds.
+            unsafe {
+                device.create_shader_module_trusted(
+                    wgpu::ShaderModuleDescriptor {
+                        label: Some(label),
+                        source: wgpu::ShaderSource::Wgsl(src.into()),
+                    },
+                    wgpu::ShaderRuntimeChecks::unchecked(),
+                )
+            }
+        };
+        let pipeline = |layout: &wgpu::PipelineLayout,
+                        m: &wgpu::ShaderModule,
+                        entry: &str,
+                        constants: &[(&str, f64)]| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(layout),
+                module: m,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    // Every kernel writes its workgroup memory before reading it.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        };
+        let conv_m = module("conv", CONV);
+        let conv = (0..8)
+            .map(|i| {
+                let v = ConvVariant::from_index(i);
+                let b = |x: bool| if x { 1.0 } else { 0.0 };
+                pipeline(
+                    &conv_pl,
+                    &conv_m,
+                    "conv2d",
+                    &[
+                        ("A_VEC4", b(v.a_vec4)),
+                        ("B_VEC4", b(v.b_vec4)),
+                        ("PLAIN_GEMM", b(v.plain_gemm)),
+                    ],
+                )
+            })
+            .collect();
+        let pre_m = module("preprocess", PREPROCESS);
+        let pool_m = module("pool", POOL);
+        let reduce_m = module("reduce", REDUCE);
+        let resample_m = module("resample", RESAMPLE);
+        Pipelines {
+            conv,
+            preprocess: pipeline(&unary_pl, &pre_m, "preprocess", &[]),
+            max_pool: pipeline(&unary_pl, &pool_m, "max_pool", &[]),
+            channel_mean: pipeline(&unary_pl, &reduce_m, "channel_mean", &[]),
+            minmax: pipeline(&unary_pl, &reduce_m, "minmax_normalise", &[]),
+            resize_nearest: pipeline(&unary_pl, &resample_m, "resize_nearest", &[]),
+            resize_bilinear: pipeline(&unary_pl, &resample_m, "resize_bilinear", &[]),
+            unary_layout,
+            conv_layout,
+        }
+    }
+}

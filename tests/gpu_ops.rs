@@ -1,0 +1,631 @@
+//! GPU-vs-CPU parity, op by op: every kernel against the CPU backend (the single reference),
+//! with odd sizes, batches, per-image views (element offsets) and every conv shape a ResNet
+//! uses. Runs on whatever adapter wgpu finds (lavapipe in CI) and FAILS when there is none.
+
+mod common;
+
+use common::{gpu, random_conv, random_tensor, RESNET_CONVS};
+use lafam_gpu::backend::Pool;
+use lafam_gpu::cpu::Cpu;
+use lafam_gpu::explain::lafam::ImageBatch;
+use lafam_gpu::explain::Explainer;
+use lafam_gpu::gpu::Gpu;
+use lafam_gpu::model::{Block, BlockKind, ConvLayer, Heads, ResNet, Stage};
+use lafam_gpu::tensor::max_rel_err;
+use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
+
+const TOL: f64 = 1e-4;
+
+/// Asserts `max_rel_err(gpu, cpu) <= TOL` (and equal shapes); returns the error.
+fn check(label: &str, got: &HostTensor, want: &HostTensor) -> f64 {
+    assert_eq!(got.shape, want.shape, "{label}: shape");
+    let err = max_rel_err(&got.data, &want.data);
+    assert!(err <= TOL, "{label}: max rel err {err:e} > {TOL:e}");
+    err
+}
+
+/// Runs `op` on both backends with the same host inputs and compares.
+fn parity(
+    label: &str,
+    g: &mut Gpu,
+    c: &mut Cpu,
+    inputs: &[&HostTensor],
+    op_g: impl FnOnce(&mut Gpu, &[<Gpu as Backend>::Tensor]) -> <Gpu as Backend>::Tensor,
+    op_c: impl FnOnce(&mut Cpu, &[<Cpu as Backend>::Tensor]) -> <Cpu as Backend>::Tensor,
+) -> f64 {
+    let xg: Vec<_> = inputs.iter().map(|t| g.upload(t).unwrap()).collect();
+    let xc: Vec<_> = inputs.iter().map(|t| c.upload(t).unwrap()).collect();
+    let yg = op_g(g, &xg);
+    let yc = op_c(c, &xc);
+    let got = g.download(&yg).unwrap();
+    let want = c.download(&yc).unwrap();
+    check(label, &got, &want)
+}
+
+#[test]
+fn conv2d_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    // (cin, cout): scalar paths (3, 5), odd sizes over two N tiles (37, 70), vec4 paths (16, 12).
+    for (ci, &(cin, cout)) in [(3usize, 5usize), (37, 70), (16, 12)].iter().enumerate() {
+        for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+            let layer = random_conv(cin, cout, k, stride, pad, (ci * 10 + ki) as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            for n in [1usize, 3] {
+                let xs = Shape::new(n, 13, 9, cin);
+                let x = random_tensor(xs, -1.0, 1.0, 100 + cases);
+                let (ho, wo) = layer.out_size(13, 9);
+                let r = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 200 + cases);
+                for (with_res, relu) in [(false, false), (false, true), (true, false), (true, true)]
+                {
+                    let label = format!(
+                        "conv {k}x{k}/{stride} p{pad} {cin}->{cout} n={n} residual={with_res} relu={relu}"
+                    );
+                    let err = parity(
+                        &label,
+                        &mut g,
+                        &mut c,
+                        &[&x, &r],
+                        |g, t| {
+                            g.conv2d(&t[0], &cg, with_res.then_some(&t[1]), relu)
+                                .unwrap()
+                        },
+                        |c, t| {
+                            c.conv2d(&t[0], &cc, with_res.then_some(&t[1]), relu)
+                                .unwrap()
+                        },
+                    );
+                    worst = worst.max(err);
+                    cases += 1;
+                }
+            }
+            // One image of a batch as input and residual (views at element offsets).
+            let x = random_tensor(Shape::new(3, 13, 9, cin), -1.0, 1.0, 300 + cases);
+            let (ho, wo) = layer.out_size(13, 9);
+            let r = random_tensor(Shape::new(3, ho, wo, cout), -1.0, 1.0, 400 + cases);
+            let label = format!("conv {k}x{k}/{stride} p{pad} {cin}->{cout} on image 1 of 3");
+            let err = parity(
+                &label,
+                &mut g,
+                &mut c,
+                &[&x, &r],
+                |g, t| {
+                    let (xi, ri) = (g.image(&t[0], 1), g.image(&t[1], 2));
+                    g.conv2d(&xi, &cg, Some(&ri), true).unwrap()
+                },
+                |c, t| {
+                    let (xi, ri) = (c.image(&t[0], 1), c.image(&t[1], 2));
+                    c.conv2d(&xi, &cc, Some(&ri), true).unwrap()
+                },
+            );
+            worst = worst.max(err);
+            cases += 1;
+        }
+    }
+    // Several M, N and K tiles on the vec4 and plain-GEMM paths.
+    for &(k, stride, pad) in &[(3, 1, 1), (1, 1, 0)] {
+        let layer = random_conv(64, 96, k, stride, pad, 77);
+        let cg = g.prepare_conv(&layer).unwrap();
+        let cc = c.prepare_conv(&layer).unwrap();
+        let x = random_tensor(Shape::new(2, 17, 11, 64), -1.0, 1.0, 78);
+        let err = parity(
+            &format!("conv {k}x{k} 64->96 2x17x11"),
+            &mut g,
+            &mut c,
+            &[&x],
+            |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
+            |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+        );
+        worst = worst.max(err);
+        cases += 1;
+    }
+    eprintln!("conv2d: {cases} cases, max rel err {worst:e}");
+}
+
+#[test]
+fn conv2d_rejects_bad_shapes() {
+    let mut g = gpu();
+    let layer = random_conv(4, 8, 3, 1, 1, 1);
+    let cg = g.prepare_conv(&layer).unwrap();
+    let x = g
+        .upload(&HostTensor::zeros(Shape::new(1, 5, 5, 5)))
+        .unwrap();
+    assert!(g.conv2d(&x, &cg, None, false).is_err(), "channel mismatch");
+    let x = g
+        .upload(&HostTensor::zeros(Shape::new(1, 5, 5, 4)))
+        .unwrap();
+    let bad = g
+        .upload(&HostTensor::zeros(Shape::new(1, 5, 4, 8)))
+        .unwrap();
+    assert!(
+        g.conv2d(&x, &cg, Some(&bad), false).is_err(),
+        "residual shape"
+    );
+    let big = random_conv(4, 8, 7, 1, 0, 2);
+    let cbig = g.prepare_conv(&big).unwrap();
+    assert!(
+        g.conv2d(&x, &cbig, None, false).is_err(),
+        "input smaller than kernel"
+    );
+    // The GPU is still usable afterwards.
+    let y = g.conv2d(&x, &cg, None, true).unwrap();
+    assert_eq!(g.download(&y).unwrap().shape, Shape::new(1, 5, 5, 8));
+}
+
+#[test]
+fn max_pool_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let pools = [
+        Pool::RESNET_STEM,
+        Pool {
+            kernel: 2,
+            stride: 2,
+            pad: 0,
+        },
+        Pool {
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+    ];
+    for (i, &pool) in pools.iter().enumerate() {
+        for &shape in &[Shape::new(3, 13, 9, 5), Shape::new(1, 16, 16, 64)] {
+            // Negative inputs make the -inf padding matter.
+            let x = random_tensor(shape, -2.0, -0.5, i as u64);
+            let err = parity(
+                &format!("max_pool {pool:?} {shape}"),
+                &mut g,
+                &mut c,
+                &[&x],
+                |g, t| g.max_pool(&t[0], pool).unwrap(),
+                |c, t| c.max_pool(&t[0], pool).unwrap(),
+            );
+            worst = worst.max(err);
+        }
+    }
+    let x = random_tensor(Shape::new(3, 13, 9, 5), -1.0, 1.0, 9);
+    worst = worst.max(parity(
+        "max_pool on image 2 of 3",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| {
+            let v = g.image(&t[0], 2);
+            g.max_pool(&v, Pool::RESNET_STEM).unwrap()
+        },
+        |c, t| {
+            let v = c.image(&t[0], 2);
+            c.max_pool(&v, Pool::RESNET_STEM).unwrap()
+        },
+    ));
+    eprintln!("max_pool: max rel err {worst:e}");
+}
+
+#[test]
+fn channel_mean_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    for (i, &shape) in [
+        Shape::new(3, 13, 9, 37),
+        Shape::new(2, 7, 7, 64),
+        Shape::new(1, 5, 3, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = random_tensor(shape, -1.0, 2.0, i as u64);
+        worst = worst.max(parity(
+            &format!("channel_mean {shape}"),
+            &mut g,
+            &mut c,
+            &[&x],
+            |g, t| g.channel_mean(&t[0]).unwrap(),
+            |c, t| c.channel_mean(&t[0]).unwrap(),
+        ));
+    }
+    let x = random_tensor(Shape::new(3, 13, 9, 37), 0.0, 1.0, 5);
+    worst = worst.max(parity(
+        "channel_mean on image 1 of 3",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| {
+            let v = g.image(&t[0], 1);
+            g.channel_mean(&v).unwrap()
+        },
+        |c, t| {
+            let v = c.image(&t[0], 1);
+            c.channel_mean(&v).unwrap()
+        },
+    ));
+    eprintln!("channel_mean: max rel err {worst:e}");
+}
+
+#[test]
+fn minmax_normalise_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    for (i, &shape) in [
+        Shape::new(3, 13, 9, 1),
+        Shape::new(2, 5, 4, 7),
+        Shape::new(1, 40, 33, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = random_tensor(shape, -3.0, 5.0, 10 + i as u64);
+        worst = worst.max(parity(
+            &format!("minmax {shape}"),
+            &mut g,
+            &mut c,
+            &[&x],
+            |g, t| g.minmax_normalise(&t[0]).unwrap(),
+            |c, t| c.minmax_normalise(&t[0]).unwrap(),
+        ));
+    }
+    // A constant image (max == min) next to a varying one; then a view.
+    let mut x = random_tensor(Shape::new(2, 6, 5, 1), 0.0, 1.0, 20);
+    x.data[..30].fill(0.25);
+    worst = worst.max(parity(
+        "minmax with a constant image",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| g.minmax_normalise(&t[0]).unwrap(),
+        |c, t| c.minmax_normalise(&t[0]).unwrap(),
+    ));
+    worst = worst.max(parity(
+        "minmax on image 1 of 2",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| {
+            let v = g.image(&t[0], 1);
+            g.minmax_normalise(&v).unwrap()
+        },
+        |c, t| {
+            let v = c.image(&t[0], 1);
+            c.minmax_normalise(&v).unwrap()
+        },
+    ));
+    eprintln!("minmax_normalise: max rel err {worst:e}");
+}
+
+#[test]
+fn resize_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    for mode in [Upsample::Nearest, Upsample::Bilinear] {
+        let mut worst = 0f64;
+        // (input h, w, c) -> (output h, w): up, down, non-square, identity, non-integer ratios.
+        let cases = [
+            ((7, 5, 1), (48, 40)),
+            ((13, 9, 3), (4, 3)),
+            ((8, 8, 1), (8, 8)),
+            ((6, 6, 2), (13, 13)),
+            ((7, 7, 1), (224, 224)),
+            ((56, 40, 1), (17, 23)),
+            ((3, 11, 4), (10, 2)),
+        ];
+        for (i, &((h, w, ch), (ho, wo))) in cases.iter().enumerate() {
+            let x = random_tensor(Shape::new(2, h, w, ch), -1.0, 1.0, 30 + i as u64);
+            worst = worst.max(parity(
+                &format!("resize {mode:?} {h}x{w}x{ch} -> {ho}x{wo}"),
+                &mut g,
+                &mut c,
+                &[&x],
+                |g, t| g.resize(&t[0], ho, wo, mode).unwrap(),
+                |c, t| c.resize(&t[0], ho, wo, mode).unwrap(),
+            ));
+        }
+        let x = random_tensor(Shape::new(3, 7, 5, 1), 0.0, 1.0, 40);
+        worst = worst.max(parity(
+            &format!("resize {mode:?} on image 2 of 3"),
+            &mut g,
+            &mut c,
+            &[&x],
+            |g, t| {
+                let v = g.image(&t[0], 2);
+                g.resize(&v, 31, 19, mode).unwrap()
+            },
+            |c, t| {
+                let v = c.image(&t[0], 2);
+                c.resize(&v, 31, 19, mode).unwrap()
+            },
+        ));
+        eprintln!("resize {mode:?}: max rel err {worst:e}");
+    }
+}
+
+#[test]
+fn preprocess_matches_cpu() {
+    use rand::{Rng, SeedableRng};
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut worst = 0f64;
+    // 13x9x3 = 351 bytes per image: the last u32 word is partial.
+    for &(n, h, w) in &[(1usize, 13usize, 9usize), (3, 13, 9), (2, 16, 20)] {
+        let mut rgb: Vec<u8> = (0..n * h * w * 3).map(|_| rng.random()).collect();
+        rgb[0] = 0;
+        rgb[1] = 255;
+        let got = {
+            let t = g.preprocess(&rgb, n, h, w).unwrap();
+            g.download(&t).unwrap()
+        };
+        let want = {
+            let t = c.preprocess(&rgb, n, h, w).unwrap();
+            c.download(&t).unwrap()
+        };
+        worst = worst.max(check(&format!("preprocess {n}x{h}x{w}"), &got, &want));
+    }
+    assert!(
+        g.preprocess(&[0u8; 10], 1, 2, 2).is_err(),
+        "wrong byte count"
+    );
+    eprintln!("preprocess: max rel err {worst:e}");
+}
+
+/// Many ops recorded before one download, buffers recycled through the pool in between.
+#[test]
+fn lazy_recording_and_buffer_reuse() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let layer = random_conv(8, 8, 3, 1, 1, 3);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let x = random_tensor(Shape::new(2, 9, 7, 8), -1.0, 1.0, 4);
+    let (mut yg, mut yc) = (g.upload(&x).unwrap(), c.upload(&x).unwrap());
+    // 40 chained convs: each intermediate is dropped and its buffer reused while the
+    // encoder is still pending.
+    for _ in 0..40 {
+        yg = g.conv2d(&yg, &cg, Some(&yg), true).unwrap();
+        yc = c.conv2d(&yc, &cc, Some(&yc), true).unwrap();
+        let mg = g
+            .max_pool(
+                &yg,
+                Pool {
+                    kernel: 3,
+                    stride: 1,
+                    pad: 1,
+                },
+            )
+            .unwrap();
+        let mc = c
+            .max_pool(
+                &yc,
+                Pool {
+                    kernel: 3,
+                    stride: 1,
+                    pad: 1,
+                },
+            )
+            .unwrap();
+        yg = g.resize(&mg, 9, 7, Upsample::Bilinear).unwrap();
+        yc = c.resize(&mc, 9, 7, Upsample::Bilinear).unwrap();
+        yg = g.minmax_normalise(&yg).unwrap();
+        yc = c.minmax_normalise(&yc).unwrap();
+    }
+    let err = check(
+        "40 chained blocks",
+        &g.download(&yg).unwrap(),
+        &c.download(&yc).unwrap(),
+    );
+    eprintln!("chained: max rel err {err:e}");
+    // An upload recorded after pending work must not be overwritten by it.
+    let a = random_tensor(Shape::new(1, 4, 4, 8), 0.0, 1.0, 5);
+    let ta = g.upload(&a).unwrap();
+    let tb = g.conv2d(&ta, &cg, None, false).unwrap();
+    drop(ta);
+    let b = random_tensor(Shape::new(1, 4, 4, 8), 0.0, 1.0, 6);
+    let tbb = g.upload(&b).unwrap();
+    let want = {
+        let t = c.upload(&a).unwrap();
+        let y = c.conv2d(&t, &cc, None, false).unwrap();
+        c.download(&y).unwrap()
+    };
+    check("conv of a dropped upload", &g.download(&tb).unwrap(), &want);
+    assert_eq!(g.download(&tbb).unwrap().data, b.data);
+}
+
+#[test]
+fn adapter_is_described() {
+    let g = gpu();
+    let s = g.adapter_summary();
+    assert!(!s.is_empty());
+    let limits = g.limits_summary();
+    assert!(limits
+        .iter()
+        .any(|(k, _)| k == "max_storage_buffer_binding_size"));
+    assert!(g.max_tensor_bytes() >= 128 << 20);
+    eprintln!("{s}");
+    for (k, v) in limits {
+        eprintln!("  {k}: {v}");
+    }
+}
+
+fn basic_block(cin: usize, cout: usize, stride: usize, seed: u64) -> Block<ConvLayer> {
+    Block {
+        convs: vec![
+            random_conv(cin, cout, 3, stride, 1, seed),
+            random_conv(cout, cout, 3, 1, 1, seed + 1),
+        ],
+        downsample: (stride != 1 || cin != cout)
+            .then(|| random_conv(cin, cout, 1, stride, 0, seed + 2)),
+    }
+}
+
+fn bottleneck(cin: usize, mid: usize, stride: usize, seed: u64) -> Block<ConvLayer> {
+    Block {
+        convs: vec![
+            random_conv(cin, mid, 1, 1, 0, seed),
+            random_conv(mid, mid, 3, stride, 1, seed + 1),
+            random_conv(mid, mid * 4, 1, 1, 0, seed + 2),
+        ],
+        downsample: (stride != 1 || cin != mid * 4)
+            .then(|| random_conv(cin, mid * 4, 1, stride, 0, seed + 3)),
+    }
+}
+
+/// A small random ResNet of either block kind, through `Explainer<Gpu>` and `Explainer<Cpu>`.
+#[test]
+fn explainer_smoke_small_resnets() {
+    let nets = [
+        ResNet {
+            kind: BlockKind::Basic,
+            stem: random_conv(3, 8, 7, 2, 3, 1),
+            stages: [
+                vec![basic_block(8, 8, 1, 10), basic_block(8, 8, 1, 13)],
+                vec![basic_block(8, 16, 2, 20)],
+                vec![basic_block(16, 24, 2, 30)],
+                vec![basic_block(24, 32, 2, 40)],
+            ],
+            heads: Heads::default(),
+        },
+        ResNet {
+            kind: BlockKind::Bottleneck,
+            stem: random_conv(3, 16, 7, 2, 3, 2),
+            stages: [
+                vec![bottleneck(16, 4, 1, 50), bottleneck(16, 4, 1, 54)],
+                vec![bottleneck(16, 8, 2, 60)],
+                vec![bottleneck(32, 12, 2, 70)],
+                vec![bottleneck(48, 16, 2, 80)],
+            ],
+            heads: Heads::default(),
+        },
+    ];
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let (n, h, w) = (2, 45, 38);
+    let rgb: Vec<u8> = (0..n * h * w * 3).map(|_| rng.random()).collect();
+    let batch = ImageBatch::new(&rgb, n, h, w).unwrap();
+    for net in &nets {
+        let mut eg = Explainer::new(gpu(), net).unwrap();
+        let mut ec = Explainer::new(Cpu::new(), net).unwrap();
+        let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
+        let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
+        for (s, (a, b)) in ag.iter().zip(&ac).enumerate() {
+            let err = check(&format!("{:?} layer{}", net.kind, s + 1), a, b);
+            eprintln!(
+                "explainer {:?} layer{}: {} max rel err {err:e}",
+                net.kind,
+                s + 1,
+                a.shape
+            );
+        }
+        for mode in [Upsample::Nearest, Upsample::Bilinear] {
+            let sizes = [(h, w), (60, 50)];
+            let mg = eg.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
+            let mc = ec.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
+            for (a, b) in mg.iter().zip(&mc) {
+                let err = check(&format!("{:?} lafam {mode:?}", net.kind), a, b);
+                eprintln!(
+                    "explainer {:?} lafam {mode:?} {}: max rel err {err:e}",
+                    net.kind, a.shape
+                );
+            }
+        }
+    }
+}
+
+/// Dispatches over more than 65535 workgroups in one dimension are tiled over two.
+#[test]
+fn large_grids_are_tiled() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    // 4200 x 4200 outputs: 68906 workgroups of 256.
+    let x = random_tensor(Shape::new(1, 7, 7, 1), 0.0, 1.0, 50);
+    let err = parity(
+        "resize to 4200x4200",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| g.resize(&t[0], 4200, 4200, Upsample::Bilinear).unwrap(),
+        |c, t| c.resize(&t[0], 4200, 4200, Upsample::Bilinear).unwrap(),
+    );
+    eprintln!("resize 7x7 -> 4200x4200: max rel err {err:e}");
+    // 2100 x 2100 output pixels: 68907 M tiles of 64.
+    let layer = random_conv(4, 4, 1, 1, 0, 51);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let x = random_tensor(Shape::new(1, 2100, 2100, 4), -1.0, 1.0, 52);
+    let err = parity(
+        "conv 1x1 over 2100x2100",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
+        |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+    );
+    eprintln!("conv 1x1 4->4 over 2100x2100: max rel err {err:e}");
+}
+
+/// Without a matching adapter `Gpu::new` returns an error (it does not panic).
+#[test]
+fn missing_adapter_is_an_error() {
+    let opts = lafam_gpu::gpu::GpuOptions {
+        adapter_name: Some("no-such-adapter-xyz".into()),
+        backends: None,
+    };
+    let err = Gpu::new(&opts).err().expect("no adapter has that name");
+    assert!(err.to_string().contains("no GPU adapter found"), "{err}");
+    let opts = lafam_gpu::gpu::GpuOptions {
+        adapter_name: None,
+        backends: Some(wgpu::Backends::empty()),
+    };
+    let err = Gpu::new(&opts).err().expect("no backend, no adapter");
+    assert!(err.to_string().contains("no GPU adapter found"), "{err}");
+}
+
+/// One timed ResNet-50-shaped forward (random weights, 224x224, batch 1) on both backends:
+/// `cargo test --release --test gpu_ops -- --ignored --nocapture bench`.
+#[test]
+#[ignore = "timing, not a check"]
+fn bench_resnet50_forward() {
+    let mut seed = 1000;
+    let mut stage = |cin: usize, mid: usize, blocks: usize, stride: usize| {
+        (0..blocks)
+            .map(|i| {
+                seed += 10;
+                let c = if i == 0 { cin } else { mid * 4 };
+                bottleneck(c, mid, if i == 0 { stride } else { 1 }, seed)
+            })
+            .collect::<Vec<_>>()
+    };
+    let net = ResNet {
+        kind: BlockKind::Bottleneck,
+        stem: random_conv(3, 64, 7, 2, 3, 1),
+        stages: [
+            stage(64, 64, 3, 1),
+            stage(256, 128, 4, 2),
+            stage(512, 256, 6, 2),
+            stage(1024, 512, 3, 2),
+        ],
+        heads: Heads::default(),
+    };
+    let (h, w) = (224, 224);
+    let gflop = 2.0 * net.macs_per_image(h, w, Stage::Layer4) as f64 / 1e9;
+    let rgb = vec![128u8; h * w * 3];
+    let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
+    let mut eg = Explainer::new(gpu(), &net).unwrap();
+    let mut ec = Explainer::new(Cpu::new(), &net).unwrap();
+    let small = vec![128u8; 64 * 64 * 3];
+    let warm = ImageBatch::new(&small, 1, 64, 64).unwrap();
+    eg.stage_activations(warm, Stage::Layer4).unwrap();
+    let t = std::time::Instant::now();
+    let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
+    let tg = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
+    let tc = t.elapsed().as_secs_f64();
+    let err = max_rel_err(&ag[3].data, &ac[3].data);
+    eprintln!(
+        "ResNet-50 forward 224x224: {gflop:.2} GFLOP; gpu ({}) {tg:.2} s = {:.1} GFLOP/s; cpu {tc:.2} s = {:.1} GFLOP/s; layer4 rel err {err:e}",
+        eg.backend.adapter_summary(),
+        gflop / tg,
+        gflop / tc
+    );
+}

@@ -1,0 +1,73 @@
+//! Every WGSL file in `shaders/` parses and validates through naga (no GPU needed).
+
+use std::path::PathBuf;
+
+fn shader_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shader_parses_and_validates() {
+    let files = shader_files();
+    assert!(!files.is_empty(), "shaders/ holds no .wgsl files");
+    let mut failures = Vec::new();
+    for path in &files {
+        let src = std::fs::read_to_string(path).expect("read shader");
+        let module = match naga::front::wgsl::parse_str(&src) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(format!(
+                    "{}: parse error:\n{}",
+                    path.display(),
+                    e.emit_to_string(&src)
+                ));
+                continue;
+            }
+        };
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        );
+        if let Err(e) = validator.validate(&module) {
+            failures.push(format!(
+                "{}: validation error:\n{}",
+                path.display(),
+                e.emit_to_string(&src)
+            ));
+            continue;
+        }
+        assert!(
+            !module.entry_points.is_empty(),
+            "{} has no entry point",
+            path.display()
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_shaders_the_gpu_backend_loads_exist() {
+    let names: Vec<String> = shader_files()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "conv.wgsl",
+        "pool.wgsl",
+        "preprocess.wgsl",
+        "reduce.wgsl",
+        "resample.wgsl",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "shaders/{want} missing (found {names:?})"
+        );
+    }
+}
