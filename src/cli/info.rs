@@ -46,13 +46,13 @@ pub fn info(args: &InfoArgs) -> Result<u8> {
             BlockKind::Basic => "basic blocks",
             BlockKind::Bottleneck => "bottleneck blocks",
         };
-        println!("weights:          {}", lw.source.display());
-        println!("architecture:     {} ({kind})", net.arch_name());
-        println!("blocks per stage: {:?}", net.blocks_per_stage());
-        println!("stem channels:    {}", net.stem.cout);
-        println!("stage channels:   {:?}", net.stage_channels());
+        println!("weights:           {}", lw.source.display());
+        println!("architecture:      {} ({kind})", net.arch_name());
+        println!("blocks per stage:  {:?}", net.blocks_per_stage());
+        println!("stem channels:     {}", net.stem.cout);
+        println!("stage channels:    {:?}", net.stage_channels());
         println!(
-            "parameters:       {} (BatchNorm folded{})",
+            "parameters:        {} (BatchNorm folded{})",
             thousands(net.parameter_count()),
             if net.heads.fc.is_some() {
                 ", fc included"
@@ -65,16 +65,16 @@ pub fn info(args: &InfoArgs) -> Result<u8> {
             heads.push(format!("fc ({classes} classes)"));
         }
         heads.extend(net.heads.ignored.iter().map(|h| format!("{h} (ignored)")));
-        println!("heads:            {}", list(&heads));
+        println!("heads:             {}", list(&heads));
         println!("prefixes stripped: {}", list(&lw.prefixes));
-        println!("dtypes:           {}", list(&lw.dtypes));
-        println!("bn eps:           {:e}", lw.bn_eps);
+        println!("dtypes:            {}", list(&lw.dtypes));
+        println!("bn eps:            {:e}", lw.bn_eps);
     }
     match open_backend(args.backend) {
         Ok((backend, note)) => {
             match note {
-                Some(n) => println!("backend:          {} ({n})", backend.describe()),
-                None => println!("backend:          {}", backend.describe()),
+                Some(n) => println!("backend:           {} ({n})", backend.describe()),
+                None => println!("backend:           {}", backend.describe()),
             }
             for (k, v) in backend.limits() {
                 println!("  {k}: {v}");

@@ -105,7 +105,7 @@ impl Reporter {
         let bar = if show {
             let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images  [{elapsed}, eta {eta}]")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b
