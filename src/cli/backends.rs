@@ -1,0 +1,88 @@
+//! Backend selection for the CLI: `auto` (GPU if an adapter exists, else CPU), `gpu`, `cpu`.
+//! Every command runs generically over the chosen backend through [`with_backend!`].
+
+use crate::cpu::Cpu;
+use crate::gpu::{Gpu, GpuOptions};
+use crate::Backend;
+use anyhow::{Context, Result};
+
+/// Which compute backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// The GPU if wgpu finds an adapter, otherwise the CPU (the choice is printed).
+    Auto,
+    /// The GPU through wgpu (Vulkan, Metal, DX12); an error if there is no adapter.
+    Gpu,
+    /// The CPU backend (multi-threaded; the reference implementation).
+    Cpu,
+}
+
+/// The backend a command runs on.
+pub enum AnyBackend {
+    Gpu(Box<Gpu>),
+    Cpu(Cpu),
+}
+
+impl AnyBackend {
+    /// "gpu" or "cpu".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyBackend::Gpu(_) => "gpu",
+            AnyBackend::Cpu(_) => "cpu",
+        }
+    }
+    /// One line for `backend: ...` on stderr.
+    pub fn describe(&self) -> String {
+        match self {
+            AnyBackend::Gpu(g) => format!("gpu: {}", g.adapter_summary()),
+            AnyBackend::Cpu(c) => c.name(),
+        }
+    }
+    /// Adapter limits (GPU) or the CPU's tensor limit, for `info`.
+    pub fn limits(&self) -> Vec<(String, String)> {
+        match self {
+            AnyBackend::Gpu(g) => g.limits_summary(),
+            AnyBackend::Cpu(c) => {
+                vec![("max_tensor_bytes".into(), c.max_tensor_bytes().to_string())]
+            }
+        }
+    }
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend (moved out of `$any`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! with_backend {
+    ($any:expr, $b:ident => $body:expr) => {
+        match $any {
+            $crate::cli::backends::AnyBackend::Gpu($b) => {
+                let $b = *$b;
+                $body
+            }
+            $crate::cli::backends::AnyBackend::Cpu($b) => $body,
+        }
+    };
+}
+
+/// Opens the chosen backend. With `Auto`, a failure to open the GPU falls back to the CPU;
+/// the returned note says why (for the `backend:` line).
+pub fn open_backend(choice: BackendChoice) -> Result<(AnyBackend, Option<String>)> {
+    match choice {
+        BackendChoice::Cpu => Ok((AnyBackend::Cpu(make_cpu()?), None)),
+        BackendChoice::Gpu => {
+            let gpu = Gpu::new(&GpuOptions::default()).context("--backend gpu")?;
+            Ok((AnyBackend::Gpu(Box::new(gpu)), None))
+        }
+        BackendChoice::Auto => match Gpu::new(&GpuOptions::default()) {
+            Ok(gpu) => Ok((AnyBackend::Gpu(Box::new(gpu)), None)),
+            Err(e) => Ok((
+                AnyBackend::Cpu(make_cpu()?),
+                Some(format!("no usable GPU: {e:#}")),
+            )),
+        },
+    }
+}
+
+fn make_cpu() -> Result<Cpu> {
+    Ok(Cpu::new())
+}

@@ -1,0 +1,273 @@
+//! `lafam-gpu bench`: end-to-end throughput of a method (upload -> map download) on random
+//! images. [`run_bench`] is the timing harness, shared with `benches/throughput.rs`.
+
+use super::backends::{open_backend, BackendChoice};
+use super::{load_weights_or_explain, Method, EXIT_OK};
+use crate::explain::lafam::{Explainer, ImageBatch};
+use crate::model::random::{random_resnet, RandomSpec};
+use crate::model::Stage;
+use crate::{Backend, Upsample};
+use anyhow::{ensure, Result};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Standard torchvision depths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    Resnet101,
+    Resnet152,
+}
+
+impl Arch {
+    pub fn depth(self) -> usize {
+        match self {
+            Arch::Resnet18 => 18,
+            Arch::Resnet34 => 34,
+            Arch::Resnet50 => 50,
+            Arch::Resnet101 => 101,
+            Arch::Resnet152 => 152,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("model").required(true).args(["weights", "arch"]))]
+pub struct BenchArgs {
+    /// Benchmark these weights (safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+
+    /// Benchmark a randomly initialised network of this architecture instead of weights.
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+
+    /// Stem width of the random network (64 = standard; SwAV's RN50-w2 is 128).
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub width: u32,
+
+    /// Method to time.
+    #[arg(long, value_enum, default_value = "lafam")]
+    pub method: Method,
+
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// Side of the square random input images, in pixels.
+    #[arg(long, default_value_t = 224, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub size: u32,
+
+    /// Batch sizes to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8", value_name = "N,...", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: Vec<u32>,
+
+    /// Timed iterations per batch size (the median is reported).
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+
+    /// Untimed warm-up iterations per batch size (pipeline compilation, buffer pools).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub warmup: u32,
+
+    /// Residual stage explained: layer1..layer4.
+    #[arg(long, default_value = "layer4", value_name = "LAYER")]
+    pub layer: Stage,
+
+    /// Upsampling of the map to the image.
+    #[arg(long, value_enum, default_value = "nearest")]
+    pub upsample: Upsample,
+
+    /// Seed of the random weights and images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// One JSON line per batch size instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one timing run measures.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub method: Method,
+    pub size: usize,
+    pub batches: Vec<usize>,
+    pub iters: usize,
+    pub warmup: usize,
+    pub stage: Stage,
+    pub upsample: Upsample,
+    pub seed: u64,
+}
+
+/// One batch size's result.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub method: Method,
+    /// "gpu" or "cpu".
+    pub backend: String,
+    /// The backend's own description (adapter name).
+    pub adapter: String,
+    pub arch: String,
+    pub layer: Stage,
+    pub size: usize,
+    pub batch: usize,
+    pub iters: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub img_per_s: f64,
+    pub ms_per_img: f64,
+    /// Achieved forward-pass GFLOP/s: 2 * MACs per image * batch / median time.
+    pub gflops: f64,
+}
+
+impl BenchResult {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "method": self.method.to_string(),
+            "backend": self.backend,
+            "adapter": self.adapter,
+            "arch": self.arch,
+            "layer": self.layer.to_string(),
+            "size": self.size,
+            "batch": self.batch,
+            "iters": self.iters,
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "img_per_s": self.img_per_s,
+            "ms_per_img": self.ms_per_img,
+            "gflops": self.gflops,
+        })
+    }
+    pub fn to_text(&self) -> String {
+        format!(
+            "{} {} [{}] {} {}x{} {} batch {:>3}: median {:.2} ms/batch (min {:.2}), {:.1} img/s, {:.3} ms/img, {:.1} GFLOP/s ({} iters)",
+            self.method, self.backend, self.adapter, self.arch, self.size, self.size, self.layer, self.batch,
+            self.median_ms, self.min_ms, self.img_per_s, self.ms_per_img, self.gflops, self.iters
+        )
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Times `explainer`'s method end to end (upload of RGB8 images to the maps downloaded at
+/// image size) on random `size`x`size` images: `warmup` untimed then `iters` timed calls per
+/// batch size. `backend_kind` is "gpu" or "cpu" for the report.
+pub fn run_bench<B: Backend>(
+    explainer: &mut Explainer<B>,
+    backend_kind: &str,
+    cfg: &BenchConfig,
+    mut on_result: impl FnMut(&BenchResult),
+) -> Result<Vec<BenchResult>> {
+    ensure!(cfg.iters > 0, "--iters must be at least 1");
+    ensure!(cfg.size > 0 && !cfg.batches.is_empty(), "nothing to time");
+    let max_batch = *cfg.batches.iter().max().expect("non-empty");
+    let per = cfg.size * cfg.size * 3;
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_1a6e);
+    let rgb: Vec<u8> = (0..per * max_batch).map(|_| rng.random()).collect();
+    let macs = explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage) as f64;
+    let adapter = explainer.backend.name();
+    let arch = explainer.spec.arch_name();
+    let mut results = Vec::new();
+    for &batch in &cfg.batches {
+        let images = ImageBatch::new(&rgb[..per * batch], batch, cfg.size, cfg.size)?;
+        let out_sizes = vec![(cfg.size, cfg.size); batch];
+        let once = |ex: &mut Explainer<B>| -> Result<f64> {
+            let t = Instant::now();
+            let maps = match cfg.method {
+                Method::Lafam => ex.lafam(images, cfg.stage, cfg.upsample, &out_sizes)?,
+            };
+            let dt = t.elapsed().as_secs_f64();
+            ensure!(
+                maps.len() == batch,
+                "{} maps for a batch of {batch}",
+                maps.len()
+            );
+            std::hint::black_box(&maps);
+            Ok(dt)
+        };
+        for _ in 0..cfg.warmup {
+            once(explainer)?;
+        }
+        let mut times: Vec<f64> = (0..cfg.iters)
+            .map(|_| once(explainer))
+            .collect::<Result<_>>()?;
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(&mut times);
+        let r = BenchResult {
+            method: cfg.method,
+            backend: backend_kind.to_string(),
+            adapter: adapter.clone(),
+            arch: arch.clone(),
+            layer: cfg.stage,
+            size: cfg.size,
+            batch,
+            iters: cfg.iters,
+            median_ms: med * 1e3,
+            min_ms: min * 1e3,
+            img_per_s: batch as f64 / med,
+            ms_per_img: med * 1e3 / batch as f64,
+            gflops: 2.0 * macs * batch as f64 / med / 1e9,
+        };
+        on_result(&r);
+        results.push(r);
+    }
+    Ok(results)
+}
+
+/// The `bench` command: builds the network (weights or random), opens the backend, times.
+pub fn bench(args: &BenchArgs) -> Result<u8> {
+    bench_results(args).map(|_| EXIT_OK)
+}
+
+/// [`bench`] returning the results (printed as they come, text or JSON lines on stdout).
+pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
+    let net = match (&args.weights, args.arch) {
+        (Some(w), _) => load_weights_or_explain(w)?.net,
+        (None, Some(a)) => random_resnet(RandomSpec::resnet(
+            a.depth(),
+            args.width as usize,
+            args.seed,
+        )),
+        (None, None) => anyhow::bail!("give --weights FILE or --arch NAME"),
+    };
+    let (backend, note) = open_backend(args.backend)?;
+    match &note {
+        Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
+        None => eprintln!("backend: {}", backend.describe()),
+    }
+    let cfg = BenchConfig {
+        method: args.method,
+        size: args.size as usize,
+        batches: args.batch.iter().map(|&b| b as usize).collect(),
+        iters: args.iters as usize,
+        warmup: args.warmup as usize,
+        stage: args.layer,
+        upsample: args.upsample,
+        seed: args.seed,
+    };
+    let kind = backend.kind();
+    let json = args.json;
+    let print = |r: &BenchResult| {
+        if json {
+            println!("{}", r.to_json());
+        } else {
+            println!("{}", r.to_text());
+        }
+    };
+    crate::with_backend!(backend, b => {
+        let mut ex = Explainer::new(b, &net)?;
+        run_bench(&mut ex, kind, &cfg, print)
+    })
+}

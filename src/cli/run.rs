@@ -1,0 +1,363 @@
+//! `lafam-gpu run`: attribution maps for a set of images.
+//!
+//! Pipeline: inputs are decoded (in parallel, a chunk at a time), resized so the shorter side
+//! is `--size`, grouped by network input size into batches of `--batch`, explained, and the
+//! maps are upsampled to each image's original resolution and written (in parallel). Memory
+//! stays bounded: at most a few batches' worth of decoded images are held at once.
+
+use super::backends::{open_backend, BackendChoice};
+use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_OK};
+use crate::explain::lafam::{Explainer, ImageBatch};
+use crate::io::{
+    collect_inputs, heatmap, load_image, overlay, resize_shorter_side, write_npy_f32, write_png,
+};
+use crate::model::Stage;
+use crate::{Backend, Upsample};
+use anyhow::{ensure, Context, Result};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+/// Blend factor of the heatmap over the image in `*.overlay.png`.
+pub const OVERLAY_ALPHA: f32 = 0.5;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Backbone weights: a safetensors file of a torchvision-layout ResNet (SwAV, SimCLR,
+    /// MoCo, torchvision; F32/F16/BF16; `module.`, `encoder_q.`... prefixes are stripped).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+
+    /// Attribution method(s), comma-separated. Available: lafam (mean of the layer's
+    /// activation maps over channels, min-max normalised).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "lafam",
+        value_name = "METHODS"
+    )]
+    pub method: Vec<Method>,
+
+    /// Residual stage whose activations are explained: layer1, layer2, layer3 or layer4
+    /// (deeper = coarser, more semantic).
+    #[arg(long, default_value = "layer4", value_name = "LAYER")]
+    pub layer: Stage,
+
+    /// How the layer-resolution map is upsampled to the image: nearest (as in the LaFAM
+    /// paper: blocky) or bilinear (smooth).
+    #[arg(long, value_enum, default_value = "nearest")]
+    pub upsample: Upsample,
+
+    /// Resize every image so its shorter side is N pixels (aspect ratio kept) before the
+    /// network; 0 feeds images at their own size. Maps are always written at the ORIGINAL
+    /// image resolution.
+    #[arg(long, default_value_t = 224, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=16384))]
+    pub size: u32,
+
+    /// Images per forward pass (images of identical network size are batched together;
+    /// larger batches are split further if they would exceed the device's buffer limits).
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// Output directory (created if missing). Per image and method: <stem>.<method>.npy
+    /// (float32 HxW at the original resolution), <stem>.<method>.png (heatmap) and
+    /// <stem>.<method>.overlay.png (heatmap blended over the image).
+    #[arg(long, default_value = "lafam-out", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Image files (JPEG, PNG, WebP, BMP, TIFF; recognised by content) or directories (their
+    /// image files, by extension, not recursive).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+}
+
+/// An input waiting for the network.
+struct Prepared {
+    path: PathBuf,
+    stem: String,
+    original: RgbImage,
+    /// The network's input when it differs from `original` (resized).
+    resized: Option<RgbImage>,
+}
+
+impl Prepared {
+    fn net_image(&self) -> &RgbImage {
+        self.resized.as_ref().unwrap_or(&self.original)
+    }
+}
+
+/// Error lines and the progress bar share stderr.
+struct Reporter {
+    bar: ProgressBar,
+}
+
+impl Reporter {
+    fn new(total: usize) -> Self {
+        let show = std::io::stderr().is_terminal() && total > 3;
+        let bar = if show {
+            let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images  [{elapsed}, eta {eta}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Reporter { bar }
+    }
+    fn error(&self, msg: impl std::fmt::Display) {
+        self.bar.suspend(|| eprintln!("error: {msg}"));
+    }
+    fn done(&self, n: usize) {
+        self.bar.inc(n as u64);
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<u8> {
+    let weights = load_weights_or_explain(&args.weights)?;
+    let (backend, note) = open_backend(args.backend)?;
+    match &note {
+        Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
+        None => eprintln!("backend: {}", backend.describe()),
+    }
+    crate::with_backend!(backend, b => {
+        let explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
+        run_with(explainer, args)
+    })
+}
+
+/// The `run` command over an already prepared explainer (the weights are loaded and the
+/// backend opened): outputs go to `args.out`. Returns the exit code.
+pub fn run_with<B: Backend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
+    let mut methods = args.method.clone();
+    methods.dedup();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create the output directory", args.out.display()))?;
+
+    let (files, errors) = collect_inputs(&args.inputs);
+    let mut failed = errors.len();
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+
+    // Output names come from the file stems: a second input with a stem already taken is an
+    // error rather than a silent overwrite (compared case-insensitively, for file systems
+    // that are).
+    let mut jobs = Vec::with_capacity(files.len());
+    let mut taken: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if stem.is_empty() {
+            eprintln!(
+                "error: {}: cannot derive an output name from this path",
+                path.display()
+            );
+            failed += 1;
+            continue;
+        }
+        match taken.get(&stem.to_lowercase()) {
+            Some(first) => {
+                eprintln!(
+                    "error: {}: output name '{stem}' is already used by {} (rename one of them)",
+                    path.display(),
+                    first.display()
+                );
+                failed += 1;
+            }
+            None => {
+                taken.insert(stem.to_lowercase(), path.clone());
+                jobs.push((path, stem));
+            }
+        }
+    }
+
+    let rep = Reporter::new(jobs.len());
+    let batch = args.batch as usize;
+    let ctx = Ctx {
+        args,
+        methods: &methods,
+        rep: &rep,
+    };
+    let mut written = 0usize;
+    // Decoded images waiting for a full batch, by network size (w, h).
+    let mut pending: BTreeMap<(u32, u32), Vec<Prepared>> = BTreeMap::new();
+    let cap = (batch * 4).max(64);
+    let chunk = batch.max(rayon::current_num_threads() * 2);
+    for part in jobs.chunks(chunk) {
+        let decoded: Vec<Result<Prepared>> = part
+            .par_iter()
+            .map(|(p, s)| prepare(p, s, args.size))
+            .collect();
+        for d in decoded {
+            match d {
+                Err(e) => {
+                    rep.error(format_args!("{e:#}"));
+                    rep.done(1);
+                    failed += 1;
+                }
+                Ok(p) => {
+                    let key = p.net_image().dimensions();
+                    let group = pending.entry(key).or_default();
+                    group.push(p);
+                    if group.len() >= batch {
+                        let g = pending.remove(&key).unwrap_or_default();
+                        ctx.explain_and_write(&mut explainer, g, &mut written, &mut failed);
+                    }
+                }
+            }
+        }
+        // Bound memory when many different sizes are waiting: flush the largest group.
+        while pending.values().map(Vec::len).sum::<usize>() > cap {
+            let key = *pending
+                .iter()
+                .max_by_key(|(_, v)| v.len())
+                .map(|(k, _)| k)
+                .expect("non-empty");
+            let g = pending.remove(&key).unwrap_or_default();
+            ctx.explain_and_write(&mut explainer, g, &mut written, &mut failed);
+        }
+    }
+    for (_, g) in std::mem::take(&mut pending) {
+        ctx.explain_and_write(&mut explainer, g, &mut written, &mut failed);
+    }
+    rep.bar.finish_and_clear();
+
+    println!(
+        "{written} maps written to {}, {failed} failed",
+        args.out.display()
+    );
+    Ok(if failed > 0 { EXIT_FAILED } else { EXIT_OK })
+}
+
+fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
+    let original = load_image(path)?;
+    let (w, h) = original.dimensions();
+    let resized = (size != 0 && w.min(h) != size).then(|| resize_shorter_side(&original, size));
+    Ok(Prepared {
+        path: path.to_path_buf(),
+        stem: stem.to_string(),
+        original,
+        resized,
+    })
+}
+
+struct Ctx<'a> {
+    args: &'a RunArgs,
+    methods: &'a [Method],
+    rep: &'a Reporter,
+}
+
+impl Ctx<'_> {
+    fn explain_and_write<B: Backend>(
+        &self,
+        explainer: &mut Explainer<B>,
+        group: Vec<Prepared>,
+        written: &mut usize,
+        failed: &mut usize,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let (w, h) = group[0].net_image().dimensions();
+        let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
+        for p in &group {
+            rgb.extend_from_slice(p.net_image().as_raw());
+        }
+        let out_sizes: Vec<(usize, usize)> = group
+            .iter()
+            .map(|p| (p.original.height() as usize, p.original.width() as usize))
+            .collect();
+        // ok[i] stays true while every method succeeded for image i.
+        let mut ok = vec![true; group.len()];
+        for &method in self.methods {
+            let maps =
+                ImageBatch::new(&rgb, group.len(), h as usize, w as usize).and_then(|batch| {
+                    match method {
+                        Method::Lafam => {
+                            explainer.lafam(batch, self.args.layer, self.args.upsample, &out_sizes)
+                        }
+                    }
+                });
+            let maps = match maps {
+                Ok(m) if m.len() == group.len() => m,
+                Ok(m) => {
+                    for (p, ok) in group.iter().zip(ok.iter_mut()) {
+                        self.rep.error(format_args!(
+                            "{}: {method}: {} maps for {} images",
+                            p.path.display(),
+                            m.len(),
+                            group.len()
+                        ));
+                        *ok = false;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    for (p, ok) in group.iter().zip(ok.iter_mut()) {
+                        self.rep
+                            .error(format_args!("{}: {method} failed: {e:#}", p.path.display()));
+                        *ok = false;
+                    }
+                    continue;
+                }
+            };
+            let results: Vec<Result<()>> = group
+                .par_iter()
+                .zip(maps.par_iter())
+                .map(|(p, map)| {
+                    let (oh, ow) = (p.original.height() as usize, p.original.width() as usize);
+                    ensure!(
+                        (map.shape.n, map.shape.h, map.shape.w, map.shape.c) == (1, oh, ow, 1),
+                        "{}: {method} map has shape {}, expected [1, {oh}, {ow}, 1]",
+                        p.path.display(),
+                        map.shape
+                    );
+                    write_outputs(&self.args.out, &p.stem, method, &map.data, &p.original)
+                        .with_context(|| format!("{}: cannot write outputs", p.path.display()))
+                })
+                .collect();
+            for (r, ok) in results.into_iter().zip(ok.iter_mut()) {
+                if let Err(e) = r {
+                    self.rep.error(format_args!("{e:#}"));
+                    *ok = false;
+                }
+            }
+        }
+        let good = ok.iter().filter(|&&o| o).count();
+        *written += good;
+        *failed += group.len() - good;
+        self.rep.done(group.len());
+    }
+}
+
+/// Writes `<stem>.<method>.npy`, `<stem>.<method>.png` and `<stem>.<method>.overlay.png`.
+pub fn write_outputs(
+    dir: &Path,
+    stem: &str,
+    method: Method,
+    map: &[f32],
+    original: &RgbImage,
+) -> Result<()> {
+    let (w, h) = (original.width() as usize, original.height() as usize);
+    let base = format!("{stem}.{method}");
+    write_npy_f32(&dir.join(format!("{base}.npy")), h, w, map)?;
+    let heat = heatmap(map, h, w);
+    write_png(&dir.join(format!("{base}.png")), &heat)?;
+    write_png(
+        &dir.join(format!("{base}.overlay.png")),
+        &overlay(original, &heat, OVERLAY_ALPHA),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! Image decoding (content-sniffed, size-limited, panic-guarded), resizing and input
+//! collection.
+
+use anyhow::{anyhow, bail, Result};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+use std::fs::File;
+use std::io::{BufReader, ErrorKind};
+use std::path::{Path, PathBuf};
+
+/// Largest width or height accepted (pixels).
+pub const MAX_SIDE: u32 = 16384;
+/// Largest decoded image accepted (bytes, as the decoder stores it).
+pub const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// File extensions (lower case) taken from a directory. Explicitly named files are always
+/// tried, whatever their name: the format is sniffed from the content.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff"];
+
+fn limits() -> Limits {
+    let mut l = Limits::default();
+    l.max_image_width = Some(MAX_SIDE);
+    l.max_image_height = Some(MAX_SIDE);
+    l.max_alloc = Some(MAX_DECODED_BYTES);
+    l
+}
+
+/// Decodes an image file to RGB8.
+///
+/// - The format is recognised from the content (magic bytes), never from the extension.
+///   JPEG, PNG, WebP, BMP and TIFF are the supported formats (the other formats the `image`
+///   crate sniffs, e.g. GIF or PNM, also work).
+/// - Grey images are replicated to RGB, alpha is dropped (as PIL's `convert("RGB")`), 16-bit
+///   and float samples are scaled to 8 bits. EXIF orientation is applied, so the image is
+///   seen the way image viewers show it.
+/// - Images claiming more than [`MAX_SIDE`] pixels a side or more than [`MAX_DECODED_BYTES`]
+///   decoded are rejected from the header, before any pixel buffer is allocated.
+/// - Empty, truncated and non-image files are errors that say what is wrong. The error's
+///   outermost context is the path, so `format!("{e:#}")` reads `path: problem`.
+/// - Never panics: decoding runs under `catch_unwind` as a last guard against decoder bugs.
+pub fn load_image(path: &Path) -> Result<RgbImage> {
+    let guarded = std::panic::catch_unwind(|| load_image_inner(path));
+    let r = match guarded {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!(
+                "the image decoder crashed ({msg}); the file is probably corrupt"
+            ))
+        }
+    };
+    r.map_err(|e| e.context(path.display().to_string()))
+}
+
+fn open_reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
+    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_problem(&e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow!("cannot read: {}", io_problem(&e)))?;
+    if meta.is_dir() {
+        bail!("is a directory");
+    }
+    if meta.len() == 0 {
+        bail!("empty file (0 bytes)");
+    }
+    // No path given to the reader: the format comes from the content only.
+    let mut reader = ImageReader::new(BufReader::new(file))
+        .with_guessed_format()
+        .map_err(|e| anyhow!("cannot read: {}", io_problem(&e)))?;
+    if reader.format().is_none() {
+        bail!("not a recognised image (expected JPEG, PNG, WebP, BMP or TIFF content)");
+    }
+    reader.limits(limits());
+    Ok(reader)
+}
+
+fn load_image_inner(path: &Path) -> Result<RgbImage> {
+    // Pass 1: the header only, to reject absurd dimensions with a precise message before the
+    // decoder allocates anything for the pixels.
+    let reader = open_reader(path)?;
+    let format = reader.format().expect("checked in open_reader");
+    let fmt = format_name(format);
+    let mut header_reader = open_reader(path)?;
+    header_reader.limits({
+        let mut l = Limits::default();
+        l.max_alloc = Some(MAX_DECODED_BYTES);
+        l
+    });
+    let (w, h) = header_reader
+        .into_dimensions()
+        .map_err(|e| decode_problem(fmt, e))?;
+    if w == 0 || h == 0 {
+        bail!("{fmt} header claims an empty image ({w}x{h})");
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        bail!("{fmt} header claims {w}x{h} pixels, over the limit of {MAX_SIDE} pixels a side");
+    }
+
+    // Pass 2: decode under the same limits (enforced by the decoders themselves too).
+    let mut decoder = reader.into_decoder().map_err(|e| decode_problem(fmt, e))?;
+    let total = decoder.total_bytes();
+    if total > MAX_DECODED_BYTES {
+        bail!(
+            "{fmt} image {w}x{h} would need {} MiB decoded, over the limit of {} MiB",
+            total >> 20,
+            MAX_DECODED_BYTES >> 20
+        );
+    }
+    let orientation = decoder.orientation().ok();
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| decode_problem(fmt, e))?;
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+fn format_name(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Png => "PNG",
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::WebP => "WebP",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::Tiff => "TIFF",
+        ImageFormat::Gif => "GIF",
+        other => other.extensions_str().first().copied().unwrap_or("image"),
+    }
+}
+
+fn io_problem(e: &std::io::Error) -> String {
+    match e.kind() {
+        ErrorKind::NotFound => "no such file".into(),
+        ErrorKind::PermissionDenied => "permission denied".into(),
+        ErrorKind::UnexpectedEof => "file ends early (truncated)".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn decode_problem(fmt: &str, e: ImageError) -> anyhow::Error {
+    match e {
+        ImageError::Limits(l) => anyhow!(
+            "{fmt} image exceeds the decoding limits ({MAX_SIDE} px a side, {} MiB): {l}",
+            MAX_DECODED_BYTES >> 20
+        ),
+        ImageError::IoError(io) if io.kind() == ErrorKind::UnexpectedEof => {
+            anyhow!("truncated {fmt} file (data ends early)")
+        }
+        ImageError::IoError(io) => anyhow!("cannot read {fmt} data: {}", io_problem(&io)),
+        ImageError::Decoding(d) => {
+            let msg = d.to_string();
+            let lower = msg.to_lowercase();
+            if lower.contains("eof")
+                || lower.contains("end of")
+                || lower.contains("truncat")
+                || lower.contains("unexpected end")
+            {
+                anyhow!("truncated {fmt} file: {msg}")
+            } else {
+                anyhow!("corrupt {fmt} data: {msg}")
+            }
+        }
+        ImageError::Unsupported(u) => anyhow!("unsupported {fmt} variant: {u}"),
+        other => anyhow!("cannot decode {fmt}: {other}"),
+    }
+}
+
+/// Resizes so that the shorter side becomes `n`, keeping the aspect ratio (the longer side is
+/// rounded to the nearest pixel, at least 1). An image whose shorter side already is `n` is
+/// returned unchanged (not resampled); `n == 0` also returns it unchanged. The filter is a
+/// triangle (bilinear) whose support widens with the scale factor when shrinking, so
+/// downscaling is antialiased (like PIL's `BILINEAR` resize used by torchvision).
+pub fn resize_shorter_side(img: &RgbImage, n: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let short = w.min(h);
+    if n == 0 || short == n || short == 0 {
+        return img.clone();
+    }
+    let (nw, nh) = shorter_side_dims(w, h, n);
+    image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
+}
+
+/// The `(width, height)` that [`resize_shorter_side`] produces for a `w`x`h` image.
+pub fn shorter_side_dims(w: u32, h: u32, n: u32) -> (u32, u32) {
+    let short = w.min(h);
+    if n == 0 || short == n || short == 0 {
+        return (w, h);
+    }
+    let scale =
+        |long: u32| -> u32 { ((long as f64 * n as f64 / short as f64).round() as u32).max(1) };
+    if w <= h {
+        (n, scale(h))
+    } else {
+        (scale(w), n)
+    }
+}
+
+fn has_image_extension(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Expands the command line's inputs into image files.
+///
+/// - A file is always taken (its content decides whether it is an image).
+/// - A directory contributes its image files (by extension, see [`IMAGE_EXTENSIONS`],
+///   case-insensitive), sorted by name, NOT recursing into subdirectories and skipping
+///   hidden files (names starting with `.`). A directory without any is an error.
+/// - A path that does not exist, or cannot be listed, is an error.
+/// - The same path given twice is kept once.
+///
+/// Returns the files in command-line order and one `path: problem` string per error.
+pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |p: PathBuf, files: &mut Vec<PathBuf>| {
+        if seen.insert(p.clone()) {
+            files.push(p);
+        }
+    };
+    for input in inputs {
+        let meta = match std::fs::metadata(input) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(format!("{}: {}", input.display(), io_problem(&e)));
+                continue;
+            }
+        };
+        if !meta.is_dir() {
+            push(input.clone(), &mut files);
+            continue;
+        }
+        let entries = match std::fs::read_dir(input) {
+            Ok(rd) => rd,
+            Err(e) => {
+                errors.push(format!(
+                    "{}: cannot list directory: {}",
+                    input.display(),
+                    io_problem(&e)
+                ));
+                continue;
+            }
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .filter(|p| has_image_extension(p) && p.is_file())
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            errors.push(format!(
+                "{}: directory holds no image files ({}; subdirectories are not searched)",
+                input.display(),
+                IMAGE_EXTENSIONS.join(", ")
+            ));
+        }
+        for p in found {
+            push(p, &mut files);
+        }
+    }
+    (files, errors)
+}

@@ -1,0 +1,401 @@
+//! The `lafam-gpu` binary end to end, on the CPU backend (no GPU needed), with the narrow
+//! ResNet-18 fixture `tests/fixtures/reference/r18_swav.safetensors`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lafam-gpu");
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
+}
+
+fn weights() -> PathBuf {
+    fixtures().join("r18_swav.safetensors")
+}
+
+fn lafam_gpu(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(BIN);
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("run lafam-gpu")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn error_lines(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(String::from)
+        .collect()
+}
+
+fn read_npy(p: &Path) -> (Vec<u64>, Vec<f32>) {
+    let npy =
+        npyz::NpyFile::new(fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .unwrap();
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+/// A directory holding the three fixture images (HxW 64x64, 48x80, 96x72).
+fn good_images(dir: &Path) -> Vec<PathBuf> {
+    ["img_64x64.png", "img_48x80.png", "img_96x72.png"]
+        .iter()
+        .map(|n| {
+            let dst = dir.join(n);
+            fs::copy(fixtures().join(n), &dst).unwrap();
+            dst
+        })
+        .collect()
+}
+
+fn assert_outputs(out: &Path, stem: &str, h: u32, w: u32) {
+    let (shape, data) = read_npy(&out.join(format!("{stem}.lafam.npy")));
+    assert_eq!(shape, [h as u64, w as u64], "{stem}.lafam.npy shape");
+    assert!(
+        data.iter()
+            .all(|v| v.is_finite() && (-1e-6..=1.0 + 1e-6).contains(v)),
+        "{stem}: map outside [0,1]"
+    );
+    assert!(
+        data.iter().any(|&v| v > 0.5),
+        "{stem}: map has no high values"
+    );
+    for suffix in ["lafam.png", "lafam.overlay.png"] {
+        let img = image::open(out.join(format!("{stem}.{suffix}"))).unwrap();
+        assert_eq!((img.width(), img.height()), (w, h), "{stem}.{suffix} size");
+    }
+}
+
+#[test]
+fn help_works() {
+    let o = lafam_gpu(&[&"--help"]);
+    assert!(o.status.success());
+    for sub in ["run", "info", "bench"] {
+        assert!(stdout(&o).contains(sub), "{sub} missing from --help");
+    }
+    let o = lafam_gpu(&[&"run", &"--help"]);
+    assert!(o.status.success());
+    for opt in [
+        "--weights",
+        "--method",
+        "--layer",
+        "--upsample",
+        "--size",
+        "--batch",
+        "--backend",
+        "--out",
+    ] {
+        assert!(stdout(&o).contains(opt), "{opt} missing from run --help");
+    }
+    let o = lafam_gpu(&[&"bench", &"--help"]);
+    assert!(o.status.success() && stdout(&o).contains("--json"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--method",
+        &"lafam,nope",
+        &"--out",
+        &out,
+        &"x.png",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("nope") && stderr(&o).contains("lafam"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--layer",
+        &"layer9",
+        &"--out",
+        &out,
+        &"x.png",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("layer9"));
+    let o = lafam_gpu(&[&"run", &"--weights", &weights()]);
+    assert_eq!(o.status.code(), Some(2), "no INPUT");
+    assert!(!out.exists());
+}
+
+#[test]
+fn missing_or_broken_weights_exit_2_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = good_images(dir.path()).remove(0);
+    let out = dir.path().join("out");
+    let missing = dir.path().join("nope.safetensors");
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &missing,
+        &"--backend",
+        &"cpu",
+        &"--out",
+        &out,
+        &img,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 1, "{}", stderr(&o));
+    assert!(errs[0].contains("nope.safetensors"), "{}", errs[0]);
+    assert!(!out.exists(), "nothing written");
+
+    let truncated = dir.path().join("half.safetensors");
+    let bytes = fs::read(weights()).unwrap();
+    fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &truncated,
+        &"--backend",
+        &"cpu",
+        &"--out",
+        &out,
+        &img,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 1, "{}", stderr(&o));
+    assert!(errs[0].contains("half.safetensors"), "{}", errs[0]);
+    assert!(!out.exists(), "nothing written");
+
+    let o = lafam_gpu(&[&"info", &"--weights", &missing, &"--backend", &"cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nope.safetensors"));
+}
+
+#[test]
+fn run_writes_maps_at_original_resolution_and_reports_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    fs::create_dir(&inputs).unwrap();
+    let good = good_images(&inputs);
+    let bad = dir.path().join("bad");
+    fs::create_dir(&bad).unwrap();
+    let text = bad.join("x.jpg");
+    fs::write(&text, "not an image at all\n").unwrap();
+    let empty = bad.join("empty.png");
+    fs::write(&empty, b"").unwrap();
+    let trunc = bad.join("trunc.png");
+    let png = fs::read(&good[0]).unwrap();
+    fs::write(&trunc, &png[..png.len() / 2]).unwrap();
+    let out = dir.path().join("out");
+
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--size",
+        &"56",
+        &"--batch",
+        &"2",
+        &"--out",
+        &out,
+        &good[0],
+        &text,
+        &good[1],
+        &empty,
+        &trunc,
+        &good[2],
+    ]);
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(&o));
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 3, "one line per bad input: {}", stderr(&o));
+    for (line, name) in errs.iter().zip(["x.jpg", "empty.png", "trunc.png"]) {
+        assert!(line.contains(name), "{line}");
+    }
+    assert!(
+        stderr(&o).lines().any(|l| l.starts_with("backend: cpu")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stdout(&o).contains("3 maps written") && stdout(&o).contains("3 failed"),
+        "{}",
+        stdout(&o)
+    );
+    assert_outputs(&out, "img_64x64", 64, 64);
+    assert_outputs(&out, "img_48x80", 48, 80);
+    assert_outputs(&out, "img_96x72", 96, 72);
+    // Nothing for the bad inputs, and no temporary files.
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 9, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("img_")), "{names:?}");
+}
+
+#[test]
+fn run_on_a_directory_succeeds_and_matches_pytorch_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    fs::create_dir(&inputs).unwrap();
+    good_images(&inputs);
+    let out = dir.path().join("out");
+    // --size 0: images go in at their own size, so the maps are the reference's.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--size",
+        &"0",
+        &"--layer",
+        &"layer3",
+        &"--upsample",
+        &"bilinear",
+        &"--out",
+        &out,
+        &inputs,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(error_lines(&o).is_empty());
+    assert!(
+        stdout(&o).contains("3 maps written") && stdout(&o).contains("0 failed"),
+        "{}",
+        stdout(&o)
+    );
+    for stem in ["img_64x64", "img_48x80", "img_96x72"] {
+        let (shape, got) = read_npy(&out.join(format!("{stem}.lafam.npy")));
+        let (rshape, want) =
+            read_npy(&fixtures().join(format!("r18_swav__{stem}__layer3__lafam_bilinear.npy")));
+        assert_eq!(shape, rshape, "{stem}");
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-4, "{stem}: max abs error {err} vs PyTorch");
+    }
+}
+
+#[test]
+fn same_stem_twice_is_an_error_not_an_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let first = a.join("pic.png");
+    let second = b.join("pic.png");
+    fs::copy(fixtures().join("img_64x64.png"), &first).unwrap();
+    fs::copy(fixtures().join("img_48x80.png"), &second).unwrap();
+    let out = dir.path().join("out");
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--out",
+        &out,
+        &first,
+        &second,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 1, "{}", stderr(&o));
+    assert!(
+        errs[0].contains(&*second.to_string_lossy()) && errs[0].contains("pic"),
+        "{}",
+        errs[0]
+    );
+    // The first one's map is written, at its size.
+    assert_outputs(&out, "pic", 64, 64);
+}
+
+#[test]
+fn info_describes_the_fixture() {
+    let o = lafam_gpu(&[&"info", &"--weights", &weights(), &"--backend", &"cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    for want in [
+        "ResNet-18",
+        "[2, 2, 2, 2]",
+        "[8, 16, 32, 64]",
+        "projection_head",
+        "prototypes",
+        "module.",
+        "F32",
+        "backend:",
+    ] {
+        assert!(s.contains(want), "'{want}' missing from info:\n{s}");
+    }
+}
+
+#[test]
+fn bench_json_lines_on_random_weights() {
+    let o = lafam_gpu(&[
+        &"bench",
+        &"--arch",
+        &"resnet18",
+        &"--width",
+        &"8",
+        &"--backend",
+        &"cpu",
+        &"--size",
+        &"32",
+        &"--batch",
+        &"1,2",
+        &"--iters",
+        &"2",
+        &"--warmup",
+        &"1",
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (v, batch) in lines.iter().zip([1, 2]) {
+        for k in [
+            "method",
+            "backend",
+            "adapter",
+            "arch",
+            "size",
+            "batch",
+            "iters",
+            "median_ms",
+            "img_per_s",
+            "ms_per_img",
+            "gflops",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing: {v}");
+        }
+        assert_eq!(v["batch"], batch);
+        assert_eq!(v["method"], "lafam");
+        assert_eq!(v["backend"], "cpu");
+        assert_eq!(v["size"], 32);
+        assert!(v["img_per_s"].as_f64().unwrap() > 0.0 && v["gflops"].as_f64().unwrap() > 0.0);
+    }
+    // Needs one of --weights / --arch.
+    let o = lafam_gpu(&[&"bench", &"--backend", &"cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+}
