@@ -235,11 +235,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let net = match (&args.weights, args.arch) {
         (Some(w), _) => load_weights_or_explain(w)?.net,
-        (None, Some(a)) => random_resnet(RandomSpec::resnet(
-            a.depth(),
-            args.width as usize,
-            args.seed,
-        )),
+        (None, Some(a)) => random_resnet(&RandomSpec::resnet(a.depth(), args.width as usize, args.seed)?),
         (None, None) => anyhow::bail!("give --weights FILE or --arch NAME"),
     };
     let (backend, note) = open_backend(args.backend)?;
