@@ -3,6 +3,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
+//! | `LAFAM_BENCH_METHOD` | `lafam` | lafam or lrp |
 //! | `LAFAM_BENCH_WEIGHTS` | unset | a safetensors file; unset = random weights of `LAFAM_BENCH_ARCH` |
 //! | `LAFAM_BENCH_ARCH` | `resnet50` | resnet18/34/50/101/152 |
 //! | `LAFAM_BENCH_WIDTH` | `64` | stem width of the random network |
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         "lafam-gpu".into(),
         "bench".into(),
         "--method".into(),
-        "lafam".into(),
+        env("LAFAM_BENCH_METHOD", "lafam"),
     ];
     match std::env::var("LAFAM_BENCH_WEIGHTS") {
         Ok(w) => args.extend(["--weights".into(), w]),

@@ -3,10 +3,11 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{load_weights_or_explain, Method, EXIT_OK};
+use crate::backend::LrpBackend;
 use crate::explain::lafam::{Explainer, ImageBatch};
 use crate::model::random::{random_resnet, RandomSpec};
 use crate::model::Stage;
-use crate::{Backend, Upsample};
+use crate::Upsample;
 use anyhow::{ensure, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::path::PathBuf;
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// Method to time.
     #[arg(long, value_enum, default_value = "lafam")]
     pub method: Method,
+
+    /// LRP rule set for `--method lrp` (see `run --help`).
+    #[arg(long, default_value = "epsilon-plus-flat", value_name = "RULE")]
+    pub rule: crate::explain::Composite,
 
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
@@ -164,7 +169,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Times `explainer`'s method end to end (upload of RGB8 images to the maps downloaded at
 /// image size) on random `size`x`size` images: `warmup` untimed then `iters` timed calls per
 /// batch size. `backend_kind` is "gpu" or "cpu" for the report.
-pub fn run_bench<B: Backend>(
+pub fn run_bench<B: LrpBackend>(
     explainer: &mut Explainer<B>,
     backend_kind: &str,
     cfg: &BenchConfig,
@@ -187,6 +192,11 @@ pub fn run_bench<B: Backend>(
             let t = Instant::now();
             let maps = match cfg.method {
                 Method::Lafam => ex.lafam(images, cfg.stage, cfg.upsample, &out_sizes)?,
+                Method::Lrp => ex
+                    .lrp(images, cfg.stage, cfg.upsample, &out_sizes, false)?
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .collect(),
             };
             let dt = t.elapsed().as_secs_f64();
             ensure!(
@@ -235,7 +245,11 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let net = match (&args.weights, args.arch) {
         (Some(w), _) => load_weights_or_explain(w)?.net,
-        (None, Some(a)) => random_resnet(&RandomSpec::resnet(a.depth(), args.width as usize, args.seed)?),
+        (None, Some(a)) => random_resnet(&RandomSpec::resnet(
+            a.depth(),
+            args.width as usize,
+            args.seed,
+        )?),
         (None, None) => anyhow::bail!("give --weights FILE or --arch NAME"),
     };
     let (backend, note) = open_backend(args.backend)?;
@@ -264,6 +278,9 @@ pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     };
     crate::with_backend!(backend, b => {
         let mut ex = Explainer::new(b, &net)?;
+        if args.method == Method::Lrp {
+            ex.enable_lrp(args.rule)?;
+        }
         run_bench(&mut ex, kind, &cfg, print)
     })
 }

@@ -28,12 +28,16 @@ pub const EXIT_FATAL: u8 = 2;
 pub enum Method {
     /// LaFAM: channel mean of the layer's activations, min-max normalised, upsampled.
     Lafam,
+    /// LaFAM-LRP: relevance propagation seeded with the layer's activations, traced back to
+    /// the input pixels (summed over RGB).
+    Lrp,
 }
 
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Method::Lafam => "lafam",
+            Method::Lrp => "lrp",
         })
     }
 }

@@ -7,12 +7,15 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_OK};
+use crate::backend::LrpBackend;
 use crate::explain::lafam::{Explainer, ImageBatch};
 use crate::io::{
-    collect_inputs, heatmap, load_image, overlay, resize_shorter_side, write_npy_f32, write_png,
+    collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
+    resize_shorter_side, write_npy_f32, write_png,
 };
 use crate::model::Stage;
-use crate::{Backend, Upsample};
+use crate::tensor::HostTensor;
+use crate::Upsample;
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -31,8 +34,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
 
-    /// Attribution method(s), comma-separated. Available: lafam (mean of the layer's
-    /// activation maps over channels, min-max normalised).
+    /// Attribution method(s), comma-separated: lafam (mean of the layer's activation maps over
+    /// channels, min-max normalised: where the layer looks, at its coarse resolution) and lrp
+    /// (LaFAM-LRP: relevance propagated from those activations back to the pixels: which
+    /// pixels caused them). `lafam,lrp` computes both from one forward pass.
     #[arg(
         long,
         value_enum,
@@ -46,6 +51,15 @@ pub struct RunArgs {
     /// (deeper = coarser, more semantic).
     #[arg(long, default_value = "layer4", value_name = "LAYER")]
     pub layer: Stage,
+
+    /// LRP rule set (zennit composite) for `--method lrp`:
+    /// epsilon-plus-flat (default; ZPlus on every conv, Flat on the first: positive, smooth,
+    /// robust), epsilon-gamma-box (Gamma 0.25, ZBox on the first: sharper, input-aware, some
+    /// negative evidence), epsilon-plus (ZPlus everywhere incl. the first conv: follows the
+    /// pixel values), epsilon-alpha2-beta1-flat (alpha2-beta1: shows negative evidence
+    /// explicitly, noisier).
+    #[arg(long, default_value = "epsilon-plus-flat", value_name = "RULE")]
+    pub rule: crate::explain::Composite,
 
     /// How the layer-resolution map is upsampled to the image: nearest (as in the LaFAM
     /// paper: blocky) or bilinear (smooth).
@@ -130,14 +144,17 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         None => eprintln!("backend: {}", backend.describe()),
     }
     crate::with_backend!(backend, b => {
-        let explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
+        let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
+        if args.method.contains(&Method::Lrp) {
+            explainer.enable_lrp(args.rule).context("cannot prepare the LRP rules on the backend")?;
+        }
         run_with(explainer, args)
     })
 }
 
 /// The `run` command over an already prepared explainer (the weights are loaded and the
 /// backend opened): outputs go to `args.out`. Returns the exit code.
-pub fn run_with<B: Backend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
+pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
     let mut methods = args.method.clone();
     methods.dedup();
     std::fs::create_dir_all(&args.out)
@@ -260,7 +277,34 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn explain_and_write<B: Backend>(
+    /// Every requested method's maps for one batch; LaFAM and LRP share one forward pass.
+    fn compute<B: LrpBackend>(
+        &self,
+        explainer: &mut Explainer<B>,
+        batch: ImageBatch,
+        out_sizes: &[(usize, usize)],
+    ) -> Result<Vec<(Method, Vec<HostTensor>)>> {
+        let (layer, upsample) = (self.args.layer, self.args.upsample);
+        let wants = |m| self.methods.contains(&m);
+        if !wants(Method::Lrp) {
+            return Ok(vec![(
+                Method::Lafam,
+                explainer.lafam(batch, layer, upsample, out_sizes)?,
+            )]);
+        }
+        let both = explainer.lrp(batch, layer, upsample, out_sizes, wants(Method::Lafam))?;
+        let mut out = Vec::new();
+        if wants(Method::Lafam) {
+            out.push((
+                Method::Lafam,
+                both.iter().filter_map(|(_, l)| l.clone()).collect(),
+            ));
+        }
+        out.push((Method::Lrp, both.into_iter().map(|(r, _)| r).collect()));
+        Ok(out)
+    }
+
+    fn explain_and_write<B: LrpBackend>(
         &self,
         explainer: &mut Explainer<B>,
         group: Vec<Prepared>,
@@ -281,38 +325,33 @@ impl Ctx<'_> {
             .collect();
         // ok[i] stays true while every method succeeded for image i.
         let mut ok = vec![true; group.len()];
-        for &method in self.methods {
-            let maps =
-                ImageBatch::new(&rgb, group.len(), h as usize, w as usize).and_then(|batch| {
-                    match method {
-                        Method::Lafam => {
-                            explainer.lafam(batch, self.args.layer, self.args.upsample, &out_sizes)
-                        }
-                    }
-                });
-            let maps = match maps {
-                Ok(m) if m.len() == group.len() => m,
-                Ok(m) => {
-                    for (p, ok) in group.iter().zip(ok.iter_mut()) {
-                        self.rep.error(format_args!(
-                            "{}: {method}: {} maps for {} images",
-                            p.path.display(),
-                            m.len(),
-                            group.len()
-                        ));
-                        *ok = false;
-                    }
-                    continue;
+        let computed = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
+            .and_then(|batch| self.compute(explainer, batch, &out_sizes));
+        let computed = match computed {
+            Ok(c) => c,
+            Err(e) => {
+                for p in &group {
+                    self.rep
+                        .error(format_args!("{}: failed: {e:#}", p.path.display()));
                 }
-                Err(e) => {
-                    for (p, ok) in group.iter().zip(ok.iter_mut()) {
-                        self.rep
-                            .error(format_args!("{}: {method} failed: {e:#}", p.path.display()));
-                        *ok = false;
-                    }
-                    continue;
+                *failed += group.len();
+                self.rep.done(group.len());
+                return;
+            }
+        };
+        for (method, maps) in computed {
+            if maps.len() != group.len() {
+                for (p, ok) in group.iter().zip(ok.iter_mut()) {
+                    self.rep.error(format_args!(
+                        "{}: {method}: {} maps for {} images",
+                        p.path.display(),
+                        maps.len(),
+                        group.len()
+                    ));
+                    *ok = false;
                 }
-            };
+                continue;
+            }
             let results: Vec<Result<()>> = group
                 .par_iter()
                 .zip(maps.par_iter())
@@ -353,11 +392,20 @@ pub fn write_outputs(
     let (w, h) = (original.width() as usize, original.height() as usize);
     let base = format!("{stem}.{method}");
     write_npy_f32(&dir.join(format!("{base}.npy")), h, w, map)?;
-    let heat = heatmap(map, h, w);
+    // Relevance is signed: a diverging colormap centred on zero. LaFAM is in [0, 1].
+    let (heat, blended) = match method {
+        Method::Lafam => {
+            let heat = heatmap(map, h, w);
+            let blended = overlay(original, &heat, OVERLAY_ALPHA);
+            (heat, blended)
+        }
+        Method::Lrp => {
+            let heat = heatmap_diverging(map, h, w);
+            let blended = overlay_relevance(original, map, &heat);
+            (heat, blended)
+        }
+    };
     write_png(&dir.join(format!("{base}.png")), &heat)?;
-    write_png(
-        &dir.join(format!("{base}.overlay.png")),
-        &overlay(original, &heat, OVERLAY_ALPHA),
-    )?;
+    write_png(&dir.join(format!("{base}.overlay.png")), &blended)?;
     Ok(())
 }

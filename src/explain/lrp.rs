@@ -226,7 +226,8 @@ impl<B: LrpBackend> Explainer<B> {
         Ok((r_in, tape.output))
     }
 
-    /// LaFAM-LRP maps: input relevance summed over RGB, image `i` resampled to `out_sizes[i]`.
+    /// LaFAM-LRP maps: input relevance summed over RGB, image `i` resampled (bilinearly) to
+    /// `out_sizes[i]`; `upsample` is the LaFAM maps' mode.
     /// With `with_lafam`, the LaFAM maps of the same forward pass come back too.
     pub fn lrp(
         &mut self,
@@ -260,10 +261,12 @@ impl<B: LrpBackend> Explainer<B> {
             for i in 0..chunk.n {
                 let (h, w) = out_sizes[start + i];
                 let one = self.backend.image(&summed, i);
+                // Relevance is at pixel resolution already: resampled bilinearly (nearest would
+                // alias); `upsample` applies to the coarse LaFAM map.
                 let map = if (h, w) == (chunk.h, chunk.w) {
                     one
                 } else {
-                    self.backend.resize(&one, h, w, upsample)?
+                    self.backend.resize(&one, h, w, Upsample::Bilinear)?
                 };
                 let lafam = match &small {
                     Some(s) => {

@@ -61,13 +61,31 @@ pub fn heatmap(map: &[f32], h: usize, w: usize) -> RgbImage {
     paint(map, h, w, inferno(), |v| v)
 }
 
-/// A signed map painted with a diverging colormap centred on zero (reversed RdBu: positive
-/// red, negative blue, zero white), scaled by `max |v|` so the sign is never distorted.
-pub fn heatmap_diverging(map: &[f32], h: usize, w: usize) -> RgbImage {
-    let m = map
+/// The magnitude that maps to full colour in signed (relevance) maps: the 99.5th percentile
+/// of `|v|`. LRP maps are heavy-tailed; scaling by the maximum would leave all but a few
+/// pixels white. Larger values saturate; the sign is never distorted.
+pub fn relevance_scale(map: &[f32]) -> f32 {
+    let mut mags: Vec<f32> = map
         .iter()
         .filter(|v| v.is_finite())
-        .fold(0f32, |m, v| m.max(v.abs()));
+        .map(|v| v.abs())
+        .collect();
+    if mags.is_empty() {
+        return 0.0;
+    }
+    let k = ((mags.len() - 1) as f64 * 0.995).round() as usize;
+    let (_, kth, _) = mags.select_nth_unstable_by(k, f32::total_cmp);
+    if *kth > 0.0 {
+        *kth
+    } else {
+        mags.iter().fold(0f32, |m, &v| m.max(v))
+    }
+}
+
+/// A signed map painted with a diverging colormap centred on zero (reversed RdBu: positive
+/// red, negative blue, zero white), `±relevance_scale` at the ends.
+pub fn heatmap_diverging(map: &[f32], h: usize, w: usize) -> RgbImage {
+    let m = relevance_scale(map);
     let scale = if m > 0.0 { 0.5 / m } else { 0.0 };
     paint(map, h, w, blue_white_red(), |v| {
         if v.is_finite() {
@@ -76,6 +94,37 @@ pub fn heatmap_diverging(map: &[f32], h: usize, w: usize) -> RgbImage {
             0.5
         }
     })
+}
+
+/// A signed map over its image: the image in dimmed grey, the heat colour blended in with
+/// an opacity that grows with `|v| / relevance_scale` (zero relevance shows the image).
+pub fn overlay_relevance(image: &RgbImage, map: &[f32], heat: &RgbImage) -> RgbImage {
+    assert_eq!(
+        image.dimensions(),
+        heat.dimensions(),
+        "overlay of differently sized images"
+    );
+    let m = relevance_scale(map);
+    let mut out = RgbImage::new(image.width(), image.height());
+    for (((o, i), h), &v) in out
+        .pixels_mut()
+        .zip(image.pixels())
+        .zip(heat.pixels())
+        .zip(map)
+    {
+        let grey = 0.6 * (0.299 * i[0] as f32 + 0.587 * i[1] as f32 + 0.114 * i[2] as f32) + 40.0;
+        let a = if m > 0.0 && v.is_finite() {
+            (v.abs() / m).min(1.0) * 0.9
+        } else {
+            0.0
+        };
+        *o = Rgb([0, 1, 2].map(|c| {
+            ((1.0 - a) * grey + a * h[c] as f32)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        }));
+    }
+    out
 }
 
 /// Blends `heat` over `image` (same size): `(1 - alpha) * image + alpha * heat`, alpha

@@ -8,5 +8,5 @@ pub use self::image::{
     collect_inputs, load_image, resize_shorter_side, shorter_side_dims, IMAGE_EXTENSIONS,
 };
 pub use ::image::RgbImage;
-pub use colormap::{heatmap, heatmap_diverging, overlay};
+pub use colormap::{heatmap, heatmap_diverging, overlay, overlay_relevance, relevance_scale};
 pub use output::{write_atomic, write_npy_f32, write_png};
