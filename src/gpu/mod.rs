@@ -709,4 +709,3 @@ impl Backend for Gpu {
         Ok(out)
     }
 }
-mod lrp_stub;
