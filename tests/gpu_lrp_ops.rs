@@ -428,3 +428,58 @@ fn elementwise_ops_match_cpu() {
         .is_err());
     report("lincomb/add_relu/clamp/fill_channels", worst, cases);
 }
+
+/// Informative: one LRP pass (epsilon-plus-flat, seeded at layer4) against one LaFAM pass of
+/// a random ResNet-50 on this adapter (`cargo test --release --test gpu_lrp_ops -- --ignored
+/// --nocapture`; LRP_TIMING_SIZE=224 for a larger image).
+#[test]
+#[ignore]
+fn lrp_vs_lafam_timing() {
+    use lafam_gpu::explain::lafam::ImageBatch;
+    use lafam_gpu::explain::{Composite, Explainer};
+    use lafam_gpu::model::random::{random_resnet, RandomSpec};
+    use lafam_gpu::model::Stage;
+    use lafam_gpu::Upsample;
+    use std::time::Instant;
+    let size: usize = std::env::var("LRP_TIMING_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let n: usize = std::env::var("LRP_TIMING_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let net = random_resnet(&RandomSpec::resnet(50, 64, 1).unwrap());
+    let mut ex = Explainer::new(gpu(), &net).unwrap();
+    ex.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let rgb: Vec<u8> = (0..n * size * size * 3)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let sizes = vec![(size, size); n];
+    let time = |f: &mut dyn FnMut()| {
+        f(); // warm-up
+        let reps = 3;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let lafam = time(&mut || {
+        let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
+        ex.lafam(batch, Stage::Layer4, Upsample::Bilinear, &sizes)
+            .unwrap();
+    });
+    let lrp = time(&mut || {
+        let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
+        ex.lrp(batch, Stage::Layer4, Upsample::Bilinear, &sizes, false)
+            .unwrap();
+    });
+    eprintln!(
+        "{}: ResNet-50 {n}x{size}x{size} layer4: LaFAM {:.1} ms, LRP {:.1} ms ({:.2}x)",
+        ex.backend.name(),
+        lafam * 1e3,
+        lrp * 1e3,
+        lrp / lafam
+    );
+}
