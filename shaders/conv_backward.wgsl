@@ -290,3 +290,70 @@ fn conv_transpose(
     epilogue(om + 2u, on, mdim, acc2);
     epilogue(om + 3u, on, mdim, acc3);
 }
+
+// Narrow variant for cin <= 4 (the stem, whose cin = 3 would leave 61 of a tile's 64 columns
+// idle): one invocation per input pixel, all of its (<= 4) channels in one vec4 accumulator,
+// visiting only the taps that hit an output pixel (no stride waste). Weights are read from
+// global memory (every invocation of a phase reads the same ones, so they stay in cache).
+// 1D grid of 256-wide workgroups over M (linear id = x + y * num_workgroups.x * 256).
+@compute @workgroup_size(256, 1, 1)
+fn conv_transpose_narrow(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m = gid.x + gid.y * nwg.x * 256u;
+    let mdim = p.n * p.h * p.w;
+    if (m >= mdim) {
+        return;
+    }
+    let hw = p.h * p.w;
+    let img = m / hw;
+    let rem = m - img * hw;
+    let iy = rem / p.w;
+    let ix = rem - iy * p.w;
+    let ty = iy + p.pad;
+    let tx = ix + p.pad;
+    let base = p.s_off + img * p.ho * p.wo * p.cout;
+    var sum = vec4<f32>(0.0);
+    // Taps with (ty - ky) % stride == 0 and ky <= ty: ky = ty % stride, + stride, ...
+    for (var ky = ty % p.stride; ky < p.kh && ky <= ty; ky += p.stride) {
+        let oy = (ty - ky) / p.stride;
+        if (oy >= p.ho) {
+            continue;
+        }
+        for (var kx = tx % p.stride; kx < p.kw && kx <= tx; kx += p.stride) {
+            let ox = (tx - kx) / p.stride;
+            if (ox >= p.wo) {
+                continue;
+            }
+            let srow = base + (oy * p.wo + ox) * p.cout;
+            let wrow = (ky * p.kw + kx) * p.cin;
+            if (K_VEC4) {
+                for (var co = 0u; co < p.cout; co += 4u) {
+                    let a = s[(srow + co) >> 2u];
+                    for (var ci = 0u; ci < p.cin; ci++) {
+                        sum[ci] += dot(a, wt[((wrow + ci) * p.cout + co) >> 2u]);
+                    }
+                }
+            } else {
+                for (var co = 0u; co < p.cout; co++) {
+                    let a = s_scalar(srow + co);
+                    for (var ci = 0u; ci < p.cin; ci++) {
+                        sum[ci] += a * w_scalar((wrow + ci) * p.cout + co);
+                    }
+                }
+            }
+        }
+    }
+    for (var ci = 0u; ci < p.cin; ci++) {
+        let o = m * p.cin + ci;
+        var v = p.scale * sum[ci];
+        if ((p.flags & 1u) != 0u) {
+            v *= mul_scalar(p.mul_off + o);
+        }
+        if ((p.flags & 2u) != 0u) {
+            v += acc_scalar(p.acc_off + o);
+        }
+        out[o >> 2u][o & 3u] = v;
+    }
+}

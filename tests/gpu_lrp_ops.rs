@@ -47,8 +47,16 @@ fn conv_transpose_matches_cpu() {
     let mut worst = 0f64;
     let mut cases = 0usize;
     // (cin, cout): scalar K and N (5, 3), vec4 K over a scalar N (3, 64; the stem's shape),
-    // scalar K over a vec4 N (64, 37), both vec4 with two N tiles (64, 64)... and odd 37 -> 5.
-    let channels = [(5usize, 3usize), (3, 64), (64, 37), (37, 5), (64, 64)];
+    // scalar K over a vec4 N (64, 37), odd 37 -> 5, both vec4 (64, 64); cin <= 4 takes the
+    // narrow kernel (3, 64), (4, 5).
+    let channels = [
+        (5usize, 3usize),
+        (3, 64),
+        (64, 37),
+        (37, 5),
+        (64, 64),
+        (4, 5),
+    ];
     for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
         for (ci, &(cin, cout)) in channels.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, (ki * 10 + ci) as u64);

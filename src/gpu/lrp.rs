@@ -140,16 +140,23 @@ impl LrpBackend for Gpu {
                 && mul.is_none_or(|t| t.offset.is_multiple_of(4))
                 && acc.is_none_or(|t| t.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
+            narrow: conv.cin <= 4,
         };
-        let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        let n_tiles = (conv.cin as u64).div_ceil(CONV_TILE);
-        ensure!(
-            n_tiles <= max,
-            "conv_transpose {}: {} input channels exceed the dispatch grid",
-            conv.name,
-            conv.cin
-        );
-        let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
+        let grid = if variant.narrow {
+            let (x, y) = self.grid_2d((m as u64).div_ceil(WG))?;
+            (x, y, 1)
+        } else {
+            let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+            let n_tiles = (conv.cin as u64).div_ceil(CONV_TILE);
+            ensure!(
+                n_tiles <= max,
+                "conv_transpose {}: {} input channels exceed the dispatch grid",
+                conv.name,
+                conv.cin
+            );
+            let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
+            (n_tiles as u32, gy, gz)
+        };
         let out = self.alloc(in_shape)?;
         let params = [
             u32_of(ss.n, "batch")?,
@@ -177,7 +184,7 @@ impl LrpBackend for Gpu {
             &ctx.pipelines.conv_layout,
             &params,
             &[&s.buffer, &conv.weight, &mul_buf, &acc_buf, &out.buffer],
-            (n_tiles as u32, gy, gz),
+            grid,
         )?;
         Ok(out)
     }

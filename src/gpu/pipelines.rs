@@ -42,6 +42,8 @@ pub(crate) struct ConvTransposeVariant {
     pub k_vec4: bool,
     pub n_vec4: bool,
     pub plain_gemm: bool,
+    /// cin <= 4: one invocation per input pixel instead of the tiled GEMM.
+    pub narrow: bool,
 }
 
 impl ConvTransposeVariant {
@@ -53,6 +55,7 @@ impl ConvTransposeVariant {
             k_vec4: i & 1 != 0,
             n_vec4: i & 2 != 0,
             plain_gemm: i & 4 != 0,
+            narrow: false,
         }
     }
 }
@@ -66,6 +69,8 @@ pub(crate) struct Pipelines {
     /// uniform params + a, b, c (read-only) + out0, out1 (the LRP elementwise kernels).
     pub lrp_layout: wgpu::BindGroupLayout,
     conv_transpose: Vec<wgpu::ComputePipeline>,
+    /// `conv_transpose_narrow` (cin <= 4), indexed by K_VEC4.
+    conv_transpose_narrow: [wgpu::ComputePipeline; 2],
     pub lrp_ratio: wgpu::ComputePipeline,
     pub residual_split: wgpu::ComputePipeline,
     pub lincomb: wgpu::ComputePipeline,
@@ -122,7 +127,11 @@ impl Pipelines {
     }
 
     pub fn conv_transpose(&self, v: ConvTransposeVariant) -> &wgpu::ComputePipeline {
-        &self.conv_transpose[v.index()]
+        if v.narrow {
+            &self.conv_transpose_narrow[v.k_vec4 as usize]
+        } else {
+            &self.conv_transpose[v.index()]
+        }
     }
 
     fn build(device: &wgpu::Device) -> Self {
@@ -232,6 +241,14 @@ impl Pipelines {
                 )
             })
             .collect();
+        let conv_transpose_narrow = [0.0, 1.0].map(|k_vec4| {
+            pipeline(
+                &conv_pl,
+                &convt_m,
+                "conv_transpose_narrow",
+                &[("K_VEC4", k_vec4)],
+            )
+        });
         let lrp_m = module("lrp", LRP);
         let pre_m = module("preprocess", PREPROCESS);
         let pool_m = module("pool", POOL);
@@ -240,6 +257,7 @@ impl Pipelines {
         Pipelines {
             conv,
             conv_transpose,
+            conv_transpose_narrow,
             lrp_ratio: pipeline(&lrp_pl, &lrp_m, "lrp_ratio", &[]),
             residual_split: pipeline(&lrp_pl, &lrp_m, "residual_split", &[]),
             lincomb: pipeline(&lrp_pl, &lrp_m, "lincomb", &[]),
