@@ -17,8 +17,8 @@
 //           over input channels.
 //   PLAIN_GEMM: 1x1 kernel, stride 1, no padding: A[m, k] = s[m*cout + k].
 //
-// Stride > 1 guards the divisibility per k (a stride-2 3x3 kernel skips 3/4 of its taps as
-// zeros); a per-phase split would remove that waste without changing the tile structure.
+// Stride > 1 is split into stride^2 phases (see `Phase`), each a dense GEMM over only the taps
+// that reach its pixels.
 //
 // The module is created without runtime bounds checks: every index is guarded here, and the
 // host validates every size (non-zero stride and kernel, view extents) before a dispatch.
@@ -77,46 +77,115 @@ fn acc_scalar(i: u32) -> f32 {
     return acc_in[i >> 2u][i & 3u];
 }
 
+// The stride phase a workgroup works on. With stride s, the input pixels (iy, ix) with
+// iy % s == py, ix % s == px receive relevance only from the taps ky = ky0 + s*ty, kx = kx0 + s*tx
+// (ky0 = (py + pad) % s), and then from the output pixel oy = jy + qy - ty (iy = py + s*jy,
+// qy = (py + pad - ky0) / s), same for x. Each phase is its own GEMM over its pixels with
+// K = nky*nkx*cout: no tap of a stride-2 kernel is evaluated in vain. Stride 1: one phase.
+struct Phase {
+    valid: bool,
+    py: u32,
+    px: u32,
+    hp: u32,       // rows of the phase: iy = py + s*jy, jy < hp
+    wp: u32,
+    ky0: u32,
+    kx0: u32,
+    nkx: u32,
+    qy: u32,
+    qx: u32,
+    mdim: u32,     // n * hp * wp
+    kdim: u32,     // nky * nkx * cout
+    first_tile: u32,
+}
+
+fn ceil_div(a: u32, b: u32) -> u32 {
+    return (a + b - 1u) / b;
+}
+
+// Phases are laid out one after another over the M tiles, each given ceil(n*ceil(h/s)*ceil(w/s)
+// / BM) tiles (the largest phase's count).
+fn tiles_per_phase() -> u32 {
+    let st = p.stride;
+    return ceil_div(p.n * ceil_div(p.h, st) * ceil_div(p.w, st), BM);
+}
+
+fn phase_of(m_tile: u32) -> Phase {
+    var f: Phase;
+    let st = p.stride;
+    let tpp = tiles_per_phase();
+    let phase = m_tile / tpp;
+    f.valid = phase < st * st;
+    f.first_tile = phase * tpp;
+    f.py = phase / st;
+    f.px = phase - f.py * st;
+    f.hp = select(0u, ceil_div(p.h - min(f.py, p.h), st), f.py < p.h);
+    f.wp = select(0u, ceil_div(p.w - min(f.px, p.w), st), f.px < p.w);
+    f.ky0 = (f.py + p.pad) % st;
+    f.kx0 = (f.px + p.pad) % st;
+    let nky = select(0u, ceil_div(p.kh - min(f.ky0, p.kh), st), f.ky0 < p.kh);
+    f.nkx = select(0u, ceil_div(p.kw - min(f.kx0, p.kw), st), f.kx0 < p.kw);
+    f.qy = (f.py + p.pad - f.ky0) / st;
+    f.qx = (f.px + p.pad - f.kx0) / st;
+    f.mdim = p.n * f.hp * f.wp;
+    f.kdim = nky * f.nkx * p.cout;
+    return f;
+}
+
+// Row `ml` (< f.mdim) of the phase's GEMM as an input pixel: (image, jy, jx).
+fn phase_row(f: Phase, ml: u32) -> vec3<u32> {
+    let per = f.hp * f.wp;
+    let img = ml / per;
+    let rem = ml - img * per;
+    let jy = rem / f.wp;
+    return vec3<u32>(img, jy, rem - jy * f.wp);
+}
+
+// Element index of the result row of the phase's row `ml`.
+fn out_row(f: Phase, ml: u32) -> u32 {
+    if (PLAIN_GEMM) {
+        return ml * p.cin;
+    }
+    let r = phase_row(f, ml);
+    let iy = f.py + p.stride * r.y;
+    let ix = f.px + p.stride * r.z;
+    return ((r.x * p.h + iy) * p.w + ix) * p.cin;
+}
+
 // Per-thread description of the A row (input pixel) it loads.
 struct RowInfo {
     valid: bool,
     base: u32,     // PLAIN_GEMM: element index of the row start; else: image base in s
-    ty0: i32,      // iy + pad
-    tx0: i32,      // ix + pad
+    oy0: i32,      // jy + qy: the output row of tap ty = 0
+    ox0: i32,
 }
 
-// Element index in s of A[m, k] (k < K), or -1 where the tap hits no output pixel.
-fn a_index(r: RowInfo, k: u32) -> i32 {
+// Element index in s of A[m, k] (k < K), or -1 where the tap falls outside the output.
+fn a_index(f: Phase, r: RowInfo, k: u32) -> i32 {
     if (PLAIN_GEMM) {
         return i32(r.base + k);
     }
     let tap = k / p.cout;
     let co = k - tap * p.cout;
-    let ky = tap / p.kw;
-    let kx = tap - ky * p.kw;
-    let ny = r.ty0 - i32(ky);
-    let nx = r.tx0 - i32(kx);
-    if (ny < 0 || nx < 0) {
+    let ty = tap / f.nkx;
+    let tx = tap - ty * f.nkx;
+    let oy = r.oy0 - i32(ty);
+    let ox = r.ox0 - i32(tx);
+    if (oy < 0 || ox < 0 || oy >= i32(p.ho) || ox >= i32(p.wo)) {
         return -1;
     }
-    let oy = u32(ny) / p.stride;
-    let ox = u32(nx) / p.stride;
-    if (oy * p.stride != u32(ny) || ox * p.stride != u32(nx) || oy >= p.ho || ox >= p.wo) {
-        return -1;
-    }
-    return i32(r.base + (oy * p.wo + ox) * p.cout + co);
+    return i32(r.base + (u32(oy) * p.wo + u32(ox)) * p.cout + co);
 }
 
 // A[m, k..k+4] for the K tile: vec4 over co (K_VEC4) or four scalar taps.
-fn load_a(r: RowInfo, k: u32, kdim: u32) -> vec4<f32> {
+fn load_a(f: Phase, r: RowInfo, k: u32) -> vec4<f32> {
     if (!r.valid) {
         return vec4<f32>(0.0);
     }
     if (K_VEC4) {
-        if (k >= kdim) {
+        if (k >= f.kdim) {
             return vec4<f32>(0.0);
         }
-        let i = a_index(r, k);
+        let i = a_index(f, r, k);
         if (i < 0) {
             return vec4<f32>(0.0);
         }
@@ -124,8 +193,8 @@ fn load_a(r: RowInfo, k: u32, kdim: u32) -> vec4<f32> {
     }
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
-        if (k + j < kdim) {
-            let i = a_index(r, k + j);
+        if (k + j < f.kdim) {
+            let i = a_index(f, r, k + j);
             if (i >= 0) {
                 v[j] = s_scalar(u32(i));
             }
@@ -134,36 +203,42 @@ fn load_a(r: RowInfo, k: u32, kdim: u32) -> vec4<f32> {
     return v;
 }
 
-// B[k..k+4, n] = W[tap, n, co..co+4]: vec4 over co (K_VEC4) or four scalars.
-fn load_b(k: u32, n: u32, kdim: u32) -> vec4<f32> {
+// Element index in the weight of B[k, n] = W[ky, kx, n, co] for the phase's k.
+fn w_index(f: Phase, k: u32, n: u32) -> u32 {
+    let tap = k / p.cout;
+    let co = k - tap * p.cout;
+    let ty = tap / f.nkx;
+    let tx = tap - ty * f.nkx;
+    let ky = f.ky0 + p.stride * ty;
+    let kx = f.kx0 + p.stride * tx;
+    return ((ky * p.kw + kx) * p.cin + n) * p.cout + co;
+}
+
+// B[k..k+4, n]: vec4 over co (K_VEC4) or four scalars.
+fn load_b(f: Phase, k: u32, n: u32) -> vec4<f32> {
     if (n >= p.cin) {
         return vec4<f32>(0.0);
     }
     if (K_VEC4) {
-        if (k >= kdim) {
+        if (k >= f.kdim) {
             return vec4<f32>(0.0);
         }
-        let tap = k / p.cout;
-        let co = k - tap * p.cout;
-        return wt[((tap * p.cin + n) * p.cout + co) >> 2u];
+        return wt[w_index(f, k, n) >> 2u];
     }
     var v = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
-        let kj = k + j;
-        if (kj < kdim) {
-            let tap = kj / p.cout;
-            let co = kj - tap * p.cout;
-            v[j] = w_scalar((tap * p.cin + n) * p.cout + co);
+        if (k + j < f.kdim) {
+            v[j] = w_scalar(w_index(f, k + j, n));
         }
     }
     return v;
 }
 
-fn epilogue(m: u32, n: u32, mdim: u32, sum: vec4<f32>) {
-    if (m >= mdim || n >= p.cin) {
+fn epilogue(f: Phase, ml: u32, n: u32, sum: vec4<f32>) {
+    if (ml >= f.mdim || n >= p.cin) {
         return;
     }
-    let o = m * p.cin + n;
+    let o = out_row(f, ml) + n;
     if (N_VEC4) {
         var v = p.scale * sum;
         if ((p.flags & 1u) != 0u) {
@@ -190,21 +265,23 @@ fn epilogue(m: u32, n: u32, mdim: u32, sum: vec4<f32>) {
     }
 }
 
-// Grid: x = N tiles, (y, z) = M tiles split over two dimensions (tile = y + z * num_y).
+// Grid: x = N tiles, (y, z) = M tiles split over two dimensions (tile = y + z * num_y), the
+// stride phases one after another (stride^2 * tiles_per_phase() tiles).
 @compute @workgroup_size(16, 16, 1)
 fn conv_transpose(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let mdim = p.n * p.h * p.w;
-    let kdim = p.kh * p.kw * p.cout;
     let m_tile = wid.y + wid.z * nwg.y;
-    let m_tiles = (mdim + BM - 1u) / BM;
-    if (m_tile >= m_tiles) {
+    let f = phase_of(m_tile);
+    if (!f.valid) {
         return; // whole workgroup: uniform
     }
-    let m0 = m_tile * BM;
+    let m0 = (m_tile - f.first_tile) * BM;
+    if (m0 >= f.mdim) {
+        return; // a smaller phase's spare tile: uniform
+    }
     let n0 = wid.x * BN;
 
     // A staging: row a_row (0..63), k quad a_kq (0..3).
@@ -218,23 +295,19 @@ fn conv_transpose(
     let ty = t >> 4u;
 
     var r: RowInfo;
-    let m = m0 + a_row;
-    r.valid = m < mdim;
+    let ml = m0 + a_row;
+    r.valid = ml < f.mdim;
     r.base = 0u;
-    r.ty0 = 0;
-    r.tx0 = 0;
+    r.oy0 = 0;
+    r.ox0 = 0;
     if (r.valid) {
         if (PLAIN_GEMM) {
-            r.base = p.s_off + m * p.cout;
+            r.base = p.s_off + ml * p.cout;
         } else {
-            let hw = p.h * p.w;
-            let img = m / hw;
-            let rem = m - img * hw;
-            let iy = rem / p.w;
-            let ix = rem - iy * p.w;
-            r.base = p.s_off + img * p.ho * p.wo * p.cout;
-            r.ty0 = i32(iy + p.pad);
-            r.tx0 = i32(ix + p.pad);
+            let q = phase_row(f, ml);
+            r.base = p.s_off + q.x * p.ho * p.wo * p.cout;
+            r.oy0 = i32(q.y + f.qy);
+            r.ox0 = i32(q.z + f.qx);
         }
     }
 
@@ -243,9 +316,9 @@ fn conv_transpose(
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
 
-    let k_tiles = (kdim + BK - 1u) / BK;
-    var a_reg = load_a(r, a_kq * 4u, kdim);
-    var b_reg = load_b(b_kq * 4u, n0 + b_col, kdim);
+    let k_tiles = (f.kdim + BK - 1u) / BK;
+    var a_reg = load_a(f, r, a_kq * 4u);
+    var b_reg = load_b(f, b_kq * 4u, n0 + b_col);
 
     for (var kt = 0u; kt < k_tiles; kt++) {
         workgroupBarrier();
@@ -269,8 +342,8 @@ fn conv_transpose(
         // Prefetch the next K tile while this one is computed.
         if (kt + 1u < k_tiles) {
             let k0 = (kt + 1u) * BK;
-            a_reg = load_a(r, k0 + a_kq * 4u, kdim);
-            b_reg = load_b(k0 + b_kq * 4u, n0 + b_col, kdim);
+            a_reg = load_a(f, r, k0 + a_kq * 4u);
+            b_reg = load_b(f, k0 + b_kq * 4u, n0 + b_col);
         }
 
         for (var kk = 0u; kk < BK; kk++) {
@@ -285,10 +358,10 @@ fn conv_transpose(
 
     let om = m0 + ty * 4u;
     let on = n0 + tx * 4u;
-    epilogue(om, on, mdim, acc0);
-    epilogue(om + 1u, on, mdim, acc1);
-    epilogue(om + 2u, on, mdim, acc2);
-    epilogue(om + 3u, on, mdim, acc3);
+    epilogue(f, om, on, acc0);
+    epilogue(f, om + 1u, on, acc1);
+    epilogue(f, om + 2u, on, acc2);
+    epilogue(f, om + 3u, on, acc3);
 }
 
 // Narrow variant for cin <= 4 (the stem, whose cin = 3 would leave 61 of a tile's 64 columns

@@ -154,7 +154,12 @@ impl LrpBackend for Gpu {
                 conv.name,
                 conv.cin
             );
-            let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
+            // The stride phases one after another, each given as many tiles as the largest
+            // (shaders/conv_backward.wgsl, `tiles_per_phase`).
+            let st = conv.stride as u64;
+            let per_phase = (ss.n as u64 * (in_h as u64).div_ceil(st) * (in_w as u64).div_ceil(st))
+                .div_ceil(CONV_TILE);
+            let (gy, gz) = self.grid_2d(st * st * per_phase)?;
             (n_tiles as u32, gy, gz)
         };
         let out = self.alloc(in_shape)?;
