@@ -129,6 +129,55 @@ fn conv_transpose_matches_cpu() {
     report("conv_transpose", worst, cases);
 }
 
+/// Several M and N tiles per stride phase, phases of unequal sizes (17 = 9 + 8 rows) so that
+/// the smaller phases have spare tiles, and a 1x1/2 kernel whose odd phases get no taps.
+#[test]
+fn conv_transpose_multi_tile_phases_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (i, &(k, stride, pad)) in [(3usize, 2usize, 1usize), (1, 2, 0), (7, 2, 3), (3, 1, 1)]
+        .iter()
+        .enumerate()
+    {
+        for &(cin, cout) in &[(70usize, 68usize), (66, 9)] {
+            let layer = random_conv(cin, cout, k, stride, pad, 300 + i as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            let (h, w) = (17, 19);
+            let (ho, wo) = layer.out_size(h, w);
+            let s = random_tensor(Shape::new(2, ho, wo, cout), -1.0, 1.0, 310 + i as u64);
+            let xs = Shape::new(2, h, w, cin);
+            let mul = random_tensor(xs, 0.0, 1.0, 320 + i as u64);
+            let acc = random_tensor(xs, -1.0, 1.0, 330 + i as u64);
+            let (sg, mg, ag) = (
+                g.upload(&s).unwrap(),
+                g.upload(&mul).unwrap(),
+                g.upload(&acc).unwrap(),
+            );
+            let (sc, mc, ac) = (
+                c.upload(&s).unwrap(),
+                c.upload(&mul).unwrap(),
+                c.upload(&acc).unwrap(),
+            );
+            let yg = g
+                .conv_transpose(&sg, &cg, h, w, Some(&mg), -0.5, Some(&ag))
+                .unwrap();
+            let yc = c
+                .conv_transpose(&sc, &cc, h, w, Some(&mc), -0.5, Some(&ac))
+                .unwrap();
+            let label = format!("{} {h}x{w} n=2", layer.name);
+            cases += 1;
+            worst = worst.max(check(
+                &label,
+                &g.download(&yg).unwrap(),
+                &c.download(&yc).unwrap(),
+            ));
+        }
+    }
+    report("conv_transpose (multi-tile phases)", worst, cases);
+}
+
 #[test]
 fn conv_transpose_rejects_bad_shapes() {
     let mut g = gpu();
