@@ -10,6 +10,7 @@
 //!   when the last tensor on it is dropped.
 
 mod context;
+mod lrp;
 mod pipelines;
 mod pool;
 
@@ -68,6 +69,8 @@ pub struct Gpu {
     ring: wgpu::Buffer,
     /// Bound where a kernel's optional input is absent.
     dummy: wgpu::Buffer,
+    /// Bound where a kernel's optional output is absent.
+    dummy_out: wgpu::Buffer,
     staging: Option<wgpu::Buffer>,
     max_tensor_bytes: u64,
 }
@@ -92,7 +95,14 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        let dummy_out = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy output"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
+            dummy_out,
             pool: BufferPool::new(max_tensor_bytes, 2 * max_tensor_bytes),
             ctx,
             encoder: None,

@@ -12,6 +12,8 @@ const CONV: &str = include_str!("../../shaders/conv.wgsl");
 const POOL: &str = include_str!("../../shaders/pool.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const RESAMPLE: &str = include_str!("../../shaders/resample.wgsl");
+const CONV_BACKWARD: &str = include_str!("../../shaders/conv_backward.wgsl");
+const LRP: &str = include_str!("../../shaders/lrp.wgsl");
 
 /// Conv specialisations, see `shaders/conv.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,12 +36,48 @@ impl ConvVariant {
     }
 }
 
+/// Transposed-conv specialisations, see `shaders/conv_backward.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvTransposeVariant {
+    pub k_vec4: bool,
+    pub n_vec4: bool,
+    pub plain_gemm: bool,
+    /// cin <= 4: one invocation per input pixel instead of the tiled GEMM.
+    pub narrow: bool,
+}
+
+impl ConvTransposeVariant {
+    fn index(self) -> usize {
+        self.k_vec4 as usize | (self.n_vec4 as usize) << 1 | (self.plain_gemm as usize) << 2
+    }
+    fn from_index(i: usize) -> Self {
+        ConvTransposeVariant {
+            k_vec4: i & 1 != 0,
+            n_vec4: i & 2 != 0,
+            plain_gemm: i & 4 != 0,
+            narrow: false,
+        }
+    }
+}
+
 pub(crate) struct Pipelines {
     /// uniform params + one read-only input + one read-write output.
     pub unary_layout: wgpu::BindGroupLayout,
     /// uniform params + x, weight, bias, residual (read-only) + output.
     pub conv_layout: wgpu::BindGroupLayout,
     conv: Vec<wgpu::ComputePipeline>,
+    /// uniform params + a, b, c (read-only) + out0, out1 (the LRP elementwise kernels).
+    pub lrp_layout: wgpu::BindGroupLayout,
+    conv_transpose: Vec<wgpu::ComputePipeline>,
+    /// `conv_transpose_narrow` (cin <= 4), indexed by K_VEC4.
+    conv_transpose_narrow: [wgpu::ComputePipeline; 2],
+    pub lrp_ratio: wgpu::ComputePipeline,
+    pub residual_split: wgpu::ComputePipeline,
+    pub lincomb: wgpu::ComputePipeline,
+    pub add_relu: wgpu::ComputePipeline,
+    pub clamp: wgpu::ComputePipeline,
+    pub fill_channels: wgpu::ComputePipeline,
+    pub max_pool_backward: wgpu::ComputePipeline,
     pub preprocess: wgpu::ComputePipeline,
     pub max_pool: wgpu::ComputePipeline,
     pub channel_mean: wgpu::ComputePipeline,
@@ -88,6 +126,14 @@ impl Pipelines {
         &self.conv[v.index()]
     }
 
+    pub fn conv_transpose(&self, v: ConvTransposeVariant) -> &wgpu::ComputePipeline {
+        if v.narrow {
+            &self.conv_transpose_narrow[v.k_vec4 as usize]
+        } else {
+            &self.conv_transpose[v.index()]
+        }
+    }
+
     fn build(device: &wgpu::Device) -> Self {
         let unary_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("unary"),
@@ -103,6 +149,22 @@ impl Pipelines {
                 storage(4, true),
                 storage(5, false),
             ],
+        });
+        let lrp_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("lrp"),
+            entries: &[
+                params_entry(),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, false),
+                storage(5, false),
+            ],
+        });
+        let lrp_pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("lrp"),
+            bind_group_layouts: &[Some(&lrp_layout)],
+            immediate_size: 0,
         });
         let unary_pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("unary"),
@@ -162,12 +224,48 @@ impl Pipelines {
                 )
             })
             .collect();
+        let convt_m = module("conv_backward", CONV_BACKWARD);
+        let conv_transpose = (0..8)
+            .map(|i| {
+                let v = ConvTransposeVariant::from_index(i);
+                let b = |x: bool| if x { 1.0 } else { 0.0 };
+                pipeline(
+                    &conv_pl,
+                    &convt_m,
+                    "conv_transpose",
+                    &[
+                        ("K_VEC4", b(v.k_vec4)),
+                        ("N_VEC4", b(v.n_vec4)),
+                        ("PLAIN_GEMM", b(v.plain_gemm)),
+                    ],
+                )
+            })
+            .collect();
+        let conv_transpose_narrow = [0.0, 1.0].map(|k_vec4| {
+            pipeline(
+                &conv_pl,
+                &convt_m,
+                "conv_transpose_narrow",
+                &[("K_VEC4", k_vec4)],
+            )
+        });
+        let lrp_m = module("lrp", LRP);
         let pre_m = module("preprocess", PREPROCESS);
         let pool_m = module("pool", POOL);
         let reduce_m = module("reduce", REDUCE);
         let resample_m = module("resample", RESAMPLE);
         Pipelines {
             conv,
+            conv_transpose,
+            conv_transpose_narrow,
+            lrp_ratio: pipeline(&lrp_pl, &lrp_m, "lrp_ratio", &[]),
+            residual_split: pipeline(&lrp_pl, &lrp_m, "residual_split", &[]),
+            lincomb: pipeline(&lrp_pl, &lrp_m, "lincomb", &[]),
+            add_relu: pipeline(&lrp_pl, &lrp_m, "add_relu", &[]),
+            clamp: pipeline(&lrp_pl, &lrp_m, "clamp_range", &[]),
+            fill_channels: pipeline(&lrp_pl, &lrp_m, "fill_channels", &[]),
+            max_pool_backward: pipeline(&lrp_pl, &lrp_m, "max_pool_backward", &[]),
+            lrp_layout,
             preprocess: pipeline(&unary_pl, &pre_m, "preprocess", &[]),
             max_pool: pipeline(&unary_pl, &pool_m, "max_pool", &[]),
             channel_mean: pipeline(&unary_pl, &reduce_m, "channel_mean", &[]),

@@ -1,0 +1,176 @@
+// Elementwise LRP steps and the max-pool backward over NHWC f32 (src/gpu/lrp.rs).
+// One invocation per output element; dispatched as a 2D grid of 256-wide workgroups
+// (linear id = x + y * num_workgroups.x * 256). Inputs are views: element `i` of input `a`
+// is a[a_off + i] (same for b, c); outputs are fresh tensors at offset 0.
+//
+// Bindings: a, b, c read-only (unused ones bound to a dummy), out0 and out1 read-write
+// (out1 only for residual_split). The module is created without runtime bounds checks: the
+// host validates that every view lies inside its buffer and that shapes agree.
+
+struct Params {
+    total: u32,     // elements of the output
+    c: u32,         // channels (fill_channels, max_pool_backward)
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    flags: u32,     // lrp_ratio: bit 0 gate, bit 1 gate wants negative; lincomb: bit 0 has b
+    alpha: f32,     // lincomb alpha, clamp lo
+    beta: f32,      // lincomb beta, clamp hi
+    // max_pool_backward only:
+    h: u32,
+    w: u32,
+    ho: u32,
+    wo: u32,
+    kernel: u32,
+    stride: u32,
+    pad: u32,
+    _p0: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> c: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out0: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out1: array<f32>;
+
+fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+// zennit's stabiliser: z + 1e-6 * sign(z) with sign(0) = +1.
+fn stab(z: f32) -> f32 {
+    return z + select(-1e-6, 1e-6, z >= 0.0);
+}
+
+// out0 = a / stab(b), zeroed where the gate c's sign is not the one asked for.
+@compute @workgroup_size(256, 1, 1)
+fn lrp_ratio(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    var v = a[p.a_off + i] / stab(b[p.b_off + i]);
+    if ((p.flags & 1u) != 0u) {
+        let g = c[p.c_off + i];
+        let open = select(g > 0.0, g < 0.0, (p.flags & 2u) != 0u);
+        v = select(0.0, v, open);
+    }
+    out0[i] = v;
+}
+
+// Norm rule on a residual add: q = c / stab(a + b); out0 = a q, out1 = b q (c is the relevance).
+@compute @workgroup_size(256, 1, 1)
+fn residual_split(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    let x = a[p.a_off + i];
+    let y = b[p.b_off + i];
+    let q = c[p.c_off + i] / stab(x + y);
+    out0[i] = x * q;
+    out1[i] = y * q;
+}
+
+// out0 = alpha a + beta b (b optional).
+@compute @workgroup_size(256, 1, 1)
+fn lincomb(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    var v = p.alpha * a[p.a_off + i];
+    if ((p.flags & 1u) != 0u) {
+        v += p.beta * b[p.b_off + i];
+    }
+    out0[i] = v;
+}
+
+// out0 = relu(a + b).
+@compute @workgroup_size(256, 1, 1)
+fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    out0[i] = max(a[p.a_off + i] + b[p.b_off + i], 0.0);
+}
+
+// out0 = clamp(a, alpha, beta) (bounds may be infinite).
+@compute @workgroup_size(256, 1, 1)
+fn clamp_range(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    out0[i] = min(max(a[p.a_off + i], p.alpha), p.beta);
+}
+
+// out0[i] = a[i % c]: a holds one value per channel.
+@compute @workgroup_size(256, 1, 1)
+fn fill_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    out0[i] = a[i % p.c];
+}
+
+// Gradient of a max-pool with implicit -inf padding, as a gather: input element (img, iy, ix,
+// ch) of a = x sums the relevance b = r of every output window covering it whose first maximum
+// (scan order) is this element. Windows are visited in (oy, ox) order, as the CPU scatter adds.
+@compute @workgroup_size(256, 1, 1)
+fn max_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    let ch = i % p.c;
+    let pix = i / p.c;
+    let ix = pix % p.w;
+    let rest = pix / p.w;
+    let iy = rest % p.h;
+    let img = rest / p.h;
+    // Windows oy with oy*stride - pad <= iy <= oy*stride - pad + kernel - 1.
+    let ty = i32(iy + p.pad);
+    let tx = i32(ix + p.pad);
+    let k = i32(p.kernel);
+    let st = i32(p.stride);
+    let oy_lo = u32(max(ty - k + st, 0) / st);
+    let oy_hi = min(u32(ty / st) + 1u, p.ho);
+    let ox_lo = u32(max(tx - k + st, 0) / st);
+    let ox_hi = min(u32(tx / st) + 1u, p.wo);
+    let x_img = p.a_off + img * p.h * p.w * p.c;
+    var sum = 0.0;
+    for (var oy = oy_lo; oy < oy_hi; oy++) {
+        for (var ox = ox_lo; ox < ox_hi; ox++) {
+            let iy0 = i32(oy * p.stride) - i32(p.pad);
+            let ix0 = i32(ox * p.stride) - i32(p.pad);
+            var best = 0.0;
+            var at = -1;
+            for (var ky = 0; ky < k; ky++) {
+                let yy = iy0 + ky;
+                if (yy < 0 || yy >= i32(p.h)) {
+                    continue;
+                }
+                for (var kx = 0; kx < k; kx++) {
+                    let xx = ix0 + kx;
+                    if (xx < 0 || xx >= i32(p.w)) {
+                        continue;
+                    }
+                    let pos = yy * i32(p.w) + xx;
+                    let v = a[x_img + u32(pos) * p.c + ch];
+                    if (at < 0 || v > best) {
+                        best = v;
+                        at = pos;
+                    }
+                }
+            }
+            if (at == i32(iy * p.w + ix)) {
+                sum += b[p.b_off + ((img * p.ho + oy) * p.wo + ox) * p.c + ch];
+            }
+        }
+    }
+    out0[i] = sum;
+}

@@ -1,0 +1,403 @@
+//! The LRP ops on the GPU: the transposed conv as an implicit GEMM with the fused LRP epilogue
+//! (`shaders/conv_backward.wgsl`) and the elementwise steps plus the max-pool backward as a
+//! gather (`shaders/lrp.wgsl`). Every shape and view extent is validated here before a
+//! dispatch is recorded (the kernels run without runtime bounds checks).
+
+use super::pipelines::{ConvTransposeVariant, Pipelines};
+use super::{u32_of, Gpu, GpuConv, GpuTensor, CONV_TILE, WG};
+use crate::backend::{GateSign, LrpBackend, Pool};
+use crate::tensor::Shape;
+use anyhow::{ensure, Result};
+
+impl Gpu {
+    /// A view the kernels may read: its elements lie inside its buffer, its size within the
+    /// binding limit, and its offset fits the 32-bit indices.
+    fn check_view(&self, what: &str, t: &GpuTensor) -> Result<()> {
+        self.check_bytes(what, t.shape)?;
+        let end = (t.offset as u64 + t.shape.len() as u64) * 4;
+        ensure!(
+            end <= t.buffer.size(),
+            "{what}: view {}..{} of {} outside its buffer of {} bytes",
+            t.offset * 4,
+            end,
+            t.shape,
+            t.buffer.size()
+        );
+        u32_of(t.offset + t.shape.len(), "view end")?;
+        Ok(())
+    }
+
+    fn same_shape(&self, what: &str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
+        ensure!(
+            a.shape == b.shape,
+            "{what}: shapes {} and {} differ",
+            a.shape,
+            b.shape
+        );
+        Ok(())
+    }
+
+    /// Records one kernel of `shaders/lrp.wgsl` over `total` elements. `inputs` are bound to
+    /// a, b, c (the dummy where absent), `outputs` to out0, out1.
+    fn lrp_dispatch(
+        &mut self,
+        pipeline: fn(&Pipelines) -> &wgpu::ComputePipeline,
+        params: &[u32; 16],
+        inputs: [Option<&GpuTensor>; 3],
+        outputs: [Option<&GpuTensor>; 2],
+        total: usize,
+    ) -> Result<()> {
+        if total == 0 {
+            return Ok(());
+        }
+        let (x, y) = self.grid_2d((total as u64).div_ceil(WG))?;
+        let ctx = self.ctx.clone();
+        let ins = inputs.map(|t| t.map_or(&self.dummy, |t| &*t.buffer).clone());
+        let outs = outputs.map(|t| t.map_or(&self.dummy_out, |t| &*t.buffer).clone());
+        self.dispatch(
+            pipeline(&ctx.pipelines),
+            &ctx.pipelines.lrp_layout,
+            params,
+            &[&ins[0], &ins[1], &ins[2], &outs[0], &outs[1]],
+            (x, y, 1),
+        )
+    }
+}
+
+/// Parameter block of `shaders/lrp.wgsl` (the fields its elementwise kernels use).
+#[allow(clippy::too_many_arguments)]
+fn ew_params(
+    total: usize,
+    a_off: usize,
+    b_off: usize,
+    c_off: usize,
+    flags: u32,
+    alpha: f32,
+    beta: f32,
+) -> Result<[u32; 16]> {
+    let mut p = [0u32; 16];
+    p[0] = u32_of(total, "elements")?;
+    p[2] = u32_of(a_off, "offset")?;
+    p[3] = u32_of(b_off, "offset")?;
+    p[4] = u32_of(c_off, "offset")?;
+    p[5] = flags;
+    p[6] = alpha.to_bits();
+    p[7] = beta.to_bits();
+    Ok(p)
+}
+
+impl LrpBackend for Gpu {
+    fn conv_transpose(
+        &mut self,
+        s: &GpuTensor,
+        conv: &GpuConv,
+        in_h: usize,
+        in_w: usize,
+        mul: Option<&GpuTensor>,
+        scale: f32,
+        acc: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        ensure!(
+            in_h + 2 * conv.pad >= conv.kh && in_w + 2 * conv.pad >= conv.kw,
+            "conv_transpose {}: input {in_h}x{in_w} smaller than its {}x{} kernel (padding {})",
+            conv.name,
+            conv.kh,
+            conv.kw,
+            conv.pad
+        );
+        let (ho, wo) = (
+            (in_h + 2 * conv.pad - conv.kh) / conv.stride + 1,
+            (in_w + 2 * conv.pad - conv.kw) / conv.stride + 1,
+        );
+        let ss = s.shape;
+        ensure!(
+            (ss.h, ss.w, ss.c) == (ho, wo, conv.cout) && ss.n > 0,
+            "conv_transpose {}: relevance {ss} does not come from a {in_h}x{in_w} input \
+             (expected [n, {ho}, {wo}, {}])",
+            conv.name,
+            conv.cout
+        );
+        self.check_view("conv_transpose relevance", s)?;
+        let in_shape = Shape::new(ss.n, in_h, in_w, conv.cin);
+        self.check_bytes("conv_transpose output", in_shape)?;
+        for (what, t) in [("mul", mul), ("acc", acc)] {
+            if let Some(t) = t {
+                ensure!(
+                    t.shape == in_shape,
+                    "conv_transpose {}: {what} operand {} is not {in_shape}",
+                    conv.name,
+                    t.shape
+                );
+                self.check_view("conv_transpose operand", t)?;
+            }
+        }
+        let m = in_shape.len() / conv.cin;
+        u32_of(m, "input pixels")?;
+        u32_of(conv.kh * conv.kw * conv.cout, "reduction length")?;
+        let variant = ConvTransposeVariant {
+            k_vec4: conv.cout.is_multiple_of(4) && s.offset.is_multiple_of(4),
+            n_vec4: conv.cin.is_multiple_of(4)
+                && mul.is_none_or(|t| t.offset.is_multiple_of(4))
+                && acc.is_none_or(|t| t.offset.is_multiple_of(4)),
+            plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
+            narrow: conv.cin <= 4,
+        };
+        let grid = if variant.narrow {
+            let (x, y) = self.grid_2d((m as u64).div_ceil(WG))?;
+            (x, y, 1)
+        } else {
+            let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+            let n_tiles = (conv.cin as u64).div_ceil(CONV_TILE);
+            ensure!(
+                n_tiles <= max,
+                "conv_transpose {}: {} input channels exceed the dispatch grid",
+                conv.name,
+                conv.cin
+            );
+            // The stride phases one after another, each given as many tiles as the largest
+            // (shaders/conv_backward.wgsl, `tiles_per_phase`).
+            let st = conv.stride as u64;
+            let per_phase = (ss.n as u64 * (in_h as u64).div_ceil(st) * (in_w as u64).div_ceil(st))
+                .div_ceil(CONV_TILE);
+            let (gy, gz) = self.grid_2d(st * st * per_phase)?;
+            (n_tiles as u32, gy, gz)
+        };
+        let out = self.alloc(in_shape)?;
+        let params = [
+            u32_of(ss.n, "batch")?,
+            u32_of(in_h, "height")?,
+            u32_of(in_w, "width")?,
+            u32_of(conv.cin, "input channels")?,
+            ho as u32,
+            wo as u32,
+            u32_of(conv.cout, "output channels")?,
+            u32_of(conv.kh, "kernel height")?,
+            u32_of(conv.kw, "kernel width")?,
+            u32_of(conv.stride, "stride")?,
+            u32_of(conv.pad, "padding")?,
+            u32_of(s.offset, "relevance offset")?,
+            u32_of(mul.map_or(0, |t| t.offset), "mul offset")?,
+            u32_of(acc.map_or(0, |t| t.offset), "acc offset")?,
+            mul.is_some() as u32 | (acc.is_some() as u32) << 1,
+            scale.to_bits(),
+        ];
+        let ctx = self.ctx.clone();
+        let mul_buf = mul.map_or(&self.dummy, |t| &*t.buffer).clone();
+        let acc_buf = acc.map_or(&self.dummy, |t| &*t.buffer).clone();
+        self.dispatch(
+            ctx.pipelines.conv_transpose(variant),
+            &ctx.pipelines.conv_layout,
+            &params,
+            &[&s.buffer, &conv.weight, &mul_buf, &acc_buf, &out.buffer],
+            grid,
+        )?;
+        Ok(out)
+    }
+
+    fn lrp_ratio(
+        &mut self,
+        r: &GpuTensor,
+        z: &GpuTensor,
+        gate: Option<(&GpuTensor, GateSign)>,
+    ) -> Result<GpuTensor> {
+        self.same_shape("lrp_ratio", r, z)?;
+        self.check_view("lrp_ratio relevance", r)?;
+        self.check_view("lrp_ratio denominator", z)?;
+        let mut flags = 0;
+        if let Some((g, sign)) = gate {
+            self.same_shape("lrp_ratio gate", r, g)?;
+            self.check_view("lrp_ratio gate", g)?;
+            flags = 1 | ((sign == GateSign::Negative) as u32) << 1;
+        }
+        let out = self.alloc(r.shape)?;
+        let total = r.shape.len();
+        let g = gate.map(|(g, _)| g);
+        let params = ew_params(
+            total,
+            r.offset,
+            z.offset,
+            g.map_or(0, |g| g.offset),
+            flags,
+            0.0,
+            0.0,
+        )?;
+        self.lrp_dispatch(
+            |p| &p.lrp_ratio,
+            &params,
+            [Some(r), Some(z), g],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
+
+    fn residual_split(
+        &mut self,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        r: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        self.same_shape("residual_split", a, b)?;
+        self.same_shape("residual_split", a, r)?;
+        for t in [a, b, r] {
+            self.check_view("residual_split operand", t)?;
+        }
+        let ra = self.alloc(a.shape)?;
+        let rb = self.alloc(a.shape)?;
+        let total = a.shape.len();
+        let params = ew_params(total, a.offset, b.offset, r.offset, 0, 0.0, 0.0)?;
+        self.lrp_dispatch(
+            |p| &p.residual_split,
+            &params,
+            [Some(a), Some(b), Some(r)],
+            [Some(&ra), Some(&rb)],
+            total,
+        )?;
+        Ok((ra, rb))
+    }
+
+    fn max_pool_backward(&mut self, x: &GpuTensor, r: &GpuTensor, pool: Pool) -> Result<GpuTensor> {
+        let s = x.shape;
+        ensure!(
+            pool.kernel > 0 && pool.stride > 0 && 2 * pool.pad <= pool.kernel,
+            "max-pool backward {pool:?}: kernel and stride must be positive and padding at \
+             most half the kernel"
+        );
+        ensure!(
+            s.h + 2 * pool.pad >= pool.kernel && s.w + 2 * pool.pad >= pool.kernel && !s.is_empty(),
+            "max-pool backward {pool:?} on input {s}: input smaller than the window"
+        );
+        let (ho, wo) = pool.out_size(s.h, s.w);
+        ensure!(
+            r.shape == Shape::new(s.n, ho, wo, s.c),
+            "max_pool_backward: relevance {} for input {s} (expected [{}, {ho}, {wo}, {}])",
+            r.shape,
+            s.n,
+            s.c
+        );
+        self.check_view("max-pool backward input", x)?;
+        self.check_view("max-pool backward relevance", r)?;
+        u32_of(s.h + pool.pad + pool.kernel, "padded height")?;
+        u32_of(s.w + pool.pad + pool.kernel, "padded width")?;
+        let out = self.alloc(s)?;
+        let total = s.len();
+        let mut params = ew_params(total, x.offset, r.offset, 0, 0, 0.0, 0.0)?;
+        params[1] = s.c as u32;
+        params[8] = s.h as u32;
+        params[9] = s.w as u32;
+        params[10] = ho as u32;
+        params[11] = wo as u32;
+        params[12] = u32_of(pool.kernel, "pool kernel")?;
+        params[13] = u32_of(pool.stride, "pool stride")?;
+        params[14] = u32_of(pool.pad, "pool padding")?;
+        self.lrp_dispatch(
+            |p| &p.max_pool_backward,
+            &params,
+            [Some(x), Some(r), None],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
+
+    fn lincomb(
+        &mut self,
+        a: &GpuTensor,
+        alpha: f32,
+        b: Option<&GpuTensor>,
+        beta: f32,
+    ) -> Result<GpuTensor> {
+        self.check_view("lincomb operand", a)?;
+        if let Some(b) = b {
+            self.same_shape("lincomb", a, b)?;
+            self.check_view("lincomb operand", b)?;
+        }
+        let out = self.alloc(a.shape)?;
+        let total = a.shape.len();
+        let params = ew_params(
+            total,
+            a.offset,
+            b.map_or(0, |b| b.offset),
+            0,
+            b.is_some() as u32,
+            alpha,
+            beta,
+        )?;
+        self.lrp_dispatch(
+            |p| &p.lincomb,
+            &params,
+            [Some(a), b, None],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
+
+    fn add_relu(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
+        self.same_shape("add_relu", a, b)?;
+        self.check_view("add_relu operand", a)?;
+        self.check_view("add_relu operand", b)?;
+        let out = self.alloc(a.shape)?;
+        let total = a.shape.len();
+        let params = ew_params(total, a.offset, b.offset, 0, 0, 0.0, 0.0)?;
+        self.lrp_dispatch(
+            |p| &p.add_relu,
+            &params,
+            [Some(a), Some(b), None],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
+
+    fn clamp(&mut self, x: &GpuTensor, lo: f32, hi: f32) -> Result<GpuTensor> {
+        ensure!(
+            lo <= hi,
+            "clamp: bounds [{lo}, {hi}] are empty or not numbers"
+        );
+        self.check_view("clamp operand", x)?;
+        let out = self.alloc(x.shape)?;
+        let total = x.shape.len();
+        let params = ew_params(total, x.offset, 0, 0, 0, lo, hi)?;
+        self.lrp_dispatch(
+            |p| &p.clamp,
+            &params,
+            [Some(x), None, None],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
+
+    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<GpuTensor> {
+        ensure!(
+            values.len() == shape.c,
+            "fill_channels: {} values for {} channels",
+            values.len(),
+            shape.c
+        );
+        self.check_bytes("fill_channels output", shape)?;
+        let out = self.alloc(shape)?;
+        let total = shape.len();
+        if total == 0 {
+            return Ok(out);
+        }
+        let vals = GpuTensor {
+            buffer: self
+                .pool
+                .alloc_init(&self.ctx.device, bytemuck::cast_slice(values)),
+            offset: 0,
+            shape: Shape::new(1, 1, 1, shape.c),
+        };
+        let mut params = ew_params(total, 0, 0, 0, 0, 0.0, 0.0)?;
+        params[1] = shape.c as u32;
+        self.lrp_dispatch(
+            |p| &p.fill_channels,
+            &params,
+            [Some(&vals), None, None],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
+}

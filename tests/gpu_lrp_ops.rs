@@ -1,0 +1,542 @@
+//! GPU-vs-CPU parity of the LRP ops (`LrpBackend`), op by op: the transposed conv for every
+//! ResNet conv shape with odd sizes, channel counts off and on multiples of 4, batches, the
+//! fused epilogue and views at aligned and unaligned element offsets; the elementwise steps
+//! with their edge cases (z exactly 0, gates, ties in max-pool windows). Runs on whatever
+//! adapter wgpu finds (lavapipe in CI) and FAILS when there is none.
+
+mod common;
+
+use common::{gpu, random_conv, random_tensor, RESNET_CONVS};
+use lafam_gpu::backend::{GateSign, LrpBackend, Pool};
+use lafam_gpu::cpu::Cpu;
+use lafam_gpu::gpu::{Gpu, GpuTensor};
+use lafam_gpu::tensor::max_rel_err;
+use lafam_gpu::{Backend, HostTensor, Shape};
+
+const TOL: f64 = 1e-4;
+
+/// Asserts `max_rel_err(gpu, cpu) <= TOL` (and equal shapes); returns the error.
+fn check(label: &str, got: &HostTensor, want: &HostTensor) -> f64 {
+    assert_eq!(got.shape, want.shape, "{label}: shape");
+    let err = max_rel_err(&got.data, &want.data);
+    assert!(err <= TOL, "{label}: max rel err {err:e} > {TOL:e}");
+    err
+}
+
+/// `t` uploaded behind `off` junk elements and returned as a view at element offset `off`.
+fn view(g: &mut Gpu, t: &HostTensor, off: usize) -> GpuTensor {
+    let mut data: Vec<f32> = (0..off).map(|i| 1e3 + i as f32).collect();
+    data.extend_from_slice(&t.data);
+    let whole = g
+        .upload(&HostTensor::new(Shape::new(1, 1, 1, data.len()), data))
+        .unwrap();
+    GpuTensor {
+        buffer: whole.buffer,
+        offset: off,
+        shape: t.shape,
+    }
+}
+
+fn report(op: &str, worst: f64, cases: usize) {
+    eprintln!("{op}: {cases} cases, worst max rel err {worst:e}");
+}
+
+#[test]
+fn conv_transpose_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0usize;
+    // (cin, cout): scalar K and N (5, 3), vec4 K over a scalar N (3, 64; the stem's shape),
+    // scalar K over a vec4 N (64, 37), odd 37 -> 5, both vec4 (64, 64); cin <= 4 takes the
+    // narrow kernel (3, 64), (4, 5).
+    let channels = [
+        (5usize, 3usize),
+        (3, 64),
+        (64, 37),
+        (37, 5),
+        (64, 64),
+        (4, 5),
+    ];
+    for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+        for (ci, &(cin, cout)) in channels.iter().enumerate() {
+            let layer = random_conv(cin, cout, k, stride, pad, (ki * 10 + ci) as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            for &(h, w) in &[(13usize, 9usize), (16, 16)] {
+                let (ho, wo) = layer.out_size(h, w);
+                for n in [1usize, 3] {
+                    cases += 1;
+                    let seed = cases as u64 * 7;
+                    let s = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, seed);
+                    let xs = Shape::new(n, h, w, cin);
+                    let mul = random_tensor(xs, -1.0, 2.0, seed + 1);
+                    let acc = random_tensor(xs, -1.0, 1.0, seed + 2);
+                    let (sc, mc, ac) = (
+                        c.upload(&s).unwrap(),
+                        c.upload(&mul).unwrap(),
+                        c.upload(&acc).unwrap(),
+                    );
+                    // Epilogues: plain, mul + acc with a negative scale, mul only, acc only;
+                    // views at offset 0, aligned (4) and unaligned (1, 3) offsets.
+                    let variants: [(bool, f32, bool, [usize; 3]); 4] = [
+                        (false, 1.0, false, [0, 0, 0]),
+                        (true, -2.0, true, [4, 3, 1]),
+                        (true, 0.5, false, [1, 4, 0]),
+                        (false, 1.5, true, [8, 0, 4]),
+                    ];
+                    for (vi, &(with_mul, scale, with_acc, offs)) in variants.iter().enumerate() {
+                        // Keep lavapipe time down: two epilogue variants per shape, rotating.
+                        if vi % 2 != cases % 2 && vi != 1 {
+                            continue;
+                        }
+                        let label = format!(
+                            "{} {h}x{w} n={n} mul={with_mul} scale={scale} acc={with_acc} offsets={offs:?}",
+                            layer.name
+                        );
+                        let sg = view(&mut g, &s, offs[0]);
+                        let mg = view(&mut g, &mul, offs[1]);
+                        let ag = view(&mut g, &acc, offs[2]);
+                        let yg = g
+                            .conv_transpose(
+                                &sg,
+                                &cg,
+                                h,
+                                w,
+                                with_mul.then_some(&mg),
+                                scale,
+                                with_acc.then_some(&ag),
+                            )
+                            .unwrap();
+                        let yc = c
+                            .conv_transpose(
+                                &sc,
+                                &cc,
+                                h,
+                                w,
+                                with_mul.then_some(&mc),
+                                scale,
+                                with_acc.then_some(&ac),
+                            )
+                            .unwrap();
+                        let err =
+                            check(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+                        worst = worst.max(err);
+                    }
+                }
+            }
+        }
+    }
+    report("conv_transpose", worst, cases);
+}
+
+/// Several M and N tiles per stride phase, phases of unequal sizes (17 = 9 + 8 rows) so that
+/// the smaller phases have spare tiles, and a 1x1/2 kernel whose odd phases get no taps.
+#[test]
+fn conv_transpose_multi_tile_phases_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (i, &(k, stride, pad)) in [(3usize, 2usize, 1usize), (1, 2, 0), (7, 2, 3), (3, 1, 1)]
+        .iter()
+        .enumerate()
+    {
+        for &(cin, cout) in &[(70usize, 68usize), (66, 9)] {
+            let layer = random_conv(cin, cout, k, stride, pad, 300 + i as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            let (h, w) = (17, 19);
+            let (ho, wo) = layer.out_size(h, w);
+            let s = random_tensor(Shape::new(2, ho, wo, cout), -1.0, 1.0, 310 + i as u64);
+            let xs = Shape::new(2, h, w, cin);
+            let mul = random_tensor(xs, 0.0, 1.0, 320 + i as u64);
+            let acc = random_tensor(xs, -1.0, 1.0, 330 + i as u64);
+            let (sg, mg, ag) = (
+                g.upload(&s).unwrap(),
+                g.upload(&mul).unwrap(),
+                g.upload(&acc).unwrap(),
+            );
+            let (sc, mc, ac) = (
+                c.upload(&s).unwrap(),
+                c.upload(&mul).unwrap(),
+                c.upload(&acc).unwrap(),
+            );
+            let yg = g
+                .conv_transpose(&sg, &cg, h, w, Some(&mg), -0.5, Some(&ag))
+                .unwrap();
+            let yc = c
+                .conv_transpose(&sc, &cc, h, w, Some(&mc), -0.5, Some(&ac))
+                .unwrap();
+            let label = format!("{} {h}x{w} n=2", layer.name);
+            cases += 1;
+            worst = worst.max(check(
+                &label,
+                &g.download(&yg).unwrap(),
+                &c.download(&yc).unwrap(),
+            ));
+        }
+    }
+    report("conv_transpose (multi-tile phases)", worst, cases);
+}
+
+#[test]
+fn conv_transpose_rejects_bad_shapes() {
+    let mut g = gpu();
+    let layer = random_conv(5, 7, 3, 2, 1, 1);
+    let cg = g.prepare_conv(&layer).unwrap();
+    let (ho, wo) = layer.out_size(13, 9);
+    let s = g
+        .upload(&random_tensor(Shape::new(2, ho, wo, 7), -1.0, 1.0, 2))
+        .unwrap();
+    // Relevance from another input size, wrong channel count, mismatched operands.
+    assert!(g.conv_transpose(&s, &cg, 20, 20, None, 1.0, None).is_err());
+    let bad = g
+        .upload(&random_tensor(Shape::new(2, ho, wo, 6), -1.0, 1.0, 3))
+        .unwrap();
+    assert!(g.conv_transpose(&bad, &cg, 13, 9, None, 1.0, None).is_err());
+    let m = g
+        .upload(&random_tensor(Shape::new(1, 13, 9, 5), -1.0, 1.0, 4))
+        .unwrap();
+    assert!(g
+        .conv_transpose(&s, &cg, 13, 9, Some(&m), 1.0, None)
+        .is_err());
+    assert!(g
+        .conv_transpose(&s, &cg, 13, 9, None, 1.0, Some(&m))
+        .is_err());
+    assert!(g.conv_transpose(&s, &cg, 1, 1, None, 1.0, None).is_err());
+    // A view reaching past its buffer.
+    let past = GpuTensor {
+        offset: s.buffer.size() as usize / 4,
+        ..s.clone()
+    };
+    assert!(g
+        .conv_transpose(&past, &cg, 13, 9, None, 1.0, None)
+        .is_err());
+    // And a good call still works afterwards.
+    let y = g.conv_transpose(&s, &cg, 13, 9, None, 1.0, None).unwrap();
+    assert_eq!(g.download(&y).unwrap().shape, Shape::new(2, 13, 9, 5));
+}
+
+/// A denominator with exact zeros (+0 and -0), tiny values of both signs and ordinary values.
+fn denominator(shape: Shape, seed: u64) -> HostTensor {
+    let mut z = random_tensor(shape, -1.0, 1.0, seed);
+    for (i, v) in z.data.iter_mut().enumerate() {
+        match i % 7 {
+            0 => *v = 0.0,
+            1 => *v = -0.0,
+            2 => *v *= 1e-7,
+            _ => {}
+        }
+    }
+    z
+}
+
+#[test]
+fn lrp_ratio_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (si, &shape) in [Shape::new(1, 13, 9, 5), Shape::new(3, 7, 5, 64)]
+        .iter()
+        .enumerate()
+    {
+        let r = random_tensor(shape, -1.0, 1.0, 10 + si as u64);
+        let z = denominator(shape, 20 + si as u64);
+        let mut gate = random_tensor(shape, -1.0, 1.0, 30 + si as u64);
+        gate.data.iter_mut().step_by(5).for_each(|v| *v = 0.0);
+        let (rc, zc, gc) = (
+            c.upload(&r).unwrap(),
+            c.upload(&z).unwrap(),
+            c.upload(&gate).unwrap(),
+        );
+        for (gi, sign) in [None, Some(GateSign::Positive), Some(GateSign::Negative)]
+            .into_iter()
+            .enumerate()
+        {
+            for offs in [[0usize, 0, 0], [3, 1, 5]] {
+                cases += 1;
+                let rg = view(&mut g, &r, offs[0]);
+                let zg = view(&mut g, &z, offs[1]);
+                let gg = view(&mut g, &gate, offs[2]);
+                let yg = g.lrp_ratio(&rg, &zg, sign.map(|s| (&gg, s))).unwrap();
+                let yc = c.lrp_ratio(&rc, &zc, sign.map(|s| (&gc, s))).unwrap();
+                let got = g.download(&yg).unwrap();
+                let want = c.download(&yc).unwrap();
+                let label = format!("lrp_ratio {shape} gate={sign:?} offsets={offs:?}");
+                // The ratio at z = 0 is r * 1e6: max_rel_err is dominated by those, so also
+                // check every element on its own scale.
+                for (j, (&a, &b)) in got.data.iter().zip(&want.data).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{label}: element {j}: {a} vs {b}"
+                    );
+                }
+                if gi > 0 {
+                    let zeros = got.data.iter().filter(|&&v| v == 0.0).count();
+                    assert!(zeros > 0, "{label}: the gate closed nothing");
+                }
+                worst = worst.max(check(&label, &got, &want));
+            }
+        }
+    }
+    let a = g
+        .upload(&HostTensor::zeros(Shape::new(1, 2, 2, 3)))
+        .unwrap();
+    let b = g
+        .upload(&HostTensor::zeros(Shape::new(1, 2, 2, 4)))
+        .unwrap();
+    assert!(g.lrp_ratio(&a, &b, None).is_err());
+    assert!(g.lrp_ratio(&a, &a, Some((&b, GateSign::Positive))).is_err());
+    report("lrp_ratio", worst, cases);
+}
+
+#[test]
+fn residual_split_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (si, &shape) in [Shape::new(1, 13, 9, 5), Shape::new(3, 8, 8, 64)]
+        .iter()
+        .enumerate()
+    {
+        let a = random_tensor(shape, -1.0, 1.0, 40 + si as u64);
+        let mut b = random_tensor(shape, -1.0, 1.0, 50 + si as u64);
+        // a + b exactly 0 in places.
+        for (i, v) in b.data.iter_mut().enumerate() {
+            if i % 11 == 0 {
+                *v = -a.data[i];
+            }
+        }
+        let r = random_tensor(shape, -1.0, 1.0, 60 + si as u64);
+        for offs in [[0usize, 0, 0], [1, 4, 3]] {
+            cases += 1;
+            let (ag, bg, rg) = (
+                view(&mut g, &a, offs[0]),
+                view(&mut g, &b, offs[1]),
+                view(&mut g, &r, offs[2]),
+            );
+            let (ga, gb) = g.residual_split(&ag, &bg, &rg).unwrap();
+            let (ac, bc, rc) = (
+                c.upload(&a).unwrap(),
+                c.upload(&b).unwrap(),
+                c.upload(&r).unwrap(),
+            );
+            let (ca, cb) = c.residual_split(&ac, &bc, &rc).unwrap();
+            for (which, x, y) in [("skip", &ga, &ca), ("branch", &gb, &cb)] {
+                let label = format!("residual_split {which} {shape} offsets={offs:?}");
+                let err = check(&label, &g.download(x).unwrap(), &c.download(y).unwrap());
+                worst = worst.max(err);
+            }
+        }
+    }
+    report("residual_split", worst, cases);
+}
+
+/// A pool input made of 2x2 blocks of equal values (ties inside windows and across the
+/// overlap of neighbouring windows), a few of them negative, some channels constant.
+fn blocky(shape: Shape, seed: u64) -> HostTensor {
+    let levels = random_tensor(shape, -3.0, 3.0, seed);
+    let mut data = vec![0f32; shape.len()];
+    for n in 0..shape.n {
+        for y in 0..shape.h {
+            for x in 0..shape.w {
+                for ch in 0..shape.c {
+                    let i = ((n * shape.h + y) * shape.w + x) * shape.c + ch;
+                    let src = ((n * shape.h + y / 2 * 2) * shape.w + x / 2 * 2) * shape.c + ch;
+                    data[i] = if ch % 4 == 3 {
+                        1.0
+                    } else {
+                        levels.data[src].round()
+                    };
+                }
+            }
+        }
+    }
+    HostTensor::new(shape, data)
+}
+
+#[test]
+fn max_pool_backward_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    let pools = [
+        Pool::RESNET_STEM,
+        Pool {
+            kernel: 2,
+            stride: 2,
+            pad: 0,
+        },
+        Pool {
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        },
+        Pool {
+            kernel: 5,
+            stride: 2,
+            pad: 2,
+        },
+    ];
+    for (pi, &pool) in pools.iter().enumerate() {
+        for &(n, h, w, ch) in &[(1usize, 13usize, 9usize, 5usize), (3, 16, 16, 8)] {
+            let shape = Shape::new(n, h, w, ch);
+            let x = blocky(shape, 70 + pi as u64);
+            let (ho, wo) = pool.out_size(h, w);
+            let r = random_tensor(Shape::new(n, ho, wo, ch), -1.0, 1.0, 80 + pi as u64);
+            for offs in [[0usize, 0], [3, 5]] {
+                cases += 1;
+                let (xg, rg) = (view(&mut g, &x, offs[0]), view(&mut g, &r, offs[1]));
+                let yg = g.max_pool_backward(&xg, &rg, pool).unwrap();
+                let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
+                let yc = c.max_pool_backward(&xc, &rc, pool).unwrap();
+                let label = format!("max_pool_backward {pool:?} {shape} offsets={offs:?}");
+                let got = g.download(&yg).unwrap();
+                worst = worst.max(check(&label, &got, &c.download(&yc).unwrap()));
+                // Winner-take-all conserves relevance.
+                let (sg, sr): (f64, f64) = (
+                    got.data.iter().map(|&v| v as f64).sum(),
+                    r.data.iter().map(|&v| v as f64).sum(),
+                );
+                assert!((sg - sr).abs() <= 1e-4 * sr.abs().max(1.0), "{label}: sum");
+            }
+        }
+    }
+    // Wrong relevance shape and a bad pool are errors, not panics.
+    let x = g
+        .upload(&HostTensor::zeros(Shape::new(1, 8, 8, 2)))
+        .unwrap();
+    let r = g
+        .upload(&HostTensor::zeros(Shape::new(1, 3, 3, 2)))
+        .unwrap();
+    assert!(g.max_pool_backward(&x, &r, Pool::RESNET_STEM).is_err());
+    let bad = Pool {
+        kernel: 0,
+        stride: 1,
+        pad: 0,
+    };
+    assert!(g.max_pool_backward(&x, &r, bad).is_err());
+    report("max_pool_backward", worst, cases);
+}
+
+#[test]
+fn elementwise_ops_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (si, &shape) in [Shape::new(1, 13, 9, 5), Shape::new(3, 4, 6, 64)]
+        .iter()
+        .enumerate()
+    {
+        let a = random_tensor(shape, -1.0, 1.0, 90 + si as u64);
+        let b = random_tensor(shape, -1.0, 1.0, 95 + si as u64);
+        let (ac, bc) = (c.upload(&a).unwrap(), c.upload(&b).unwrap());
+        for offs in [[0usize, 0], [5, 2]] {
+            let (ag, bg) = (view(&mut g, &a, offs[0]), view(&mut g, &b, offs[1]));
+            let mut pairs = vec![
+                (
+                    format!("lincomb with b {shape} {offs:?}"),
+                    g.lincomb(&ag, 0.75, Some(&bg), -1.5).unwrap(),
+                    c.lincomb(&ac, 0.75, Some(&bc), -1.5).unwrap(),
+                ),
+                (
+                    format!("lincomb without b {shape} {offs:?}"),
+                    g.lincomb(&ag, -3.0, None, 0.0).unwrap(),
+                    c.lincomb(&ac, -3.0, None, 0.0).unwrap(),
+                ),
+                (
+                    format!("add_relu {shape} {offs:?}"),
+                    g.add_relu(&ag, &bg).unwrap(),
+                    c.add_relu(&ac, &bc).unwrap(),
+                ),
+            ];
+            for (lo, hi) in [(0.0, f32::INFINITY), (f32::NEG_INFINITY, 0.0), (-0.25, 0.5)] {
+                pairs.push((
+                    format!("clamp [{lo}, {hi}] {shape} {offs:?}"),
+                    g.clamp(&ag, lo, hi).unwrap(),
+                    c.clamp(&ac, lo, hi).unwrap(),
+                ));
+            }
+            for (label, yg, yc) in pairs {
+                cases += 1;
+                let err = check(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+                worst = worst.max(err);
+            }
+        }
+        let values: Vec<f32> = (0..shape.c).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let yg = g.fill_channels(shape, &values).unwrap();
+        let yc = c.fill_channels(shape, &values).unwrap();
+        cases += 1;
+        let got = g.download(&yg).unwrap();
+        assert_eq!(got, c.download(&yc).unwrap(), "fill_channels {shape}");
+    }
+    let a = g
+        .upload(&HostTensor::zeros(Shape::new(1, 2, 2, 3)))
+        .unwrap();
+    let b = g
+        .upload(&HostTensor::zeros(Shape::new(1, 2, 3, 2)))
+        .unwrap();
+    assert!(g.lincomb(&a, 1.0, Some(&b), 1.0).is_err());
+    assert!(g.add_relu(&a, &b).is_err());
+    assert!(g.residual_split(&a, &b, &a).is_err());
+    assert!(g.clamp(&a, 1.0, -1.0).is_err());
+    assert!(g.clamp(&a, f32::NAN, 1.0).is_err());
+    assert!(g
+        .fill_channels(Shape::new(1, 2, 2, 3), &[1.0, 2.0])
+        .is_err());
+    report("lincomb/add_relu/clamp/fill_channels", worst, cases);
+}
+
+/// Informative: one LRP pass (epsilon-plus-flat, seeded at layer4) against one LaFAM pass of
+/// a random ResNet-50 on this adapter (`cargo test --release --test gpu_lrp_ops -- --ignored
+/// --nocapture`; LRP_TIMING_SIZE=224 for a larger image).
+#[test]
+#[ignore]
+fn lrp_vs_lafam_timing() {
+    use lafam_gpu::explain::lafam::ImageBatch;
+    use lafam_gpu::explain::{Composite, Explainer};
+    use lafam_gpu::model::random::{random_resnet, RandomSpec};
+    use lafam_gpu::model::Stage;
+    use lafam_gpu::Upsample;
+    use std::time::Instant;
+    let size: usize = std::env::var("LRP_TIMING_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let n: usize = std::env::var("LRP_TIMING_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let net = random_resnet(&RandomSpec::resnet(50, 64, 1).unwrap());
+    let mut ex = Explainer::new(gpu(), &net).unwrap();
+    ex.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let rgb: Vec<u8> = (0..n * size * size * 3)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let sizes = vec![(size, size); n];
+    let time = |f: &mut dyn FnMut()| {
+        f(); // warm-up
+        let reps = 3;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    };
+    let lafam = time(&mut || {
+        let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
+        ex.lafam(batch, Stage::Layer4, Upsample::Bilinear, &sizes)
+            .unwrap();
+    });
+    let lrp = time(&mut || {
+        let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
+        ex.lrp(batch, Stage::Layer4, Upsample::Bilinear, &sizes, false)
+            .unwrap();
+    });
+    eprintln!(
+        "{}: ResNet-50 {n}x{size}x{size} layer4: LaFAM {:.1} ms, LRP {:.1} ms ({:.2}x)",
+        ex.backend.name(),
+        lafam * 1e3,
+        lrp * 1e3,
+        lrp / lafam
+    );
+}
