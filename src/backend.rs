@@ -37,6 +37,16 @@ impl Pool {
     }
 }
 
+/// Device memory in use, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Prepared weights (including LRP rule variants).
+    pub weights: u64,
+    /// The most bytes live tensors (activations, relevance, temporaries) held at once since
+    /// the last `reset_peak_memory`.
+    pub peak_tensors: u64,
+}
+
 /// A compute backend. Tensors are NHWC f32 living on the backend's device; ops may be
 /// recorded lazily (the GPU backend records into one command encoder and only submits when
 /// a result is downloaded), so `download` is the only synchronisation point.
@@ -84,6 +94,14 @@ pub trait Backend {
 
     /// Per image: `(x - min) / (max - min + 1e-6)` over all of its h*w*c values.
     fn minmax_normalise(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Device memory use, where the backend tracks it (the GPU does).
+    fn memory(&self) -> Option<MemoryStats> {
+        None
+    }
+
+    /// Starts a new peak-memory measurement.
+    fn reset_peak_memory(&mut self) {}
 
     /// Resample every channel of every image to `h`x`w`.
     fn resize(

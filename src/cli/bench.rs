@@ -127,6 +127,10 @@ pub struct BenchResult {
     pub ms_per_img: f64,
     /// Achieved forward-pass GFLOP/s: 2 * MACs per image * batch / median time.
     pub gflops: f64,
+    /// Peak device memory of tensors per image (MiB), where the backend tracks it.
+    pub peak_mib_per_img: Option<f64>,
+    /// Device memory of the prepared weights (MiB), where tracked.
+    pub weights_mib: Option<f64>,
 }
 
 impl BenchResult {
@@ -145,6 +149,8 @@ impl BenchResult {
             "img_per_s": self.img_per_s,
             "ms_per_img": self.ms_per_img,
             "gflops": self.gflops,
+            "peak_mib_per_img": self.peak_mib_per_img,
+            "weights_mib": self.weights_mib,
         })
     }
     pub fn to_text(&self) -> String {
@@ -152,7 +158,10 @@ impl BenchResult {
             "{} {} [{}] {} {}x{} {} batch {:>3}: median {:.2} ms/batch (min {:.2}), {:.1} img/s, {:.3} ms/img, {:.1} GFLOP/s ({} iters)",
             self.method, self.backend, self.adapter, self.arch, self.size, self.size, self.layer, self.batch,
             self.median_ms, self.min_ms, self.img_per_s, self.ms_per_img, self.gflops, self.iters
-        )
+        ) + &match (self.peak_mib_per_img, self.weights_mib) {
+            (Some(p), Some(w)) => format!(", peak {p:.1} MiB/img + {w:.1} MiB weights"),
+            _ => String::new(),
+        }
     }
 }
 
@@ -210,10 +219,13 @@ pub fn run_bench<B: LrpBackend>(
         for _ in 0..cfg.warmup {
             once(explainer)?;
         }
+        explainer.backend.reset_peak_memory();
         let mut times: Vec<f64> = (0..cfg.iters)
             .map(|_| once(explainer))
             .collect::<Result<_>>()?;
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let memory = explainer.backend.memory();
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let med = median(&mut times);
         let r = BenchResult {
             method: cfg.method,
@@ -229,6 +241,8 @@ pub fn run_bench<B: LrpBackend>(
             img_per_s: batch as f64 / med,
             ms_per_img: med * 1e3 / batch as f64,
             gflops: 2.0 * macs * batch as f64 / med / 1e9,
+            peak_mib_per_img: memory.map(|m| mib(m.peak_tensors) / batch as f64),
+            weights_mib: memory.map(|m| mib(m.weights)),
         };
         on_result(&r);
         results.push(r);

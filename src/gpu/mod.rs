@@ -73,6 +73,8 @@ pub struct Gpu {
     dummy_out: wgpu::Buffer,
     staging: Option<wgpu::Buffer>,
     max_tensor_bytes: u64,
+    /// Bytes of prepared conv weights and biases.
+    weight_bytes: u64,
 }
 
 impl Gpu {
@@ -111,6 +113,7 @@ impl Gpu {
             dummy,
             staging: None,
             max_tensor_bytes,
+            weight_bytes: 0,
         })
     }
 
@@ -320,6 +323,17 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
 }
 
 impl Backend for Gpu {
+    fn memory(&self) -> Option<crate::backend::MemoryStats> {
+        Some(crate::backend::MemoryStats {
+            weights: self.weight_bytes,
+            peak_tensors: self.pool.peak_live_bytes(),
+        })
+    }
+
+    fn reset_peak_memory(&mut self) {
+        self.pool.reset_peak();
+    }
+
     type Tensor = GpuTensor;
     type Conv = GpuConv;
 
@@ -382,6 +396,7 @@ impl Backend for Gpu {
         } else {
             bias
         };
+        self.weight_bytes += (weight.len().div_ceil(4) + bias.len().div_ceil(4)).max(1) as u64 * 16;
         Ok(GpuConv {
             name: name.clone(),
             cin: *cin,

@@ -28,6 +28,8 @@ pub(crate) struct BufferPool {
     /// Free bytes kept after `trim`.
     keep_free: u64,
     clock: u64,
+    /// Most bytes ever held by live tensors at once since the last `reset_peak`.
+    peak_live: u64,
 }
 
 impl BufferPool {
@@ -37,6 +39,7 @@ impl BufferPool {
             max_size,
             keep_free,
             clock: 0,
+            peak_live: 0,
         }
     }
 
@@ -63,7 +66,9 @@ impl BufferPool {
             .find(|e| e.size == size && Arc::strong_count(&e.buffer) == 1)
         {
             e.last_use = self.clock;
-            return e.buffer.clone();
+            let buffer = e.buffer.clone();
+            self.note_live();
+            return buffer;
         }
         let buffer = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
@@ -72,6 +77,7 @@ impl BufferPool {
             mapped_at_creation: false,
         }));
         self.push(buffer.clone(), size);
+        self.note_live();
         buffer
     }
 
@@ -90,7 +96,26 @@ impl BufferPool {
             }),
         );
         self.push(buffer.clone(), size);
+        self.note_live();
         buffer
+    }
+
+    /// Bytes of buffers some tensor still holds.
+    pub fn live_bytes(&self) -> u64 {
+        self.entries.iter().filter(|e| Arc::strong_count(&e.buffer) > 1).map(|e| e.size).sum()
+    }
+
+    fn note_live(&mut self) {
+        self.peak_live = self.peak_live.max(self.live_bytes());
+    }
+
+    /// The most bytes live tensors held at once since the last reset.
+    pub fn peak_live_bytes(&self) -> u64 {
+        self.peak_live
+    }
+
+    pub fn reset_peak(&mut self) {
+        self.peak_live = self.live_bytes();
     }
 
     fn push(&mut self, buffer: Arc<wgpu::Buffer>, size: u64) {
