@@ -233,7 +233,7 @@ fn run_writes_maps_at_original_resolution_and_reports_bad_inputs() {
         stderr(&o)
     );
     assert!(
-        stdout(&o).contains("3 maps written") && stdout(&o).contains("3 failed"),
+        stdout(&o).contains("3 images explained") && stdout(&o).contains("3 failed"),
         "{}",
         stdout(&o)
     );
@@ -277,7 +277,7 @@ fn run_on_a_directory_succeeds_and_matches_pytorch_reference() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(error_lines(&o).is_empty());
     assert!(
-        stdout(&o).contains("3 maps written") && stdout(&o).contains("0 failed"),
+        stdout(&o).contains("3 images explained") && stdout(&o).contains("0 failed"),
         "{}",
         stdout(&o)
     );

@@ -252,7 +252,7 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
     rep.bar.finish_and_clear();
 
     println!(
-        "{written} maps written to {}, {failed} failed",
+        "{written} images explained, outputs in {}; {failed} failed",
         args.out.display()
     );
     Ok(if failed > 0 { EXIT_FAILED } else { EXIT_OK })
