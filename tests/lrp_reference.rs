@@ -175,3 +175,51 @@ fn flat_epsilon_conserve_relevance_without_bias() {
         }
     }
 }
+
+/// The CLI end to end: `run --method lafam,lrp --size 0` writes the zennit map as `.lrp.npy`.
+#[test]
+fn cli_writes_zennit_lrp_map() {
+    let m = lrp_manifest();
+    let case = m["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["model"] == "r50_tv"
+                && c["image"] == "img_48x80"
+                && c["layer"] == "layer3"
+                && c["composite"] == "epsilon-gamma-box"
+        })
+        .expect("fixture case");
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_lafam-gpu"))
+        .args([
+            "run",
+            "--backend",
+            "cpu",
+            "--method",
+            "lafam,lrp",
+            "--rule",
+            "epsilon-gamma-box",
+            "--layer",
+            "layer3",
+            "--size",
+            "0",
+            "--weights",
+        ])
+        .arg(common::fixtures().join("r50_tv.safetensors"))
+        .arg("--out")
+        .arg(out.path())
+        .arg(common::fixtures().join("img_48x80.png"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(out.path().join("img_48x80.lrp.npy")).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(npy.shape(), &[48, 80]);
+    let got = npy.into_vec::<f32>().unwrap();
+    let err = rel_l2_err(&got, &read_map(case["map"].as_str().unwrap()));
+    assert!(err <= TOL, "CLI LRP map: relative L2 error {err:e}");
+    assert!(out.path().join("img_48x80.lafam.npy").exists());
+    assert!(out.path().join("img_48x80.lrp.overlay.png").exists());
+}
