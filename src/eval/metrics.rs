@@ -27,8 +27,8 @@
 //! is Quantus with `np.argsort(kind="stable")`. Both equal Quantus exactly when no tie
 //! straddles the cut.
 //!
-//! Cost: O(n) passes, two `select_nth_unstable` and two radix sorts per image; no full
-//! comparison sort.
+//! Cost: a few O(n) passes and radix sorts of the object and background values (a third of
+//! |a| only for maps with negative values); no comparison sort.
 
 use std::fmt;
 
@@ -142,117 +142,177 @@ pub fn score(map: &[f32], mask: &[bool], opts: &MetricOptions) -> Result<Scores,
     let pointing = if hit { 1.0 } else { 0.0 };
     let rma = (total != 0.0).then(|| inside / total);
 
-    let mut scratch = keys.clone();
-    let topk = (opts.top_k >= 1 && opts.top_k <= n)
-        .then(|| top_hits(&keys, mask, opts.top_k, opts.ties, &mut scratch) / opts.top_k as f64);
-    let rra = top_hits(&keys, mask, npos, opts.ties, &mut scratch) / npos as f64;
+    // Object and background keys, each sorted ascending: every rank question below is a
+    // binary search in them.
+    let mut pos = Vec::with_capacity(npos);
+    let mut neg = Vec::with_capacity(n - npos);
+    for (&k, &m) in keys.iter().zip(mask) {
+        if m {
+            pos.push(k);
+        } else {
+            neg.push(k);
+        }
+    }
+    let mut tmp = Vec::new();
+    radix_sort(&mut pos, &mut tmp);
+    radix_sort(&mut neg, &mut tmp);
+    let ranked = Ranked {
+        keys: &keys,
+        mask,
+        pos: &pos,
+        neg: &neg,
+    };
 
-    let auc = roc_auc(&keys, mask, npos, &mut scratch);
-    let sparse = sparseness(map, &mut scratch);
+    let topk = (opts.top_k >= 1 && opts.top_k <= n)
+        .then(|| ranked.top_hits(opts.top_k, opts.ties) / opts.top_k as f64);
+    let rra = ranked.top_hits(npos, opts.ties) / npos as f64;
+    let auc = ranked.roc_auc();
+    let sparse = if keys.iter().all(|&k| k >= key(0.0)) {
+        // Non-negative map: |a| is already in order (merge the two sorted halves).
+        let mut sorted = tmp;
+        sorted.clear();
+        merge_sorted(&pos, &neg, &mut sorted);
+        let dec = |k: u32| f32::from_bits(k & 0x7fff_ffff);
+        gini(sorted.iter().map(|&k| dec(k)), n, dec(sorted[n - 1]))
+    } else {
+        let mut abs: Vec<u32> = map.iter().map(|x| x.abs().to_bits()).collect();
+        radix_sort(&mut abs, &mut tmp);
+        gini(
+            abs.iter().map(|&b| f32::from_bits(b)),
+            n,
+            f32::from_bits(abs[n - 1]),
+        )
+    };
     Ok([Some(pointing), topk, rma, Some(rra), auc, Some(sparse)])
 }
 
-/// Object pixels among the `k` highest (1 <= k <= n), ties at the cut per `ties`.
-fn top_hits(keys: &[u32], mask: &[bool], k: usize, ties: Ties, scratch: &mut Vec<u32>) -> f64 {
-    let n = keys.len();
-    scratch.clear();
-    scratch.extend_from_slice(keys);
-    // The k-th largest = the (n-k)-th smallest.
-    let (_, &mut t, _) = scratch.select_nth_unstable(n - k);
-    let (mut above, mut tied, mut pos_above, mut pos_tied) = (0usize, 0usize, 0usize, 0usize);
-    for (&kk, &m) in keys.iter().zip(mask) {
-        if kk > t {
-            above += 1;
-            pos_above += m as usize;
-        } else if kk == t {
-            tied += 1;
-            pos_tied += m as usize;
-        }
-    }
-    let free = k - above;
-    if free == tied {
-        return (pos_above + pos_tied) as f64;
-    }
-    match ties {
-        Ties::Expected => pos_above as f64 + pos_tied as f64 * free as f64 / tied as f64,
-        Ties::Index => {
-            let mut left = free;
-            let mut hits = pos_above;
-            for (&kk, &m) in keys.iter().zip(mask) {
-                if left == 0 {
-                    break;
-                }
-                if kk == t {
-                    left -= 1;
-                    hits += m as usize;
-                }
+struct Ranked<'a> {
+    keys: &'a [u32],
+    mask: &'a [bool],
+    /// Object keys, ascending.
+    pos: &'a [u32],
+    /// Background keys, ascending.
+    neg: &'a [u32],
+}
+
+/// (#elements < t, #elements == t) of an ascending slice.
+fn below_equal(v: &[u32], t: u32) -> (usize, usize) {
+    let lo = v.partition_point(|&x| x < t);
+    let hi = v.partition_point(|&x| x <= t);
+    (lo, hi - lo)
+}
+
+impl Ranked<'_> {
+    /// The k-th largest key (1 <= k <= n), by bisection over the two sorted halves.
+    fn kth_largest(&self, k: usize) -> u32 {
+        // The (n-k)-th smallest (0-based) of the union.
+        let want = self.pos.len() + self.neg.len() - k;
+        let (a, b) = (self.pos, self.neg);
+        // Find i (taken from a) with i + j = want + 1 elements being the smallest.
+        let total = want + 1;
+        let (mut lo, mut hi) = (total.saturating_sub(b.len()), total.min(a.len()));
+        while lo < hi {
+            let i = (lo + hi) / 2;
+            let j = total - i;
+            // Too few from a if a[i] < b[j-1].
+            if j > 0 && i < a.len() && a[i] < b[j - 1] {
+                lo = i + 1;
+            } else {
+                hi = i;
             }
-            hits as f64
         }
+        let i = lo;
+        let j = total - i;
+        let la = if i > 0 { Some(a[i - 1]) } else { None };
+        let lb = if j > 0 { Some(b[j - 1]) } else { None };
+        la.max(lb).expect("k <= n")
+    }
+
+    /// Object pixels among the `k` highest (1 <= k <= n), ties at the cut per `ties`.
+    fn top_hits(&self, k: usize, ties: Ties) -> f64 {
+        let t = self.kth_largest(k);
+        let (pb, pe) = below_equal(self.pos, t);
+        let (nb, ne) = below_equal(self.neg, t);
+        let pos_above = self.pos.len() - pb - pe;
+        let above = pos_above + self.neg.len() - nb - ne;
+        let (tied, pos_tied) = (pe + ne, pe);
+        let free = k - above;
+        if free == tied {
+            return (pos_above + pos_tied) as f64;
+        }
+        match ties {
+            Ties::Expected => pos_above as f64 + pos_tied as f64 * free as f64 / tied as f64,
+            Ties::Index => {
+                let mut left = free;
+                let mut hits = pos_above;
+                for (&kk, &m) in self.keys.iter().zip(self.mask) {
+                    if left == 0 {
+                        break;
+                    }
+                    if kk == t {
+                        left -= 1;
+                        hits += m as usize;
+                    }
+                }
+                hits as f64
+            }
+        }
+    }
+
+    /// ROC AUC (Mann-Whitney, ties ½); None without background.
+    fn roc_auc(&self) -> Option<f64> {
+        let (pos, neg) = (self.pos, self.neg);
+        if neg.is_empty() {
+            return None;
+        }
+        // U = Σ over positives of (#negatives below + ½ #negatives equal), doubled.
+        let mut u2: u64 = 0;
+        let mut j = 0usize;
+        let mut i = 0;
+        while i < pos.len() {
+            let v = pos[i];
+            let mut run = 1;
+            while i + run < pos.len() && pos[i + run] == v {
+                run += 1;
+            }
+            while j < neg.len() && neg[j] < v {
+                j += 1;
+            }
+            let mut eq = 0;
+            while j + eq < neg.len() && neg[j + eq] == v {
+                eq += 1;
+            }
+            u2 += run as u64 * (2 * j as u64 + eq as u64);
+            i += run;
+        }
+        Some(u2 as f64 / 2.0 / (pos.len() as f64 * neg.len() as f64))
     }
 }
 
-/// ROC AUC of `keys` as scores for `mask` (Mann-Whitney, ties ½); None without background.
-fn roc_auc(keys: &[u32], mask: &[bool], npos: usize, scratch: &mut Vec<u32>) -> Option<f64> {
-    let n = keys.len();
-    let nneg = n - npos;
-    if nneg == 0 {
-        return None;
-    }
-    // Positives first, negatives after, each sorted ascending.
-    scratch.clear();
-    scratch.resize(n, 0);
-    let (mut ip, mut ineg) = (0, npos);
-    for (&k, &m) in keys.iter().zip(mask) {
-        if m {
-            scratch[ip] = k;
-            ip += 1;
+fn merge_sorted(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            out.push(a[i]);
+            i += 1;
         } else {
-            scratch[ineg] = k;
-            ineg += 1;
-        }
-    }
-    let mut tmp = Vec::new();
-    let (pos, neg) = scratch.split_at_mut(npos);
-    radix_sort(pos, &mut tmp);
-    radix_sort(neg, &mut tmp);
-    // U = Σ over positives of (#negatives below + ½ #negatives equal), in doubled units.
-    let mut u2: u64 = 0;
-    let mut j = 0usize;
-    let mut i = 0;
-    while i < pos.len() {
-        let v = pos[i];
-        let mut run = 1;
-        while i + run < pos.len() && pos[i + run] == v {
-            run += 1;
-        }
-        while j < neg.len() && neg[j] < v {
+            out.push(b[j]);
             j += 1;
         }
-        let mut eq = 0;
-        while j + eq < neg.len() && neg[j + eq] == v {
-            eq += 1;
-        }
-        u2 += run as u64 * (2 * j as u64 + eq as u64);
-        i += run;
     }
-    Some(u2 as f64 / 2.0 / (npos as f64 * nneg as f64))
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
 }
 
-/// Gini index of `|a| / max|a| + 1e-7` (Quantus' Sparseness).
-fn sparseness(map: &[f32], scratch: &mut Vec<u32>) -> f64 {
-    let n = map.len();
-    // Bit patterns of non-negative floats order like the floats.
-    scratch.clear();
-    scratch.extend(map.iter().map(|x| x.abs().to_bits()));
-    let mut tmp = Vec::new();
-    radix_sort(scratch, &mut tmp);
-    let m = f32::from_bits(*scratch.last().expect("n > 0")) as f64;
+/// Gini index of `|a| / max|a| + 1e-7` (Quantus' Sparseness) from `|a|` in ascending order.
+/// `m` = max |a|.
+fn gini(sorted_abs: impl Iterator<Item = f32>, n: usize, m: f32) -> f64 {
+    let m = m as f64;
     let (mut weighted, mut sum) = (0f64, 0f64);
     let nn = n as f64;
-    for (i, &b) in scratch.iter().enumerate() {
+    for (i, x) in sorted_abs.enumerate() {
         // An all-zero map is left as is by normalise_by_max.
-        let x = f32::from_bits(b) as f64;
+        let x = x as f64;
         let v = if m > 0.0 { x / m } else { x } + 1e-7;
         weighted += (2.0 * (i + 1) as f64 - nn - 1.0) * v;
         sum += v;
