@@ -196,7 +196,7 @@ fn radix_sort_sorts() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x >> 11) as u32 & if x % 3 == 0 { 0xff } else { u32::MAX }
+            (x >> 11) as u32 & if x.is_multiple_of(3) { 0xff } else { u32::MAX }
         })
         .collect();
     let mut want = v.clone();

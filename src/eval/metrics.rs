@@ -340,7 +340,7 @@ pub fn radix_sort(v: &mut [u32], tmp: &mut Vec<u32>) {
     tmp.resize(n, 0);
     let mut in_v = true;
     for (d, h) in hist.iter().enumerate() {
-        if h.iter().any(|&c| c == n) {
+        if h.contains(&n) {
             continue;
         }
         let mut offs = [0usize; B];
