@@ -10,11 +10,13 @@
 //! - [`cpu`]: the same ops in plain Rust (rayon + gemm), the reference for tests.
 //! - [`explain`]: the attribution methods.
 //! - [`io`]: image decoding/resizing, .npy, colormaps, overlays, atomic writes.
-//! - [`cli`]: clap subcommands (`run`, `info`, `bench`).
+//! - [`eval`]: localisation metrics (Quantus 0.6.0 semantics), dataset readers, reports.
+//! - [`cli`]: clap subcommands (`run`, `info`, `bench`, `eval`).
 
 pub mod backend;
 pub mod cli;
 pub mod cpu;
+pub mod eval;
 pub mod explain;
 pub mod gpu;
 pub mod io;

@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `info`, `bench` (clap derive). `main.rs` only calls
+//! Command-line interface: `run`, `info`, `bench`, `eval` (clap derive). `main.rs` only calls
 //! [`main`].
 //!
 //! Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 usage error or
@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod bench;
+pub mod eval;
 pub mod info;
 pub mod run;
 
@@ -67,6 +68,10 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Time a method end to end on random images (median ms/batch, img/s, GFLOP/s).
     Bench(bench::BenchArgs),
+    /// Score attribution maps against segmentation masks (pointing game, top-k intersection,
+    /// relevance mass/rank accuracy, AUC, sparseness; Quantus 0.6.0 semantics): existing maps
+    /// (--maps/--masks), or computed over a dataset (--weights --dataset voc|imagenet-s|folder).
+    Eval(Box<eval::EvalArgs>),
 }
 
 /// Loads weights; the error names the file (the loader's message is kept as is when it
@@ -110,6 +115,7 @@ where
         Command::Run(a) => run::run(a),
         Command::Info(a) => info::info(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Eval(a) => eval::eval(a),
     });
     std::panic::set_hook(default_hook);
     ExitCode::from(match result {

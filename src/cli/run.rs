@@ -87,6 +87,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "lafam-out", value_name = "DIR")]
     pub out: PathBuf,
 
+    /// Process only shard I of N (0-based): the inputs are sorted and input j goes to shard
+    /// j mod N, so N jobs (Slurm array, Kubernetes indexed job) split a set deterministically.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::eval::Shard>,
+
     /// Image files (JPEG, PNG, WebP, BMP, TIFF; recognised by content) or directories (their
     /// image files, by extension, not recursive).
     #[arg(required = true, value_name = "INPUT")]
@@ -94,27 +99,27 @@ pub struct RunArgs {
 }
 
 /// An input waiting for the network.
-struct Prepared {
-    path: PathBuf,
-    stem: String,
-    original: RgbImage,
+pub(crate) struct Prepared {
+    pub(crate) path: PathBuf,
+    pub(crate) stem: String,
+    pub(crate) original: RgbImage,
     /// The network's input when it differs from `original` (resized).
-    resized: Option<RgbImage>,
+    pub(crate) resized: Option<RgbImage>,
 }
 
 impl Prepared {
-    fn net_image(&self) -> &RgbImage {
+    pub(crate) fn net_image(&self) -> &RgbImage {
         self.resized.as_ref().unwrap_or(&self.original)
     }
 }
 
 /// Error lines and the progress bar share stderr.
-struct Reporter {
-    bar: ProgressBar,
+pub(crate) struct Reporter {
+    pub(crate) bar: ProgressBar,
 }
 
 impl Reporter {
-    fn new(total: usize) -> Self {
+    pub(crate) fn new(total: usize) -> Self {
         let show = std::io::stderr().is_terminal() && total > 3;
         let bar = if show {
             let b = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
@@ -128,10 +133,10 @@ impl Reporter {
         };
         Reporter { bar }
     }
-    fn error(&self, msg: impl std::fmt::Display) {
+    pub(crate) fn error(&self, msg: impl std::fmt::Display) {
         self.bar.suspend(|| eprintln!("error: {msg}"));
     }
-    fn done(&self, n: usize) {
+    pub(crate) fn done(&self, n: usize) {
         self.bar.inc(n as u64);
     }
 }
@@ -160,7 +165,11 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output directory", args.out.display()))?;
 
-    let (files, errors) = collect_inputs(&args.inputs);
+    let (mut files, errors) = collect_inputs(&args.inputs);
+    if let Some(shard) = args.shard {
+        files.sort();
+        files = shard.select(files);
+    }
     let mut failed = errors.len();
     for e in &errors {
         eprintln!("error: {e}");
@@ -201,13 +210,73 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
     }
 
     let rep = Reporter::new(jobs.len());
-    let batch = args.batch as usize;
-    let ctx = Ctx {
-        args,
+    let settings = MapSettings {
+        layer: args.layer,
+        upsample: args.upsample,
+        size: args.size,
+        batch: args.batch as usize,
         methods: &methods,
-        rep: &rep,
     };
-    let mut written = 0usize;
+    let mut sink = WriteSink {
+        args,
+        rep: &rep,
+        written: 0,
+        failed: 0,
+    };
+    stream_maps(&mut explainer, &jobs, &settings, &rep, &mut sink);
+    let written = sink.written;
+    failed += sink.failed;
+    rep.bar.finish_and_clear();
+
+    println!(
+        "{written} images explained, outputs in {}; {failed} failed",
+        args.out.display()
+    );
+    Ok(if failed > 0 { EXIT_FAILED } else { EXIT_OK })
+}
+
+pub(crate) fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
+    let original = load_image(path)?;
+    let (w, h) = original.dimensions();
+    let resized = (size != 0 && w.min(h) != size).then(|| resize_shorter_side(&original, size));
+    Ok(Prepared {
+        path: path.to_path_buf(),
+        stem: stem.to_string(),
+        original,
+        resized,
+    })
+}
+
+/// What [`stream_maps`] computes.
+pub(crate) struct MapSettings<'a> {
+    pub(crate) layer: Stage,
+    pub(crate) upsample: Upsample,
+    /// Shorter side fed to the network (0 = as is).
+    pub(crate) size: u32,
+    pub(crate) batch: usize,
+    pub(crate) methods: &'a [Method],
+}
+
+/// Receives [`stream_maps`]'s results.
+pub(crate) trait MapSink {
+    /// An input that produced no maps (decode or compute error), with the error's message.
+    fn failed(&mut self, path: &Path, stem: &str, msg: String);
+    /// One batch's images and, per method, one map per image at its original resolution
+    /// (`[1, h, w, 1]`; the count is checked).
+    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, Vec<HostTensor>)>);
+}
+
+/// Decodes `jobs` (path, stem) in parallel a chunk at a time, groups them by network input
+/// size into batches of `settings.batch`, computes every method's maps and hands each batch
+/// to `sink`, advancing `rep` by every input. Memory stays bounded (a few batches' worth).
+pub(crate) fn stream_maps<B: LrpBackend>(
+    explainer: &mut Explainer<B>,
+    jobs: &[(PathBuf, String)],
+    settings: &MapSettings,
+    rep: &Reporter,
+    sink: &mut dyn MapSink,
+) {
+    let batch = settings.batch.max(1);
     // Decoded images waiting for a full batch, by network size (w, h).
     let mut pending: BTreeMap<(u32, u32), Vec<Prepared>> = BTreeMap::new();
     let cap = (batch * 4).max(64);
@@ -215,14 +284,13 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
     for part in jobs.chunks(chunk) {
         let decoded: Vec<Result<Prepared>> = part
             .par_iter()
-            .map(|(p, s)| prepare(p, s, args.size))
+            .map(|(p, s)| prepare(p, s, settings.size))
             .collect();
-        for d in decoded {
+        for (d, (path, stem)) in decoded.into_iter().zip(part) {
             match d {
                 Err(e) => {
-                    rep.error(format_args!("{e:#}"));
+                    sink.failed(path, stem, format!("{e:#}"));
                     rep.done(1);
-                    failed += 1;
                 }
                 Ok(p) => {
                     let key = p.net_image().dimensions();
@@ -230,7 +298,7 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
                     group.push(p);
                     if group.len() >= batch {
                         let g = pending.remove(&key).unwrap_or_default();
-                        ctx.explain_and_write(&mut explainer, g, &mut written, &mut failed);
+                        explain_group(explainer, settings, g, rep, sink);
                     }
                 }
             }
@@ -243,119 +311,71 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
                 .map(|(k, _)| k)
                 .expect("non-empty");
             let g = pending.remove(&key).unwrap_or_default();
-            ctx.explain_and_write(&mut explainer, g, &mut written, &mut failed);
+            explain_group(explainer, settings, g, rep, sink);
         }
     }
     for (_, g) in std::mem::take(&mut pending) {
-        ctx.explain_and_write(&mut explainer, g, &mut written, &mut failed);
+        explain_group(explainer, settings, g, rep, sink);
     }
-    rep.bar.finish_and_clear();
-
-    println!(
-        "{written} images explained, outputs in {}; {failed} failed",
-        args.out.display()
-    );
-    Ok(if failed > 0 { EXIT_FAILED } else { EXIT_OK })
 }
 
-fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
-    let original = load_image(path)?;
-    let (w, h) = original.dimensions();
-    let resized = (size != 0 && w.min(h) != size).then(|| resize_shorter_side(&original, size));
-    Ok(Prepared {
-        path: path.to_path_buf(),
-        stem: stem.to_string(),
-        original,
-        resized,
-    })
-}
-
-struct Ctx<'a> {
-    args: &'a RunArgs,
-    methods: &'a [Method],
-    rep: &'a Reporter,
-}
-
-impl Ctx<'_> {
-    /// Every requested method's maps for one batch; LaFAM and LRP share one forward pass.
-    fn compute<B: LrpBackend>(
-        &self,
-        explainer: &mut Explainer<B>,
-        batch: ImageBatch,
-        out_sizes: &[(usize, usize)],
-    ) -> Result<Vec<(Method, Vec<HostTensor>)>> {
-        let (layer, upsample) = (self.args.layer, self.args.upsample);
-        let wants = |m| self.methods.contains(&m);
-        if !wants(Method::Lrp) {
-            return Ok(vec![(
-                Method::Lafam,
-                explainer.lafam(batch, layer, upsample, out_sizes)?,
-            )]);
-        }
-        let both = explainer.lrp(batch, layer, upsample, out_sizes, wants(Method::Lafam))?;
-        let mut out = Vec::new();
-        if wants(Method::Lafam) {
-            out.push((
-                Method::Lafam,
-                both.iter().filter_map(|(_, l)| l.clone()).collect(),
-            ));
-        }
-        out.push((Method::Lrp, both.into_iter().map(|(r, _)| r).collect()));
-        Ok(out)
+/// Every requested method's maps for one batch; LaFAM and LRP share one forward pass.
+fn compute<B: LrpBackend>(
+    explainer: &mut Explainer<B>,
+    settings: &MapSettings,
+    batch: ImageBatch,
+    out_sizes: &[(usize, usize)],
+) -> Result<Vec<(Method, Vec<HostTensor>)>> {
+    let (layer, upsample) = (settings.layer, settings.upsample);
+    let wants = |m| settings.methods.contains(&m);
+    if !wants(Method::Lrp) {
+        return Ok(vec![(
+            Method::Lafam,
+            explainer.lafam(batch, layer, upsample, out_sizes)?,
+        )]);
     }
+    let both = explainer.lrp(batch, layer, upsample, out_sizes, wants(Method::Lafam))?;
+    let mut out = Vec::new();
+    if wants(Method::Lafam) {
+        out.push((
+            Method::Lafam,
+            both.iter().filter_map(|(_, l)| l.clone()).collect(),
+        ));
+    }
+    out.push((Method::Lrp, both.into_iter().map(|(r, _)| r).collect()));
+    Ok(out)
+}
 
-    fn explain_and_write<B: LrpBackend>(
-        &self,
-        explainer: &mut Explainer<B>,
-        group: Vec<Prepared>,
-        written: &mut usize,
-        failed: &mut usize,
-    ) {
-        if group.is_empty() {
-            return;
-        }
-        let (w, h) = group[0].net_image().dimensions();
-        let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
-        for p in &group {
-            rgb.extend_from_slice(p.net_image().as_raw());
-        }
-        let out_sizes: Vec<(usize, usize)> = group
-            .iter()
-            .map(|p| (p.original.height() as usize, p.original.width() as usize))
-            .collect();
-        // ok[i] stays true while every method succeeded for image i.
-        let mut ok = vec![true; group.len()];
-        let computed = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
-            .and_then(|batch| self.compute(explainer, batch, &out_sizes));
-        let computed = match computed {
-            Ok(c) => c,
-            Err(e) => {
-                for p in &group {
-                    self.rep
-                        .error(format_args!("{}: failed: {e:#}", p.path.display()));
-                }
-                *failed += group.len();
-                self.rep.done(group.len());
-                return;
-            }
-        };
-        for (method, maps) in computed {
-            if maps.len() != group.len() {
-                for (p, ok) in group.iter().zip(ok.iter_mut()) {
-                    self.rep.error(format_args!(
-                        "{}: {method}: {} maps for {} images",
-                        p.path.display(),
-                        maps.len(),
-                        group.len()
-                    ));
-                    *ok = false;
-                }
-                continue;
-            }
-            let results: Vec<Result<()>> = group
-                .par_iter()
-                .zip(maps.par_iter())
-                .map(|(p, map)| {
+fn explain_group<B: LrpBackend>(
+    explainer: &mut Explainer<B>,
+    settings: &MapSettings,
+    group: Vec<Prepared>,
+    rep: &Reporter,
+    sink: &mut dyn MapSink,
+) {
+    if group.is_empty() {
+        return;
+    }
+    let (w, h) = group[0].net_image().dimensions();
+    let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
+    for p in &group {
+        rgb.extend_from_slice(p.net_image().as_raw());
+    }
+    let out_sizes: Vec<(usize, usize)> = group
+        .iter()
+        .map(|p| (p.original.height() as usize, p.original.width() as usize))
+        .collect();
+    let computed = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
+        .and_then(|batch| compute(explainer, settings, batch, &out_sizes))
+        .and_then(|c| {
+            for (method, maps) in &c {
+                ensure!(
+                    maps.len() == group.len(),
+                    "{method}: {} maps for {} images",
+                    maps.len(),
+                    group.len()
+                );
+                for (p, map) in group.iter().zip(maps) {
                     let (oh, ow) = (p.original.height() as usize, p.original.width() as usize);
                     ensure!(
                         (map.shape.n, map.shape.h, map.shape.w, map.shape.c) == (1, oh, ow, 1),
@@ -363,6 +383,47 @@ impl Ctx<'_> {
                         p.path.display(),
                         map.shape
                     );
+                }
+            }
+            Ok(c)
+        });
+    match computed {
+        Ok(c) => sink.maps(&group, c),
+        Err(e) => {
+            for p in &group {
+                sink.failed(
+                    &p.path,
+                    &p.stem,
+                    format!("{}: failed: {e:#}", p.path.display()),
+                );
+            }
+        }
+    }
+    rep.done(group.len());
+}
+
+/// `run`'s sink: writes each map's outputs.
+struct WriteSink<'a> {
+    args: &'a RunArgs,
+    rep: &'a Reporter,
+    written: usize,
+    failed: usize,
+}
+
+impl MapSink for WriteSink<'_> {
+    fn failed(&mut self, _path: &Path, _stem: &str, msg: String) {
+        self.rep.error(msg);
+        self.failed += 1;
+    }
+
+    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, Vec<HostTensor>)>) {
+        // ok[i] stays true while every method succeeded for image i.
+        let mut ok = vec![true; group.len()];
+        for (method, maps) in maps {
+            let results: Vec<Result<()>> = group
+                .par_iter()
+                .zip(maps.par_iter())
+                .map(|(p, map)| {
                     write_outputs(&self.args.out, &p.stem, method, &map.data, &p.original)
                         .with_context(|| format!("{}: cannot write outputs", p.path.display()))
                 })
@@ -375,9 +436,8 @@ impl Ctx<'_> {
             }
         }
         let good = ok.iter().filter(|&&o| o).count();
-        *written += good;
-        *failed += group.len() - good;
-        self.rep.done(group.len());
+        self.written += good;
+        self.failed += group.len() - good;
     }
 }
 

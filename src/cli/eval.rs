@@ -1,0 +1,536 @@
+//! `lafam-gpu eval`: localisation metrics of attribution maps against segmentation masks.
+//!
+//! Three modes:
+//! - `--maps DIR --masks DIR`: score existing maps (`<stem>[.<method>].npy`, H×W float) against
+//!   `<stem>.png` masks.
+//! - `--weights W --dataset voc|imagenet-s|folder --root DIR`: compute the maps (batched by
+//!   network size, exactly as `run` does: [`super::run::stream_maps`]) and score each at the
+//!   image's original resolution in one streaming pass; maps are kept only with `--save-maps`.
+//! - `--merge a.json b.json ...`: recombine shard reports.
+//!
+//! Outputs: a table of means ± std on stdout, `--json` (per image, mean, std, count, skipped)
+//! and `--csv` (per image), written atomically. Exit code 1 when some images were skipped.
+
+use super::backends::{open_backend, BackendChoice};
+use super::run::{stream_maps, MapSettings, MapSink, Prepared, Reporter};
+use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
+use crate::backend::LrpBackend;
+use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
+use crate::eval::report::{self, ImageScore, Report, Skipped};
+use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
+use crate::explain::lafam::Explainer;
+use crate::io::write_npy_f32;
+use crate::model::Stage;
+use crate::tensor::HostTensor;
+use crate::Upsample;
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Directory of maps to score: `<stem>.npy` or `<stem>.<method>.npy` (H×W float32/64,
+    /// as `run` writes them), matched to masks by stem (file name up to the first dot).
+    #[arg(long, value_name = "DIR", requires = "masks", conflicts_with_all = ["weights", "merge"])]
+    pub maps: Option<PathBuf>,
+
+    /// Directory of masks for `--maps`: `<stem>.png`, 8-bit grey or palette (nonzero =
+    /// object, 255 = void) or RGB (class id R + 256·G).
+    #[arg(long, value_name = "DIR", requires = "maps")]
+    pub masks: Option<PathBuf>,
+
+    /// Backbone weights (safetensors): compute the maps of a dataset and score them.
+    #[arg(long, value_name = "FILE", requires_all = ["dataset", "root"], conflicts_with = "merge")]
+    pub weights: Option<PathBuf>,
+
+    /// Dataset layout: voc (VOC 2012: JPEGImages, SegmentationObject or SegmentationClass,
+    /// ImageSets/Segmentation/<split>.txt), imagenet-s (validation/<wnid>/*.JPEG,
+    /// validation-segmentation/<wnid>/*.png, id = R + 256·G, 1000 = void), folder
+    /// (images/<stem>.<ext>, masks/<stem>.png).
+    #[arg(long, value_enum, requires = "weights")]
+    pub dataset: Option<DatasetKind>,
+
+    /// Dataset root directory.
+    #[arg(long, value_name = "DIR", requires = "weights")]
+    pub root: Option<PathBuf>,
+
+    /// Dataset split (VOC: the ImageSets/Segmentation list; ImageNet-S: val = validation).
+    #[arg(long, default_value = "val")]
+    pub split: String,
+
+    /// Only the first N images of the (sorted) dataset; applied before `--shard`.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
+    /// Also write each computed map as <DIR>/<stem>.<method>.npy.
+    #[arg(long, value_name = "DIR", requires = "weights")]
+    pub save_maps: Option<PathBuf>,
+
+    /// Attribution method(s), comma-separated (lafam, lrp), one report each.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "lafam",
+        value_name = "METHODS"
+    )]
+    pub method: Vec<Method>,
+
+    /// Residual stage explained (layer1..layer4).
+    #[arg(long, default_value = "layer4", value_name = "LAYER")]
+    pub layer: Stage,
+
+    /// LRP rule set for `--method lrp` (see `run --help`).
+    #[arg(long, default_value = "epsilon-plus-flat", value_name = "RULE")]
+    pub rule: crate::explain::Composite,
+
+    /// Upsampling of the layer map to the image (nearest, as in the LaFAM paper, or bilinear).
+    #[arg(long, value_enum, default_value = "nearest")]
+    pub upsample: Upsample,
+
+    /// Shorter side fed to the network (0 = original size); maps are scored at the ORIGINAL
+    /// resolution either way.
+    #[arg(long, default_value_t = 224, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=16384))]
+    pub size: u32,
+
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+
+    /// Compute backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// k of top-k intersection, in pixels (Quantus' default 1000). Images with fewer pixels
+    /// get no top-k score.
+    #[arg(long, default_value_t = 1000, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+
+    /// Equal values at the top-k / |S| cut: expected (count them in proportion to the free
+    /// slots: the mean over all tie orders) or index (lower row-major index first, as
+    /// Quantus with a stable argsort). Quantus' own order is numpy's unstable argsort.
+    #[arg(long, value_enum, default_value = "expected")]
+    pub ties: Ties,
+
+    /// Void pixels (VOC 255, ImageNet-S 1000): background (default), object, or ignore (left
+    /// out of the image).
+    #[arg(long, value_enum, default_value = "background")]
+    pub void: VoidMode,
+
+    /// Score only shard I of N (0-based) of the sorted images; combine with `--merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+
+    /// Merge these JSON reports (from `--shard` runs) into one (`--json`, table).
+    #[arg(long, num_args = 1.., value_name = "JSON")]
+    pub merge: Vec<PathBuf>,
+
+    /// Write the per-image results, means, std and skipped images as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write the per-image results as CSV.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    fn options(&self) -> MetricOptions {
+        MetricOptions {
+            top_k: self.top_k as usize,
+            ties: self.ties,
+        }
+    }
+    fn settings(&self) -> serde_json::Value {
+        json!({
+            "top_k": self.top_k,
+            "ties": format!("{:?}", self.ties).to_lowercase(),
+            "void": format!("{:?}", self.void).to_lowercase(),
+        })
+    }
+}
+
+pub fn eval(args: &EvalArgs) -> Result<u8> {
+    let reports = if !args.merge.is_empty() {
+        let parts = args
+            .merge
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not JSON", p.display()))?;
+                let r = report::reports_from_json(&v)
+                    .with_context(|| format!("{}: not an eval report", p.display()))?;
+                Ok((p.display().to_string(), r))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        report::merge(parts)?
+    } else if let (Some(maps), Some(masks)) = (&args.maps, &args.masks) {
+        eval_maps(args, maps, masks)?
+    } else if let Some(w) = &args.weights {
+        eval_dataset(args, w)?
+    } else {
+        eprintln!(
+            "error: give --maps and --masks, or --weights with --dataset and --root, or --merge"
+        );
+        return Ok(EXIT_FATAL);
+    };
+    finish(args, &reports)
+}
+
+fn finish(args: &EvalArgs, reports: &[Report]) -> Result<u8> {
+    if let Some(p) = &args.json {
+        report::write_json(p, reports)?;
+    }
+    if let Some(p) = &args.csv {
+        report::write_csv(p, reports)?;
+    }
+    print!("{}", report::table(reports));
+    let skipped = reports.iter().any(|r| !r.skipped.is_empty());
+    Ok(if skipped { EXIT_FAILED } else { EXIT_OK })
+}
+
+/// Reads an H×W map (also [1,H,W], [H,W,1], [1,H,W,1]) of float32 or float64.
+pub fn read_map(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let inner = || -> Result<(usize, usize, Vec<f32>)> {
+        let f = std::fs::File::open(path).context("cannot open")?;
+        let npy = npyz::NpyFile::new(std::io::BufReader::new(f)).context("not a .npy file")?;
+        ensure!(
+            npy.order() == npyz::Order::C,
+            "Fortran-order arrays are not supported"
+        );
+        let dims: Vec<usize> = npy
+            .shape()
+            .iter()
+            .map(|&d| d as usize)
+            .filter(|&d| d != 1)
+            .collect();
+        let shape = npy.shape().to_vec();
+        let (h, w) = match (dims.as_slice(), shape.len()) {
+            ([h, w], _) => (*h, *w),
+            ([n], 2..=4) if shape[shape.len() - 1] == 1 => (*n, 1),
+            ([n], 2..=4) => (1, *n),
+            ([], 2..=4) => (1, 1),
+            _ => bail!("shape {shape:?} is not a 2-D map"),
+        };
+        let descr = npy.dtype().descr();
+        let data: Vec<f32> = if descr.contains("f4") {
+            npy.into_vec::<f32>()?
+        } else if descr.contains("f8") {
+            npy.into_vec::<f64>()?
+                .into_iter()
+                .map(|x| x as f32)
+                .collect()
+        } else {
+            bail!("dtype {descr} is not float32 or float64")
+        };
+        Ok((h, w, data))
+    };
+    inner().with_context(|| format!("{}: cannot read map", path.display()))
+}
+
+fn npy_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list directory", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// `x.npy` -> None, `x.lafam.npy` -> "lafam", `x.a.b.npy` -> "a.b".
+fn method_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let stem = name.rsplit_once('.').map_or(name.as_str(), |(s, _)| s);
+    stem.split_once('.').map(|(_, m)| m.to_string())
+}
+
+fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<Report>> {
+    let opts = args.options();
+    // stem -> (method -> map path)
+    let mut maps: BTreeMap<String, BTreeMap<Option<String>, PathBuf>> = BTreeMap::new();
+    for p in npy_files(maps_dir, "npy")? {
+        maps.entry(stem_of(&p))
+            .or_default()
+            .insert(method_of(&p), p);
+    }
+    let masks: BTreeMap<String, PathBuf> = npy_files(masks_dir, "png")?
+        .into_iter()
+        .map(|p| (stem_of(&p), p))
+        .collect();
+    ensure!(
+        !maps.is_empty(),
+        "{}: no .npy maps found",
+        maps_dir.display()
+    );
+    let methods: Vec<Option<String>> = {
+        let mut m: Vec<_> = maps.values().flat_map(|v| v.keys().cloned()).collect();
+        m.sort();
+        m.dedup();
+        m
+    };
+    let mut stems: Vec<String> = maps.keys().chain(masks.keys()).cloned().collect();
+    stems.sort();
+    stems.dedup();
+    if let Some(l) = args.limit {
+        stems.truncate(l);
+    }
+    if let Some(s) = args.shard {
+        stems = s.select(stems);
+    }
+    let rep = Reporter::new(stems.len());
+    let void_id = DatasetKind::Folder.void_id();
+    // Per stem: per method, Ok(score) or Err(reason).
+    type Outcome = Vec<(Option<String>, Result<crate::eval::Scores, String>)>;
+    let outcomes: Vec<(String, Outcome)> = stems
+        .par_iter()
+        .map(|stem| {
+            let mine = maps.get(stem);
+            let labels = masks
+                .get(stem)
+                .map(|p| load_labels(p).map_err(|e| format!("{e:#}")));
+            let out: Outcome = methods
+                .iter()
+                .map(|m| {
+                    let r = match (mine.and_then(|v| v.get(m)), &labels) {
+                        (None, _) => Err("missing map".to_string()),
+                        (Some(_), None) => Err(format!(
+                            "missing mask ({})",
+                            masks_dir.join(format!("{stem}.png")).display()
+                        )),
+                        (Some(_), Some(Err(e))) => Err(e.clone()),
+                        (Some(p), Some(Ok(l))) => read_map(p)
+                            .map_err(|e| format!("{e:#}"))
+                            .and_then(|(h, w, a)| {
+                                score_labels(&a, (h, w), l, void_id, args.void, &opts)
+                            }),
+                    };
+                    (m.clone(), r)
+                })
+                .collect();
+            rep.done(1);
+            (stem.clone(), out)
+        })
+        .collect();
+    rep.bar.finish_and_clear();
+    let mut reports: Vec<Report> = methods
+        .iter()
+        .map(|m| Report::new(m.clone(), args.settings()))
+        .collect();
+    for (stem, out) in outcomes {
+        for (r, (_, res)) in reports.iter_mut().zip(out) {
+            match res {
+                Ok(scores) => r.images.push(ImageScore {
+                    stem: stem.clone(),
+                    scores,
+                }),
+                Err(reason) => {
+                    report_skip(&rep, &stem, r.method.as_deref(), &reason);
+                    r.skipped.push(Skipped {
+                        stem: stem.clone(),
+                        reason,
+                    })
+                }
+            }
+        }
+    }
+    reports.iter_mut().for_each(Report::sort);
+    Ok(reports)
+}
+
+fn report_skip(rep: &Reporter, stem: &str, method: Option<&str>, reason: &str) {
+    let m = method.map(|m| format!(" ({m})")).unwrap_or_default();
+    rep.bar
+        .suspend(|| eprintln!("skipped: {stem}{m}: {reason}"));
+}
+
+fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
+    let (kind, root) = match (args.dataset, &args.root) {
+        (Some(k), Some(r)) => (k, r),
+        _ => bail!("--weights needs --dataset and --root"),
+    };
+    let mut entries = datasets::entries(kind, root, &args.split)?;
+    ensure!(
+        !entries.is_empty(),
+        "{}: the dataset has no images",
+        root.display()
+    );
+    if let Some(l) = args.limit {
+        entries.truncate(l);
+    }
+    if let Some(s) = args.shard {
+        entries = s.select(entries);
+    }
+    if let Some(d) = &args.save_maps {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
+    }
+    let weights = load_weights_or_explain(weights_path)?;
+    let (backend, note) = open_backend(args.backend)?;
+    match &note {
+        Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
+        None => eprintln!("backend: {}", backend.describe()),
+    }
+    crate::with_backend!(backend, b => {
+        let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
+        if args.method.contains(&Method::Lrp) {
+            explainer.enable_lrp(args.rule).context("cannot prepare the LRP rules on the backend")?;
+        }
+        eval_with(&mut explainer, args, kind, entries)
+    })
+}
+
+/// `eval --dataset` over a prepared explainer.
+pub fn eval_with<B: LrpBackend>(
+    explainer: &mut Explainer<B>,
+    args: &EvalArgs,
+    kind: DatasetKind,
+    entries: Vec<datasets::Entry>,
+) -> Result<Vec<Report>> {
+    let mut methods: Vec<Method> = Vec::new();
+    for m in &args.method {
+        if !methods.contains(m) {
+            methods.push(*m);
+        }
+    }
+    // run's order within a batch: lafam before lrp.
+    methods.sort_by_key(|m| *m == Method::Lrp);
+    let mut sink = ScoreSink {
+        args,
+        opts: args.options(),
+        void_id: kind.void_id(),
+        masks: HashMap::new(),
+        reports: methods
+            .iter()
+            .map(|m| (*m, Report::new(Some(m.to_string()), args.settings())))
+            .collect(),
+        rep: Reporter::new(entries.len()),
+    };
+    let mut jobs = Vec::with_capacity(entries.len());
+    for e in entries {
+        match e.mask {
+            Some(m) => {
+                sink.masks.insert(e.stem.clone(), m);
+                jobs.push((e.image, e.stem));
+            }
+            None => {
+                sink.skip_all(&e.stem, format!("missing mask for {}", e.image.display()));
+                sink.rep.done(1);
+            }
+        }
+    }
+    let settings = MapSettings {
+        layer: args.layer,
+        upsample: args.upsample,
+        size: args.size,
+        batch: args.batch as usize,
+        methods: &methods,
+    };
+    let rep = Reporter {
+        bar: sink.rep.bar.clone(),
+    };
+    stream_maps(explainer, &jobs, &settings, &rep, &mut sink);
+    rep.bar.finish_and_clear();
+    let mut reports: Vec<Report> = sink.reports.into_iter().map(|(_, r)| r).collect();
+    reports.iter_mut().for_each(Report::sort);
+    Ok(reports)
+}
+
+struct ScoreSink<'a> {
+    args: &'a EvalArgs,
+    opts: MetricOptions,
+    void_id: u16,
+    masks: HashMap<String, PathBuf>,
+    reports: Vec<(Method, Report)>,
+    rep: Reporter,
+}
+
+impl ScoreSink<'_> {
+    fn skip_all(&mut self, stem: &str, reason: String) {
+        report_skip(&self.rep, stem, None, &reason);
+        for (_, r) in self.reports.iter_mut() {
+            r.skipped.push(Skipped {
+                stem: stem.to_string(),
+                reason: reason.clone(),
+            });
+        }
+    }
+}
+
+impl MapSink for ScoreSink<'_> {
+    fn failed(&mut self, _path: &Path, stem: &str, msg: String) {
+        self.skip_all(stem, msg);
+    }
+
+    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, Vec<HostTensor>)>) {
+        // Per image (in parallel): its mask once, then every method's map.
+        type Out = Result<Vec<(Method, Result<crate::eval::Scores, String>)>, String>;
+        let results: Vec<Out> = group
+            .par_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mask = &self.masks[&p.stem];
+                let labels = load_labels(mask).map_err(|e| format!("{e:#}"))?;
+                let (h, w) = (p.original.height() as usize, p.original.width() as usize);
+                Ok(maps
+                    .iter()
+                    .map(|(m, list)| {
+                        let map = &list[i].data;
+                        if let Some(d) = &self.args.save_maps {
+                            if let Err(e) =
+                                write_npy_f32(&d.join(format!("{}.{m}.npy", p.stem)), h, w, map)
+                            {
+                                return (*m, Err(format!("{e:#}")));
+                            }
+                        }
+                        let r = score_labels(
+                            map,
+                            (h, w),
+                            &labels,
+                            self.void_id,
+                            self.args.void,
+                            &self.opts,
+                        )
+                        .map_err(|e| format!("{e} (image {})", p.path.display()));
+                        (*m, r)
+                    })
+                    .collect())
+            })
+            .collect();
+        for (p, r) in group.iter().zip(results) {
+            match r {
+                Err(e) => self.skip_all(&p.stem, e),
+                Ok(list) => {
+                    for (m, r) in list {
+                        let Some(j) = self.reports.iter().position(|(k, _)| *k == m) else {
+                            continue;
+                        };
+                        match r {
+                            Ok(scores) => self.reports[j].1.images.push(ImageScore {
+                                stem: p.stem.clone(),
+                                scores,
+                            }),
+                            Err(reason) => {
+                                report_skip(&self.rep, &p.stem, Some(&m.to_string()), &reason);
+                                self.reports[j].1.skipped.push(Skipped {
+                                    stem: p.stem.clone(),
+                                    reason,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

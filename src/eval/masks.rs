@@ -1,0 +1,106 @@
+//! Segmentation masks: label PNGs read without colour conversion, and the object mask with
+//! the void rule applied.
+
+use anyhow::{bail, Context, Result};
+use std::io::BufReader;
+use std::path::Path;
+
+/// What to do with void pixels (VOC's 255 "boundary / difficult", ImageNet-S's 1000 "other").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum VoidMode {
+    /// Drop void pixels from the image before scoring (neither object nor background).
+    Ignore,
+    /// Count void pixels as background (default; what a mask read as "nonzero = object" but
+    /// without the 255s gives).
+    #[default]
+    Background,
+    /// Count void pixels as object.
+    Object,
+}
+
+/// A label image: one id per pixel, row-major.
+#[derive(Clone, Debug)]
+pub struct Labels {
+    pub width: usize,
+    pub height: usize,
+    pub ids: Vec<u16>,
+}
+
+/// Reads a label PNG: a palette image gives its indices (VOC), a grey image its values, an
+/// RGB(A) image `R + 256·G` (ImageNet-S). 16-bit samples keep their high byte. No colour
+/// conversion is ever applied.
+pub fn load_labels(path: &Path) -> Result<Labels> {
+    let inner = || -> Result<Labels> {
+        let file = std::fs::File::open(path).context("cannot open")?;
+        let mut dec = png::Decoder::new(BufReader::new(file));
+        dec.set_transformations(png::Transformations::STRIP_16);
+        let mut reader = dec.read_info().context("not a readable PNG")?;
+        let size = reader
+            .output_buffer_size()
+            .context("PNG too large for this machine")?;
+        let mut buf = vec![0u8; size];
+        let info = reader.next_frame(&mut buf).context("corrupt PNG")?;
+        let (w, h) = (info.width as usize, info.height as usize);
+        let channels = match info.color_type {
+            png::ColorType::Grayscale | png::ColorType::Indexed => 1,
+            png::ColorType::GrayscaleAlpha => 2,
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+        };
+        let bits = info.bit_depth as usize;
+        let line = info.line_size;
+        let mut ids = Vec::with_capacity(w * h);
+        for y in 0..h {
+            if bits < 8 {
+                // 1, 2, 4-bit grey or palette: unpack MSB first, values kept raw.
+                let row = &buf[y * line..(y + 1) * line];
+                let mask = (1u16 << bits) - 1;
+                ids.extend((0..w).map(|x| {
+                    let bit = x * bits;
+                    (row[bit / 8] as u16 >> (8 - bits - bit % 8)) & mask
+                }));
+                continue;
+            }
+            if bits != 8 {
+                bail!("unexpected bit depth {bits}");
+            }
+            let row = &buf[y * line..y * line + w * channels];
+            match channels {
+                1 | 2 => ids.extend(row.chunks_exact(channels).map(|p| p[0] as u16)),
+                _ => ids.extend(
+                    row.chunks_exact(channels)
+                        .map(|p| p[0] as u16 + 256 * p[1] as u16),
+                ),
+            }
+        }
+        Ok(Labels {
+            width: w,
+            height: h,
+            ids,
+        })
+    };
+    inner().with_context(|| format!("{}: cannot read mask", path.display()))
+}
+
+/// The pixels to score and which of them are object: `ids != 0` is object, `void_id` is
+/// treated per `mode`. Returns (keep, object); `keep` is None when every pixel is kept.
+pub fn object_mask(
+    labels: &Labels,
+    void_id: u16,
+    mode: VoidMode,
+) -> (Option<Vec<bool>>, Vec<bool>) {
+    let object: Vec<bool> = labels
+        .ids
+        .iter()
+        .map(|&id| {
+            if id == void_id {
+                mode == VoidMode::Object
+            } else {
+                id != 0
+            }
+        })
+        .collect();
+    let keep = (mode == VoidMode::Ignore && labels.ids.contains(&void_id))
+        .then(|| labels.ids.iter().map(|&id| id != void_id).collect());
+    (keep, object)
+}
