@@ -83,7 +83,10 @@ fn check_cams<B: CamBackend>(b: B, label: &str) {
             let (shape, want) = npy(case["map"].as_str().unwrap());
             assert_eq!(shape, vec![h, w]);
             let err = max_abs(&got.data, &want);
-            eprintln!("{label} {kind} {image} {stage} class {:?}: max abs err {err:.2e}", req.class);
+            eprintln!(
+                "{label} {kind} {image} {stage} class {:?}: max abs err {err:.2e}",
+                req.class
+            );
             assert!(
                 err <= CAM_TOL,
                 "{label} {kind} {image} {stage}: max abs err {err:e}"
@@ -94,7 +97,10 @@ fn check_cams<B: CamBackend>(b: B, label: &str) {
                 worst.1 = worst.1.max(err);
                 if case["pytorch_grad_cam_sign_agrees"].as_bool().unwrap() {
                     let (_, pgc) = npy(case["pytorch_grad_cam_map"].as_str().unwrap());
-                    assert!(max_abs(&got.data, &pgc) <= CAM_TOL, "{label} {image} {stage}");
+                    assert!(
+                        max_abs(&got.data, &pgc) <= CAM_TOL,
+                        "{label} {image} {stage}"
+                    );
                 }
             }
         }
@@ -129,7 +135,10 @@ fn check_relax_same_masks<B: CamBackend>(b: B, label: &str) {
     let host = host_masks(seed, 0, count, h, w);
     let e_dev = max_abs(&dev.data, &want);
     let e_host = max_abs(&host.data, &want);
-    assert!(e_dev <= 1e-5 && e_host <= 1e-5, "{label}: masks {e_dev:e} {e_host:e}");
+    assert!(
+        e_dev <= 1e-5 && e_host <= 1e-5,
+        "{label}: masks {e_dev:e} {e_host:e}"
+    );
     let (_, imp) = npy(case["importance"].as_str().unwrap());
     let (_, unc) = npy(case["uncertainty"].as_str().unwrap());
     let x = ex.backend.preprocess(&rgb, 1, h, w).unwrap();
@@ -193,7 +202,10 @@ fn relax_own_rng_correlates_with_reference_rng_cpu() {
     let (_, want_unc) = npy(case["uncertainty"].as_str().unwrap());
     let ci = pearson(&imp.data, &want_imp);
     let cu = pearson(&unc.data, &want_unc);
-    eprintln!("RELAX own RNG vs torch RNG, {} masks: importance corr {ci:.4}, uncertainty corr {cu:.4}", cfg.masks);
+    eprintln!(
+        "RELAX own RNG vs torch RNG, {} masks: importance corr {ci:.4}, uncertainty corr {cu:.4}",
+        cfg.masks
+    );
     assert!(ci > 0.95, "importance correlation {ci}");
 }
 
