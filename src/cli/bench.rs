@@ -193,7 +193,20 @@ pub fn run_bench<B: CamBackend>(
     let per = cfg.size * cfg.size * 3;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_1a6e);
     let rgb: Vec<u8> = (0..per * max_batch).map(|_| rng.random()).collect();
-    let macs = explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage) as f64;
+    // Forward-pass MACs per explained image: Grad-CAM runs to layer4, RELAX runs one forward
+    // pass per mask plus the unmasked one.
+    let macs = match cfg.method {
+        Method::Gradcam => explainer
+            .spec
+            .macs_per_image(cfg.size, cfg.size, Stage::Layer4),
+        Method::Relax => {
+            (cfg.relax.masks + 1)
+                * explainer
+                    .spec
+                    .macs_per_image(cfg.size, cfg.size, Stage::Layer4)
+        }
+        _ => explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage),
+    } as f64;
     let adapter = explainer.backend.name();
     let arch = explainer.spec.arch_name();
     let mut results = Vec::new();
