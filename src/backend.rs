@@ -183,3 +183,83 @@ pub trait LrpBackend: Backend {
     /// A tensor whose channel `c` holds `values[c]` everywhere (ones, or ZBox bounds).
     fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor>;
 }
+
+/// Which centred Gram matrix [`CamBackend::centred_gram`] forms from an activation `X`
+/// (`hw x c` per image, centred per channel: `Xc = X - mean_hw X`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GramOver {
+    /// `Xc Xcᵀ`, `hw x hw`: the smaller one when the map has fewer pixels than channels.
+    Pixels,
+    /// `Xcᵀ Xc`, `c x c`.
+    Channels,
+}
+
+/// The ops of the baseline methods (Grad-CAM, EigenCAM, RELAX), on top of the LRP ops (the
+/// Grad-CAM backward reuses [`LrpBackend::conv_transpose`] for the gradient of every conv).
+pub trait CamBackend: LrpBackend {
+    /// Global average pooling: `[n, h, w, c] -> [n, 1, 1, c]`, the mean over pixels.
+    fn spatial_mean(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `[n, 1, 1, c] -> [n, h, w, c]`: every pixel holds `scale * v` (the gradient of a
+    /// global average pool, with `scale = 1 / (h w)`).
+    fn broadcast_spatial(
+        &mut self,
+        v: &Self::Tensor,
+        h: usize,
+        w: usize,
+        scale: f32,
+    ) -> Result<Self::Tensor>;
+
+    /// The gradient of a ReLU whose output is `y`: `g` where `y > 0`, else 0 (as torch).
+    fn relu_backward(&mut self, g: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `out[n, p] = Σ_c w[n, c] (x[n, p, c] - mean[n, c])` (`mean` defaults to zeros), then a
+    /// ReLU if `relu`: `[n, h, w, c] -> [n, h, w, 1]`. `w` and `mean` are `[n, 1, 1, c]`.
+    fn channel_projection(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        mean: Option<&Self::Tensor>,
+        relu: bool,
+    ) -> Result<Self::Tensor>;
+
+    /// The centred Gram matrix of every image of `x` (`mean` = its `spatial_mean`), as
+    /// `[n, d, d, 1]` with `d = h w` ([`GramOver::Pixels`]) or `d = c` ([`GramOver::Channels`]).
+    fn centred_gram(
+        &mut self,
+        x: &Self::Tensor,
+        mean: &Self::Tensor,
+        over: GramOver,
+    ) -> Result<Self::Tensor>;
+
+    /// RELAX occlusion masks `start .. start + count` of the stream `seed`, `[count, h, w, 1]`
+    /// (`h, w >= 4`). Mask `i` is a function of `(seed, i)` only, identical on every backend:
+    /// see [`crate::explain::relax`] for the generator.
+    fn relax_masks(
+        &mut self,
+        seed: u64,
+        start: u32,
+        count: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// `x [1, h, w, c]` times every mask of `m [b, h, w, 1]`: `[b, h, w, c]`.
+    fn mask_images(&mut self, x: &Self::Tensor, m: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Cosine similarity of every row of `e [b, 1, 1, c]` with `r [1, 1, 1, c]`:
+    /// `e·r / max(|e| |r|, 1e-8)`, `[b, 1, 1, 1]`.
+    fn cosine_similarity(&mut self, e: &Self::Tensor, r: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// RELAX running sums per pixel, `[1, h, w, 3]`: `acc + Σ_b (m_b, m_b t_b, m_b t_b²)` with
+    /// `t_b = s_b - shift` (the shift keeps the variance free of cancellation), for masks
+    /// `m [b, h, w, 1]` and similarities `s [b, 1, 1, 1]`; `acc` defaults to zeros. Sums over
+    /// `b` in order, so both backends round alike.
+    fn relax_accumulate(
+        &mut self,
+        acc: Option<&Self::Tensor>,
+        masks: &Self::Tensor,
+        sims: &Self::Tensor,
+        shift: f32,
+    ) -> Result<Self::Tensor>;
+}

@@ -3,8 +3,10 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{load_weights_or_explain, Method, EXIT_OK};
-use crate::backend::LrpBackend;
+use crate::backend::CamBackend;
+use crate::explain::gradcam::CamRequest;
 use crate::explain::lafam::{Explainer, ImageBatch};
+use crate::explain::relax::RelaxConfig;
 use crate::model::random::{random_resnet, RandomSpec};
 use crate::model::Stage;
 use crate::Upsample;
@@ -86,6 +88,14 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "nearest")]
     pub upsample: Upsample,
 
+    /// RELAX: masks per image (`--method relax`; img/s then counts explained images).
+    #[arg(long, default_value_t = 3000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub masks: u32,
+
+    /// RELAX: masks per forward pass.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mask_batch: u32,
+
     /// Seed of the random weights and images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -106,6 +116,8 @@ pub struct BenchConfig {
     pub stage: Stage,
     pub upsample: Upsample,
     pub seed: u64,
+    /// Masks and mask batch for `--method relax` (its seed is `seed`).
+    pub relax: RelaxConfig,
 }
 
 /// One batch size's result.
@@ -178,7 +190,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// Times `explainer`'s method end to end (upload of RGB8 images to the maps downloaded at
 /// image size) on random `size`x`size` images: `warmup` untimed then `iters` timed calls per
 /// batch size. `backend_kind` is "gpu" or "cpu" for the report.
-pub fn run_bench<B: LrpBackend>(
+pub fn run_bench<B: CamBackend>(
     explainer: &mut Explainer<B>,
     backend_kind: &str,
     cfg: &BenchConfig,
@@ -190,7 +202,20 @@ pub fn run_bench<B: LrpBackend>(
     let per = cfg.size * cfg.size * 3;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_1a6e);
     let rgb: Vec<u8> = (0..per * max_batch).map(|_| rng.random()).collect();
-    let macs = explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage) as f64;
+    // Forward-pass MACs per explained image: Grad-CAM runs to layer4, RELAX runs one forward
+    // pass per mask plus the unmasked one.
+    let macs = match cfg.method {
+        Method::Gradcam => explainer
+            .spec
+            .macs_per_image(cfg.size, cfg.size, Stage::Layer4),
+        Method::Relax => {
+            (cfg.relax.masks + 1)
+                * explainer
+                    .spec
+                    .macs_per_image(cfg.size, cfg.size, Stage::Layer4)
+        }
+        _ => explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage),
+    } as f64;
     let adapter = explainer.backend.name();
     let arch = explainer.spec.arch_name();
     let mut results = Vec::new();
@@ -203,6 +228,24 @@ pub fn run_bench<B: LrpBackend>(
                 Method::Lafam => ex.lafam(images, cfg.stage, cfg.upsample, &out_sizes)?,
                 Method::Lrp => ex
                     .lrp(images, cfg.stage, cfg.upsample, &out_sizes, false)?
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .collect(),
+                Method::Gradcam | Method::Eigencam => {
+                    let req = CamRequest {
+                        gradcam: cfg.method == Method::Gradcam,
+                        eigencam: cfg.method == Method::Eigencam,
+                        ..CamRequest::default()
+                    };
+                    let maps = ex.cams(images, cfg.stage, cfg.upsample, req, &out_sizes)?;
+                    if req.gradcam {
+                        maps.gradcam
+                    } else {
+                        maps.eigencam
+                    }
+                }
+                Method::Relax => ex
+                    .relax(images, &cfg.relax, &out_sizes)?
                     .into_iter()
                     .map(|(r, _)| r)
                     .collect(),
@@ -259,11 +302,16 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let net = match (&args.weights, args.arch) {
         (Some(w), _) => load_weights_or_explain(w)?.net,
-        (None, Some(a)) => random_resnet(&RandomSpec::resnet(
-            a.depth(),
-            args.width as usize,
-            args.seed,
-        )?),
+        (None, Some(a)) => {
+            let spec = RandomSpec::resnet(a.depth(), args.width as usize, args.seed)?;
+            // Grad-CAM needs a classifier: the random network gets a 1000-class fc.
+            let spec = if args.method == Method::Gradcam {
+                spec.with_classes(1000)
+            } else {
+                spec
+            };
+            random_resnet(&spec)
+        }
         (None, None) => anyhow::bail!("give --weights FILE or --arch NAME"),
     };
     let (backend, note) = open_backend(args.backend)?;
@@ -280,6 +328,11 @@ pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
         stage: args.layer,
         upsample: args.upsample,
         seed: args.seed,
+        relax: RelaxConfig {
+            masks: args.masks as usize,
+            batch: args.mask_batch as usize,
+            seed: args.seed,
+        },
     };
     let kind = backend.kind();
     let json = args.json;

@@ -14,11 +14,12 @@
 use super::backends::{open_backend, BackendChoice};
 use super::run::{stream_maps, MapSettings, MapSink, Prepared, Reporter};
 use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
-use crate::backend::LrpBackend;
+use crate::backend::CamBackend;
 use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
 use crate::eval::report::{self, ImageScore, Report, Skipped};
 use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
 use crate::explain::lafam::Explainer;
+use crate::explain::relax::RelaxConfig;
 use crate::io::write_npy_f32;
 use crate::model::Stage;
 use crate::tensor::HostTensor;
@@ -98,6 +99,23 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
+
+    /// Grad-CAM target class (default: each image's argmax logit).
+    #[arg(long, value_name = "N")]
+    pub class: Option<usize>,
+
+    /// RELAX: random occlusion masks per image (`run --masks`; renamed here, where --masks is
+    /// the segmentation masks' directory).
+    #[arg(long, default_value_t = 3000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub relax_masks: u32,
+
+    /// RELAX: masks per forward pass.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mask_batch: u32,
+
+    /// RELAX: seed of the mask generator.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
 
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
@@ -391,7 +409,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
 }
 
 /// `eval --dataset` over a prepared explainer.
-pub fn eval_with<B: LrpBackend>(
+pub fn eval_with<B: CamBackend>(
     explainer: &mut Explainer<B>,
     args: &EvalArgs,
     kind: DatasetKind,
@@ -435,6 +453,12 @@ pub fn eval_with<B: LrpBackend>(
         size: args.size,
         batch: args.batch as usize,
         methods: &methods,
+        class: args.class,
+        relax: RelaxConfig {
+            masks: args.relax_masks as usize,
+            batch: args.mask_batch as usize,
+            seed: args.seed,
+        },
     };
     let rep = Reporter {
         bar: sink.rep.bar.clone(),
@@ -472,7 +496,13 @@ impl MapSink for ScoreSink<'_> {
         self.skip_all(stem, msg);
     }
 
-    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, Vec<HostTensor>)>) {
+    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>) {
+        // Only attribution maps are scored (not RELAX's uncertainty).
+        let maps: Vec<(Method, Vec<HostTensor>)> = maps
+            .into_iter()
+            .filter(|(_, suffix, _)| suffix.is_empty())
+            .map(|(m, _, list)| (m, list))
+            .collect();
         // Per image (in parallel): its mask once, then every method's map.
         type Out = Result<Vec<(Method, Result<crate::eval::Scores, String>)>, String>;
         let results: Vec<Out> = group

@@ -32,6 +32,14 @@ pub enum Method {
     /// LaFAM-LRP: relevance propagation seeded with the layer's activations, traced back to
     /// the input pixels (summed over RGB).
     Lrp,
+    /// Grad-CAM (needs a linear classifier `fc`): gradient-weighted channel sum of the layer's
+    /// activations for the target class, as pytorch-grad-cam.
+    Gradcam,
+    /// EigenCAM: the layer's activations projected on their first principal component.
+    Eigencam,
+    /// RELAX: occlusion with random masks, cosine similarity of pooled layer4 embeddings;
+    /// also writes `<stem>.relax-uncertainty.npy/.png`.
+    Relax,
 }
 
 impl fmt::Display for Method {
@@ -39,6 +47,9 @@ impl fmt::Display for Method {
         f.write_str(match self {
             Method::Lafam => "lafam",
             Method::Lrp => "lrp",
+            Method::Gradcam => "gradcam",
+            Method::Eigencam => "eigencam",
+            Method::Relax => "relax",
         })
     }
 }

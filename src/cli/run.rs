@@ -7,8 +7,10 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_OK};
-use crate::backend::LrpBackend;
+use crate::backend::CamBackend;
+use crate::explain::gradcam::{CamRequest, NEEDS_CLASSIFIER};
 use crate::explain::lafam::{Explainer, ImageBatch};
+use crate::explain::relax::RelaxConfig;
 use crate::io::{
     collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
     resize_shorter_side, write_npy_f32, write_png,
@@ -16,7 +18,7 @@ use crate::io::{
 use crate::model::Stage;
 use crate::tensor::HostTensor;
 use crate::Upsample;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
@@ -38,6 +40,10 @@ pub struct RunArgs {
     /// channels, min-max normalised: where the layer looks, at its coarse resolution) and lrp
     /// (LaFAM-LRP: relevance propagated from those activations back to the pixels: which
     /// pixels caused them). `lafam,lrp` computes both from one forward pass.
+    /// Baselines: gradcam (needs a linear classifier head `fc`), eigencam (first principal
+    /// component of the layer's activations), relax (occlusion with --masks random masks;
+    /// also writes <stem>.relax-uncertainty.*). lafam, gradcam and eigencam share one
+    /// forward pass; see docs/baselines.md.
     #[arg(
         long,
         value_enum,
@@ -76,6 +82,23 @@ pub struct RunArgs {
     /// larger batches are split further if they would exceed the device's buffer limits).
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
+
+    /// Grad-CAM target class (index into the classifier's logits); default: the argmax logit
+    /// of each image.
+    #[arg(long, value_name = "N")]
+    pub class: Option<usize>,
+
+    /// RELAX: number of random occlusion masks per image.
+    #[arg(long, default_value_t = 3000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub masks: u32,
+
+    /// RELAX: masks per forward pass (split further to fit the device's buffer limits).
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub mask_batch: u32,
+
+    /// RELAX: seed of the mask generator (results are deterministic per seed and backend).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
 
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
@@ -143,6 +166,9 @@ impl Reporter {
 
 pub fn run(args: &RunArgs) -> Result<u8> {
     let weights = load_weights_or_explain(&args.weights)?;
+    if args.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
+        bail!("{}: {NEEDS_CLASSIFIER}", args.weights.display());
+    }
     let (backend, note) = open_backend(args.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
@@ -159,7 +185,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
 
 /// The `run` command over an already prepared explainer (the weights are loaded and the
 /// backend opened): outputs go to `args.out`. Returns the exit code.
-pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
+pub fn run_with<B: CamBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
     let mut methods = args.method.clone();
     methods.dedup();
     std::fs::create_dir_all(&args.out)
@@ -216,6 +242,12 @@ pub fn run_with<B: LrpBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
         size: args.size,
         batch: args.batch as usize,
         methods: &methods,
+        class: args.class,
+        relax: RelaxConfig {
+            masks: args.masks as usize,
+            batch: args.mask_batch as usize,
+            seed: args.seed,
+        },
     };
     let mut sink = WriteSink {
         args,
@@ -255,6 +287,9 @@ pub(crate) struct MapSettings<'a> {
     pub(crate) size: u32,
     pub(crate) batch: usize,
     pub(crate) methods: &'a [Method],
+    /// Grad-CAM's target class (None: each image's argmax logit).
+    pub(crate) class: Option<usize>,
+    pub(crate) relax: RelaxConfig,
 }
 
 /// Receives [`stream_maps`]'s results.
@@ -262,14 +297,15 @@ pub(crate) trait MapSink {
     /// An input that produced no maps (decode or compute error), with the error's message.
     fn failed(&mut self, path: &Path, stem: &str, msg: String);
     /// One batch's images and, per method, one map per image at its original resolution
-    /// (`[1, h, w, 1]`; the count is checked).
-    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, Vec<HostTensor>)>);
+    /// (`[1, h, w, 1]`; the count is checked), with the suffix of its output name ("" or
+    /// "-uncertainty" for RELAX's second map).
+    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>);
 }
 
 /// Decodes `jobs` (path, stem) in parallel a chunk at a time, groups them by network input
 /// size into batches of `settings.batch`, computes every method's maps and hands each batch
 /// to `sink`, advancing `rep` by every input. Memory stays bounded (a few batches' worth).
-pub(crate) fn stream_maps<B: LrpBackend>(
+pub(crate) fn stream_maps<B: CamBackend>(
     explainer: &mut Explainer<B>,
     jobs: &[(PathBuf, String)],
     settings: &MapSettings,
@@ -319,34 +355,57 @@ pub(crate) fn stream_maps<B: LrpBackend>(
     }
 }
 
-/// Every requested method's maps for one batch; LaFAM and LRP share one forward pass.
-fn compute<B: LrpBackend>(
+/// Every requested method's maps for one batch, with the suffix of their output names
+/// ("" or "-uncertainty"). LaFAM and LRP share LRP's taped forward pass; LaFAM (without
+/// LRP), Grad-CAM and EigenCAM share one forward pass; RELAX runs its own.
+fn compute<B: CamBackend>(
     explainer: &mut Explainer<B>,
     settings: &MapSettings,
     batch: ImageBatch,
     out_sizes: &[(usize, usize)],
-) -> Result<Vec<(Method, Vec<HostTensor>)>> {
+) -> Result<Vec<(Method, &'static str, Vec<HostTensor>)>> {
     let (layer, upsample) = (settings.layer, settings.upsample);
     let wants = |m| settings.methods.contains(&m);
-    if !wants(Method::Lrp) {
-        return Ok(vec![(
-            Method::Lafam,
-            explainer.lafam(batch, layer, upsample, out_sizes)?,
-        )]);
-    }
-    let both = explainer.lrp(batch, layer, upsample, out_sizes, wants(Method::Lafam))?;
     let mut out = Vec::new();
-    if wants(Method::Lafam) {
-        out.push((
-            Method::Lafam,
-            both.iter().filter_map(|(_, l)| l.clone()).collect(),
-        ));
+    if wants(Method::Lrp) {
+        let both = explainer.lrp(batch, layer, upsample, out_sizes, wants(Method::Lafam))?;
+        if wants(Method::Lafam) {
+            out.push((
+                Method::Lafam,
+                "",
+                both.iter().filter_map(|(_, l)| l.clone()).collect(),
+            ));
+        }
+        out.push((Method::Lrp, "", both.into_iter().map(|(r, _)| r).collect()));
     }
-    out.push((Method::Lrp, both.into_iter().map(|(r, _)| r).collect()));
+    let req = CamRequest {
+        lafam: wants(Method::Lafam) && !wants(Method::Lrp),
+        gradcam: wants(Method::Gradcam),
+        class: settings.class,
+        eigencam: wants(Method::Eigencam),
+    };
+    if req.lafam || req.gradcam || req.eigencam {
+        let cams = explainer.cams(batch, layer, upsample, req, out_sizes)?;
+        for (on, m, maps) in [
+            (req.lafam, Method::Lafam, cams.lafam),
+            (req.gradcam, Method::Gradcam, cams.gradcam),
+            (req.eigencam, Method::Eigencam, cams.eigencam),
+        ] {
+            if on {
+                out.push((m, "", maps));
+            }
+        }
+    }
+    if wants(Method::Relax) {
+        let maps = explainer.relax(batch, &settings.relax, out_sizes)?;
+        let (imp, unc): (Vec<_>, Vec<_>) = maps.into_iter().unzip();
+        out.push((Method::Relax, "", imp));
+        out.push((Method::Relax, "-uncertainty", unc));
+    }
     Ok(out)
 }
 
-fn explain_group<B: LrpBackend>(
+fn explain_group<B: CamBackend>(
     explainer: &mut Explainer<B>,
     settings: &MapSettings,
     group: Vec<Prepared>,
@@ -368,7 +427,7 @@ fn explain_group<B: LrpBackend>(
     let computed = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
         .and_then(|batch| compute(explainer, settings, batch, &out_sizes))
         .and_then(|c| {
-            for (method, maps) in &c {
+            for (method, _, maps) in &c {
                 ensure!(
                     maps.len() == group.len(),
                     "{method}: {} maps for {} images",
@@ -416,16 +475,23 @@ impl MapSink for WriteSink<'_> {
         self.failed += 1;
     }
 
-    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, Vec<HostTensor>)>) {
+    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>) {
         // ok[i] stays true while every method succeeded for image i.
         let mut ok = vec![true; group.len()];
-        for (method, maps) in maps {
+        for (method, suffix, maps) in maps {
             let results: Vec<Result<()>> = group
                 .par_iter()
                 .zip(maps.par_iter())
                 .map(|(p, map)| {
-                    write_outputs(&self.args.out, &p.stem, method, &map.data, &p.original)
-                        .with_context(|| format!("{}: cannot write outputs", p.path.display()))
+                    write_named_outputs(
+                        &self.args.out,
+                        &p.stem,
+                        method,
+                        suffix,
+                        &map.data,
+                        &p.original,
+                    )
+                    .with_context(|| format!("{}: cannot write outputs", p.path.display()))
                 })
                 .collect();
             for (r, ok) in results.into_iter().zip(ok.iter_mut()) {
@@ -449,13 +515,42 @@ pub fn write_outputs(
     map: &[f32],
     original: &RgbImage,
 ) -> Result<()> {
+    write_named_outputs(dir, stem, method, "", map, original)
+}
+
+/// [`write_outputs`] with `suffix` appended to the method in the names
+/// (`<stem>.relax-uncertainty.npy`).
+pub fn write_named_outputs(
+    dir: &Path,
+    stem: &str,
+    method: Method,
+    suffix: &str,
+    map: &[f32],
+    original: &RgbImage,
+) -> Result<()> {
     let (w, h) = (original.width() as usize, original.height() as usize);
-    let base = format!("{stem}.{method}");
+    let base = format!("{stem}.{method}{suffix}");
     write_npy_f32(&dir.join(format!("{base}.npy")), h, w, map)?;
-    // Relevance is signed: a diverging colormap centred on zero. LaFAM is in [0, 1].
+    // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
+    // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.
     let (heat, blended) = match method {
-        Method::Lafam => {
+        Method::Lafam | Method::Gradcam | Method::Eigencam => {
             let heat = heatmap(map, h, w);
+            let blended = overlay(original, &heat, OVERLAY_ALPHA);
+            (heat, blended)
+        }
+        Method::Relax => {
+            let (lo, hi) = map
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                    (l.min(v), h.max(v))
+                });
+            let scaled: Vec<f32> = map
+                .iter()
+                .map(|&v| (v - lo) / (hi - lo).max(1e-12))
+                .collect();
+            let heat = heatmap(&scaled, h, w);
             let blended = overlay(original, &heat, OVERLAY_ALPHA);
             (heat, blended)
         }

@@ -9,6 +9,8 @@ use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
 
+mod cam;
+
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 

@@ -1,6 +1,9 @@
 //! Attribution methods, written once over [`Backend`](crate::Backend).
+pub mod eigencam;
+pub mod gradcam;
 pub mod lafam;
 pub mod lrp;
+pub mod relax;
 pub mod rules;
 pub use lafam::Explainer;
 pub use rules::Composite;

@@ -12,7 +12,7 @@ use anyhow::{ensure, Result};
 impl Gpu {
     /// A view the kernels may read: its elements lie inside its buffer, its size within the
     /// binding limit, and its offset fits the 32-bit indices.
-    fn check_view(&self, what: &str, t: &GpuTensor) -> Result<()> {
+    pub(super) fn check_view(&self, what: &str, t: &GpuTensor) -> Result<()> {
         self.check_bytes(what, t.shape)?;
         let end = (t.offset as u64 + t.shape.len() as u64) * 4;
         ensure!(
@@ -27,7 +27,7 @@ impl Gpu {
         Ok(())
     }
 
-    fn same_shape(&self, what: &str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
+    pub(super) fn same_shape(&self, what: &str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
         ensure!(
             a.shape == b.shape,
             "{what}: shapes {} and {} differ",
@@ -39,7 +39,7 @@ impl Gpu {
 
     /// Records one kernel of `shaders/lrp.wgsl` over `total` elements. `inputs` are bound to
     /// a, b, c (the dummy where absent), `outputs` to out0, out1.
-    fn lrp_dispatch(
+    pub(super) fn lrp_dispatch(
         &mut self,
         pipeline: fn(&Pipelines) -> &wgpu::ComputePipeline,
         params: &[u32; 16],
@@ -66,7 +66,7 @@ impl Gpu {
 
 /// Parameter block of `shaders/lrp.wgsl` (the fields its elementwise kernels use).
 #[allow(clippy::too_many_arguments)]
-fn ew_params(
+pub(super) fn ew_params(
     total: usize,
     a_off: usize,
     b_off: usize,

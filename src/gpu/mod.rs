@@ -9,6 +9,7 @@
 //! - Activations live in pooled storage buffers (size buckets); a buffer returns to the pool
 //!   when the last tensor on it is dropped.
 
+mod cam;
 mod context;
 mod lrp;
 mod pipelines;

@@ -14,6 +14,7 @@ const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const RESAMPLE: &str = include_str!("../../shaders/resample.wgsl");
 const CONV_BACKWARD: &str = include_str!("../../shaders/conv_backward.wgsl");
 const LRP: &str = include_str!("../../shaders/lrp.wgsl");
+const CAM: &str = include_str!("../../shaders/cam.wgsl");
 
 /// Conv specialisations, see `shaders/conv.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +85,8 @@ pub(crate) struct Pipelines {
     pub minmax: wgpu::ComputePipeline,
     pub resize_nearest: wgpu::ComputePipeline,
     pub resize_bilinear: wgpu::ComputePipeline,
+    /// `shaders/cam.wgsl` (on `lrp_layout`).
+    pub cam: super::cam::CamPipelines,
 }
 
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
@@ -254,7 +257,20 @@ impl Pipelines {
         let pool_m = module("pool", POOL);
         let reduce_m = module("reduce", REDUCE);
         let resample_m = module("resample", RESAMPLE);
+        let cam_m = module("cam", CAM);
+        let cam = super::cam::CamPipelines {
+            spatial_mean: pipeline(&lrp_pl, &cam_m, "spatial_mean", &[]),
+            broadcast_spatial: pipeline(&lrp_pl, &cam_m, "broadcast_spatial", &[]),
+            relu_backward: pipeline(&lrp_pl, &cam_m, "relu_backward", &[]),
+            channel_projection: pipeline(&lrp_pl, &cam_m, "channel_projection", &[]),
+            centred_gram: pipeline(&lrp_pl, &cam_m, "centred_gram", &[]),
+            relax_masks: pipeline(&lrp_pl, &cam_m, "relax_masks", &[]),
+            mask_images: pipeline(&lrp_pl, &cam_m, "mask_images", &[]),
+            cosine_similarity: pipeline(&lrp_pl, &cam_m, "cosine_similarity", &[]),
+            relax_accumulate: pipeline(&lrp_pl, &cam_m, "relax_accumulate", &[]),
+        };
         Pipelines {
+            cam,
             conv,
             conv_transpose,
             conv_transpose_narrow,
