@@ -102,7 +102,11 @@ impl BufferPool {
 
     /// Bytes of buffers some tensor still holds.
     pub fn live_bytes(&self) -> u64 {
-        self.entries.iter().filter(|e| Arc::strong_count(&e.buffer) > 1).map(|e| e.size).sum()
+        self.entries
+            .iter()
+            .filter(|e| Arc::strong_count(&e.buffer) > 1)
+            .map(|e| e.size)
+            .sum()
     }
 
     fn note_live(&mut self) {
