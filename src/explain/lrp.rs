@@ -15,6 +15,11 @@ use anyhow::{ensure, Context, Result};
 /// contribute, e.g. an `x⁻` term on a conv whose input is a ReLU output).
 pub struct LrpConv<C> {
     pub terms: Vec<Option<C>>,
+    /// For a Flat rule (one term, ones for input and weights, no bias): the conv with a single
+    /// output channel of ones. Every output channel of the Flat conv is the same, so its
+    /// backward sums the relevance over channels first and runs on one channel (cout times
+    /// fewer MACs for the z and transposed convs).
+    pub flat: Option<C>,
 }
 
 /// The weights the backward pass needs, prepared once for a composite.
@@ -44,6 +49,14 @@ fn modified(conv: &ConvLayer, rule: &Rule, term: usize) -> ConvLayer {
     c
 }
 
+/// One term with ones for input and weights and a zero bias (zennit's Flat).
+fn is_flat(rule: &Rule) -> bool {
+    matches!(
+        rule.terms.as_slice(),
+        [t] if t.input == InputMod::Ones && t.params == super::rules::ParamMod::Ones && !t.bias
+    )
+}
+
 fn prepare_conv<B: Backend>(
     b: &mut B,
     conv: &ConvLayer,
@@ -56,12 +69,23 @@ fn prepare_conv<B: Backend>(
         .collect();
     let terms = (0..rule.terms.len())
         .map(|i| {
-            let used = active.contains(&(&rule.terms[i] as *const _));
+            // A Flat conv runs through its one-channel form only.
+            let used = active.contains(&(&rule.terms[i] as *const _)) && !is_flat(rule);
             used.then(|| b.prepare_conv(&modified(conv, rule, i)))
                 .transpose()
         })
         .collect::<Result<_>>()?;
-    Ok(LrpConv { terms })
+    let flat = if is_flat(rule) {
+        let mut c = modified(conv, rule, 0);
+        c.name = format!("{} (Flat, one channel)", conv.name);
+        c.cout = 1;
+        c.weight = vec![1.0; conv.kh * conv.kw * conv.cin];
+        c.bias = vec![0.0];
+        Some(b.prepare_conv(&c)?)
+    } else {
+        None
+    };
+    Ok(LrpConv { terms, flat })
 }
 
 /// What the forward pass keeps for the backward: each conv's input, each block's skip
@@ -356,6 +380,19 @@ fn apply_rule<B: LrpBackend>(
     nonneg_input: bool,
 ) -> Result<B::Tensor> {
     let shape = b.shape(x);
+    if let Some(flat) = &conv.flat {
+        // Flat: z and convT(s) are the same for every output channel, so
+        // Σ_j W_ij s_j = convT(Σ_j R_j / stab(z)) through the one-channel conv.
+        let t = &rule.terms[0];
+        let cout = b.shape(r).c;
+        let mean = b.channel_mean(r)?;
+        let rsum = b.lincomb(&mean, cout as f32, None, 0.0)?;
+        drop(mean);
+        let ones = b.fill_channels(shape, &vec![1.0; shape.c])?;
+        let s = b.conv2d_ratio(&ones, flat, &rsum)?;
+        drop((ones, rsum));
+        return b.conv_transpose(&s, flat, shape.h, shape.w, None, t.r_coef, acc);
+    }
     // Groups with exactly one contributing term (coefficient 1, no gate) get their ratio from
     // one conv with a ratio epilogue: z is never stored and needs no pass of its own.
     let mut members = vec![0usize; rule.gates.len()];
