@@ -37,7 +37,7 @@ struct Params {
     k: u32,          // kh * kw * cin
     x_off: u32,      // element offset of the input view
     r_off: u32,      // element offset of the residual view
-    flags: u32,      // bit 0: add residual, bit 1: ReLU
+    flags: u32,      // bit 0: add residual, bit 1: ReLU, bit 2: LRP ratio res / stab(z)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -138,6 +138,13 @@ fn load_b(k: u32, n: u32) -> vec4<f32> {
     return v;
 }
 
+// LRP stabiliser: z + 1e-6 sign(z), sign(0) = +1 (as shaders/lrp.wgsl).
+fn stab4(z: vec4<f32>) -> vec4<f32> {
+    return z + select(vec4<f32>(-1e-6), vec4<f32>(1e-6), z >= vec4<f32>(0.0));
+}
+
+// Flag bit 2 (LRP ratio): out = res / stab(acc + bias), res holding the relevance; the
+// denominator z of a one-term rule group is never written.
 fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
     if (m >= p.m || n >= p.cout) {
         return;
@@ -145,6 +152,10 @@ fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
     let o = m * p.cout + n;
     if (B_VEC4) {
         var v = acc + vec4<f32>(bias[n], bias[n + 1u], bias[n + 2u], bias[n + 3u]);
+        if ((p.flags & 4u) != 0u) {
+            out[o >> 2u] = res[(p.r_off + o) >> 2u] / stab4(v);
+            return;
+        }
         if ((p.flags & 1u) != 0u) {
             v += res[(p.r_off + o) >> 2u];
         }
@@ -156,7 +167,10 @@ fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
         for (var j = 0u; j < 4u; j++) {
             if (n + j < p.cout) {
                 var v = acc[j] + bias[n + j];
-                if ((p.flags & 1u) != 0u) {
+                if ((p.flags & 4u) != 0u) {
+                    let ri = p.r_off + o + j;
+                    v = res[ri >> 2u][ri & 3u] / (v + select(-1e-6, 1e-6, v >= 0.0));
+                } else if ((p.flags & 1u) != 0u) {
                     let ri = p.r_off + o + j;
                     v += res[ri >> 2u][ri & 3u];
                 }

@@ -13,7 +13,8 @@ struct Params {
     a_off: u32,
     b_off: u32,
     c_off: u32,
-    flags: u32,     // lrp_ratio: bit 0 gate, bit 1 gate wants negative; lincomb: bit 0 has b
+    flags: u32,     // lrp_ratio: bit 0 gate, bit 1 gate wants negative; lincomb: bit 0 has b;
+                    // residual_split: bit 0 b is the ReLU'd sum
     alpha: f32,     // lincomb alpha, clamp lo
     beta: f32,      // lincomb beta, clamp hi
     // max_pool_backward only:
@@ -60,6 +61,7 @@ fn lrp_ratio(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 }
 
 // Norm rule on a residual add: q = c / stab(a + b); out0 = a q, out1 = b q (c is the relevance).
+// Flag bit 0: b holds the ReLU'd sum s = relu(a + branch): q = c / stab(s), out1 = (s - a) q.
 @compute @workgroup_size(256, 1, 1)
 fn residual_split(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = index(gid, nwg);
@@ -68,6 +70,12 @@ fn residual_split(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
     }
     let x = a[p.a_off + i];
     let y = b[p.b_off + i];
+    if ((p.flags & 1u) != 0u) {
+        let q = c[p.c_off + i] / stab(y);
+        out0[i] = x * q;
+        out1[i] = (y - x) * q;
+        return;
+    }
     let q = c[p.c_off + i] / stab(x + y);
     out0[i] = x * q;
     out1[i] = y * q;

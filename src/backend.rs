@@ -148,6 +148,33 @@ pub trait LrpBackend: Backend {
         gate: Option<(&Self::Tensor, GateSign)>,
     ) -> Result<Self::Tensor>;
 
+    /// `r / stab(conv(x) + bias)`: the ratio of a rule group with one term, its denominator
+    /// `z` never stored (the GPU and CPU compute it in the conv's epilogue).
+    fn conv2d_ratio(
+        &mut self,
+        x: &Self::Tensor,
+        conv: &Self::Conv,
+        r: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let z = self.conv2d(x, conv, None, false)?;
+        self.lrp_ratio(r, &z, None)
+    }
+
+    /// [`residual_split`](Self::residual_split) of a block whose add `skip + branch` fed a
+    /// ReLU, from that ReLU's output `out` instead of the branch: `q = r / stab(out)`,
+    /// returns `(skip q, (out - skip) q)`. Equal to the split of `skip + branch` wherever
+    /// `out > 0`; where `out = 0` the caller guarantees `r = 0` (both results are then 0), so
+    /// the branch never needs to be kept.
+    fn residual_split_relu(
+        &mut self,
+        skip: &Self::Tensor,
+        out: &Self::Tensor,
+        r: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let branch = self.lincomb(out, 1.0, Some(skip), -1.0)?;
+        self.residual_split(skip, &branch, r)
+    }
+
     /// zennit's Norm rule on a residual add `a + b`: returns `(a r / stab(a+b), b r / stab(a+b))`.
     fn residual_split(
         &mut self,

@@ -331,6 +331,156 @@ fn residual_split_matches_cpu() {
     report("residual_split", worst, cases);
 }
 
+#[test]
+fn conv2d_ratio_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0usize;
+    // Scalar and vec4 input / output channels, as conv2d's variants.
+    let channels = [(3usize, 64usize), (64, 37), (37, 5), (64, 64), (5, 3)];
+    for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+        for (ci, &(cin, cout)) in channels.iter().enumerate() {
+            let layer = random_conv(cin, cout, k, stride, pad, (ki * 10 + ci) as u64 + 500);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            let (h, w) = (13usize, 9usize);
+            let (ho, wo) = layer.out_size(h, w);
+            for n in [1usize, 3] {
+                let seed = 600 + cases as u64 * 3;
+                let x = random_tensor(Shape::new(n, h, w, cin), -1.0, 1.0, seed);
+                let r = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, seed + 1);
+                let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
+                let zc = c.conv2d(&xc, &cc, None, false).unwrap();
+                let z = c.download(&zc).unwrap();
+                let wc = c.conv2d_ratio(&xc, &cc, &rc).unwrap();
+                let want = c.download(&wc).unwrap();
+                // The CPU's fused op is bit-identical to its composition.
+                let composed = c.lrp_ratio(&rc, &zc, None).unwrap();
+                assert_eq!(want.data, c.download(&composed).unwrap().data);
+                let zmax = z.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for offs in [[0usize, 0], [4, 8], [1, 3]] {
+                    cases += 1;
+                    let xg = view(&mut g, &x, offs[0]);
+                    let rg = view(&mut g, &r, offs[1]);
+                    let got = g.conv2d_ratio(&xg, &cg, &rg).unwrap();
+                    let got = g.download(&got).unwrap();
+                    let label =
+                        format!("conv2d_ratio k{k} s{stride} {cin}->{cout} n{n} offsets={offs:?}");
+                    assert_eq!(got.shape, want.shape, "{label}: shape");
+                    // Where z is near 0 the ratio amplifies the convs' rounding differences:
+                    // compare where |z| is a fair fraction of its range.
+                    let keep = |v: &[f32]| -> Vec<f32> {
+                        v.iter()
+                            .zip(&z.data)
+                            .filter(|(_, z)| z.abs() >= 0.05 * zmax)
+                            .map(|(v, _)| *v)
+                            .collect()
+                    };
+                    let (a, b) = (keep(&got.data), keep(&want.data));
+                    let err = max_rel_err(&a, &b);
+                    assert!(err <= TOL, "{label}: max rel err {err:e} > {TOL:e}");
+                    worst = worst.max(err);
+                }
+            }
+        }
+    }
+    // z exactly +0 / -0 / tiny of both signs: a zero input leaves z = bias, so the stabiliser's
+    // sign(0) = +1 is checked element by element.
+    for (cin, cout) in [(64usize, 8usize), (5, 3)] {
+        let mut layer = random_conv(cin, cout, 3, 1, 1, 700 + cin as u64);
+        for (j, b) in layer.bias.iter_mut().enumerate() {
+            *b = match j % 4 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => 1e-7 * if j % 8 == 2 { 1.0 } else { -1.0 },
+                _ => *b,
+            };
+        }
+        let (cg, cc) = (
+            g.prepare_conv(&layer).unwrap(),
+            c.prepare_conv(&layer).unwrap(),
+        );
+        let x = HostTensor::zeros(Shape::new(2, 5, 4, cin));
+        let r = random_tensor(Shape::new(2, 5, 4, cout), -1.0, 1.0, 710);
+        let (xg, rg) = (g.upload(&x).unwrap(), g.upload(&r).unwrap());
+        let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
+        let yg = g.conv2d_ratio(&xg, &cg, &rg).unwrap();
+        let yc = c.conv2d_ratio(&xc, &cc, &rc).unwrap();
+        let (got, want) = (g.download(&yg).unwrap(), c.download(&yc).unwrap());
+        for (j, (&a, &b)) in got.data.iter().zip(&want.data).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "conv2d_ratio at z = bias {cin}->{cout}: element {j}: {a} vs {b}"
+            );
+        }
+        cases += 1;
+    }
+    report("conv2d_ratio", worst, cases);
+}
+
+#[test]
+fn residual_split_relu_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut worst = 0f64;
+    let mut cases = 0;
+    for (si, &shape) in [Shape::new(1, 13, 9, 5), Shape::new(3, 8, 8, 64)]
+        .iter()
+        .enumerate()
+    {
+        let skip = random_tensor(shape, -1.0, 1.0, 80 + si as u64);
+        let branch = random_tensor(shape, -1.0, 1.0, 90 + si as u64);
+        let mut r = random_tensor(shape, -1.0, 1.0, 100 + si as u64);
+        // The block output relu(skip + branch), zero in places; relevance zero there (the
+        // caller's guarantee).
+        let out: Vec<f32> = skip
+            .data
+            .iter()
+            .zip(&branch.data)
+            .map(|(a, b)| (a + b).max(0.0))
+            .collect();
+        for (v, o) in r.data.iter_mut().zip(&out) {
+            if *o == 0.0 {
+                *v = 0.0;
+            }
+        }
+        let out = HostTensor::new(shape, out);
+        let (sc, oc, rc, bc) = (
+            c.upload(&skip).unwrap(),
+            c.upload(&out).unwrap(),
+            c.upload(&r).unwrap(),
+            c.upload(&branch).unwrap(),
+        );
+        let (ca, cb) = c.residual_split_relu(&sc, &oc, &rc).unwrap();
+        let (ca, cb) = (c.download(&ca).unwrap(), c.download(&cb).unwrap());
+        // Same as the split of skip + branch.
+        let (ea, eb) = c.residual_split(&sc, &bc, &rc).unwrap();
+        check(
+            "residual_split_relu vs residual_split (skip)",
+            &ca,
+            &c.download(&ea).unwrap(),
+        );
+        check(
+            "residual_split_relu vs residual_split (branch)",
+            &cb,
+            &c.download(&eb).unwrap(),
+        );
+        for offs in [[0usize, 0, 0], [1, 4, 3]] {
+            cases += 1;
+            let (sg, og, rg) = (
+                view(&mut g, &skip, offs[0]),
+                view(&mut g, &out, offs[1]),
+                view(&mut g, &r, offs[2]),
+            );
+            let (ga, gb) = g.residual_split_relu(&sg, &og, &rg).unwrap();
+            for (which, x, y) in [("skip", &ga, &ca), ("branch", &gb, &cb)] {
+                let label = format!("residual_split_relu {which} {shape} offsets={offs:?}");
+                worst = worst.max(check(&label, &g.download(x).unwrap(), y));
+            }
+        }
+    }
+    report("residual_split_relu", worst, cases);
+}
+
 /// A pool input made of 2x2 blocks of equal values (ties inside windows and across the
 /// overlap of neighbouring windows), a few of them negative, some channels constant.
 fn blocky(shape: Shape, seed: u64) -> HostTensor {

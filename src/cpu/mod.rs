@@ -44,12 +44,16 @@ pub struct CpuConv {
 /// The CPU backend. Uses rayon's global pool (RAYON_NUM_THREADS to override).
 pub struct Cpu {
     threads: usize,
+    /// Scratch for im2col / the transposed conv's columns, reused across convs: a fresh
+    /// multi-MiB buffer per conv costs an mmap and a page fault per 4 KiB.
+    cols: Vec<f32>,
 }
 
 impl Cpu {
     pub fn new() -> Self {
         Cpu {
             threads: rayon::current_num_threads(),
+            cols: Vec::new(),
         }
     }
     fn parallelism(&self) -> gemm::Parallelism {
@@ -138,6 +142,67 @@ fn im2col(x: &[f32], s: Shape, c: &ConvLayer, wo: usize, cols: &mut [f32]) {
         });
 }
 
+impl Cpu {
+    /// The conv's GEMM without its epilogue: `[n, ho, wo, cout]` of `Σ x w` (no bias), after
+    /// checking the input (and the residual or relevance operand's shape).
+    fn conv_gemm(
+        &mut self,
+        x: &CpuTensor,
+        conv: &CpuConv,
+        residual: Option<&CpuTensor>,
+    ) -> Result<(Shape, Vec<f32>)> {
+        let c = &conv.layer;
+        let s = x.shape;
+        ensure!(
+            s.c == c.cin,
+            "conv {}: input has {} channels, expected {}",
+            c.name,
+            s.c,
+            c.cin
+        );
+        ensure!(
+            s.h + 2 * c.pad >= c.kh && s.w + 2 * c.pad >= c.kw,
+            "conv {}: input {}x{} smaller than the kernel",
+            c.name,
+            s.h,
+            s.w
+        );
+        let (ho, wo) = c.out_size(s.h, s.w);
+        let out_shape = Shape::new(s.n, ho, wo, c.cout);
+        if let Some(r) = residual {
+            ensure!(
+                r.shape == out_shape,
+                "conv {}: residual {} does not match output {}",
+                c.name,
+                r.shape,
+                out_shape
+            );
+        }
+        let k = c.kh * c.kw * c.cin;
+        let m = ho * wo;
+        let mut out = vec![0f32; out_shape.len()];
+        let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
+        let mut cols = std::mem::take(&mut self.cols);
+        if !direct && cols.len() < m * k {
+            cols.resize(m * k, 0.0);
+        }
+        let xs = x.as_slice();
+        for img in 0..s.n {
+            let xin = &xs[img * s.image_len()..(img + 1) * s.image_len()];
+            let dst = &mut out[img * m * c.cout..(img + 1) * m * c.cout];
+            let lhs: &[f32] = if direct {
+                xin
+            } else {
+                im2col(xin, s, c, wo, &mut cols[..m * k]);
+                &cols[..m * k]
+            };
+            matmul(dst, lhs, &c.weight, m, k, c.cout, false, self.parallelism());
+        }
+        self.cols = cols;
+        Ok((out_shape, out))
+    }
+}
+
 impl Backend for Cpu {
     type Tensor = CpuTensor;
     type Conv = CpuConv;
@@ -214,53 +279,7 @@ impl Backend for Cpu {
         relu: bool,
     ) -> Result<CpuTensor> {
         let c = &conv.layer;
-        let s = x.shape;
-        ensure!(
-            s.c == c.cin,
-            "conv {}: input has {} channels, expected {}",
-            c.name,
-            s.c,
-            c.cin
-        );
-        ensure!(
-            s.h + 2 * c.pad >= c.kh && s.w + 2 * c.pad >= c.kw,
-            "conv {}: input {}x{} smaller than the kernel",
-            c.name,
-            s.h,
-            s.w
-        );
-        let (ho, wo) = c.out_size(s.h, s.w);
-        let out_shape = Shape::new(s.n, ho, wo, c.cout);
-        if let Some(r) = residual {
-            ensure!(
-                r.shape == out_shape,
-                "conv {}: residual {} does not match output {}",
-                c.name,
-                r.shape,
-                out_shape
-            );
-        }
-        let k = c.kh * c.kw * c.cin;
-        let m = ho * wo;
-        let mut out = vec![0f32; out_shape.len()];
-        let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
-        let mut cols = if direct {
-            Vec::new()
-        } else {
-            vec![0f32; m * k]
-        };
-        let xs = x.as_slice();
-        for img in 0..s.n {
-            let xin = &xs[img * s.image_len()..(img + 1) * s.image_len()];
-            let dst = &mut out[img * m * c.cout..(img + 1) * m * c.cout];
-            let lhs: &[f32] = if direct {
-                xin
-            } else {
-                im2col(xin, s, c, wo, &mut cols);
-                &cols
-            };
-            matmul(dst, lhs, &c.weight, m, k, c.cout, false, self.parallelism());
-        }
+        let (out_shape, mut out) = self.conv_gemm(x, conv, residual)?;
         // Fused epilogue: bias, residual, ReLU.
         let res = residual.map(|r| r.as_slice());
         out.par_chunks_mut(c.cout).enumerate().for_each(|(p, px)| {
@@ -413,7 +432,15 @@ impl Tap {
 }
 
 /// Scatter-adds im2col rows back onto an image: the adjoint of [`im2col`].
-fn col2im(cols: &[f32], s: Shape, c: &ConvLayer, wo: usize, out: &mut [f32]) {
+/// `finish(iy, row)` runs on each finished input row (the fused epilogue).
+fn col2im(
+    cols: &[f32],
+    s: Shape,
+    c: &ConvLayer,
+    wo: usize,
+    out: &mut [f32],
+    finish: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let k = c.kh * c.kw * c.cin;
     let ho = cols.len() / (k * wo);
     // Parallel over input rows: each input row gathers from the output pixels covering it,
@@ -444,6 +471,7 @@ fn col2im(cols: &[f32], s: Shape, c: &ConvLayer, wo: usize, out: &mut [f32]) {
                     }
                 }
             }
+            finish(iy, row);
         });
 }
 
@@ -460,6 +488,33 @@ impl Cpu {
             b.shape
         );
         Ok(())
+    }
+
+    /// Two outputs of `f(a, b, c)` elementwise, in one pass.
+    fn split(
+        &self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        c: &CpuTensor,
+        f: impl Fn(f32, f32, f32) -> (f32, f32) + Sync,
+    ) -> (CpuTensor, CpuTensor) {
+        let len = a.shape.len();
+        let (mut o0, mut o1) = (vec![0f32; len], vec![0f32; len]);
+        const CHUNK: usize = 4096;
+        o0.par_chunks_mut(CHUNK)
+            .zip(o1.par_chunks_mut(CHUNK))
+            .zip(a.as_slice().par_chunks(CHUNK))
+            .zip(
+                b.as_slice()
+                    .par_chunks(CHUNK)
+                    .zip(c.as_slice().par_chunks(CHUNK)),
+            )
+            .for_each(|(((o0, o1), a), (b, c))| {
+                for i in 0..o0.len() {
+                    (o0[i], o1[i]) = f(a[i], b[i], c[i]);
+                }
+            });
+        (CpuTensor::new(a.shape, o0), CpuTensor::new(a.shape, o1))
     }
 
     fn zip_map(
@@ -511,42 +566,51 @@ impl crate::backend::LrpBackend for Cpu {
         let m = ho * wo;
         let mut out = vec![0f32; in_shape.len()];
         let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
-        let mut cols = if direct {
-            Vec::new()
-        } else {
-            vec![0f32; m * k]
-        };
-        let sv = s.as_slice();
-        for img in 0..ss.n {
-            let r = &sv[img * m * c.cout..(img + 1) * m * c.cout];
-            let dst = &mut out[img * in_shape.image_len()..(img + 1) * in_shape.image_len()];
-            if direct {
-                matmul(dst, r, &c.weight, m, c.cout, k, true, self.parallelism());
-            } else {
-                matmul(
-                    &mut cols,
-                    r,
-                    &c.weight,
-                    m,
-                    c.cout,
-                    k,
-                    true,
-                    self.parallelism(),
-                );
-                col2im(&cols, in_shape, c, wo, dst);
-            }
+        let mut cols = std::mem::take(&mut self.cols);
+        if !direct && cols.len() < m * k {
+            cols.resize(m * k, 0.0);
         }
         let (mul, acc) = (mul.map(|t| t.as_slice()), acc.map(|t| t.as_slice()));
-        out.par_iter_mut().enumerate().for_each(|(i, v)| {
-            let mut y = *v * scale;
-            if let Some(m) = mul {
-                y *= m[i];
+        // The epilogue `scale * mul ⊙ v + acc` over a run of elements starting at `start`.
+        let epilogue = |start: usize, vals: &mut [f32]| {
+            let range = start..start + vals.len();
+            match (mul.map(|t| &t[range.clone()]), acc.map(|t| &t[range])) {
+                (Some(m), Some(a)) => vals
+                    .iter_mut()
+                    .zip(m.iter().zip(a))
+                    .for_each(|(v, (m, a))| *v = *v * scale * m + a),
+                (Some(m), None) => vals
+                    .iter_mut()
+                    .zip(m)
+                    .for_each(|(v, m)| *v = *v * scale * m),
+                (None, Some(a)) => vals
+                    .iter_mut()
+                    .zip(a)
+                    .for_each(|(v, a)| *v = *v * scale + a),
+                (None, None) => vals.iter_mut().for_each(|v| *v *= scale),
             }
-            if let Some(a) = acc {
-                y += a[i];
+        };
+        let sv = s.as_slice();
+        let row_len = in_w * c.cin;
+        for img in 0..ss.n {
+            let r = &sv[img * m * c.cout..(img + 1) * m * c.cout];
+            let base = img * in_shape.image_len();
+            let dst = &mut out[base..base + in_shape.image_len()];
+            if direct {
+                matmul(dst, r, &c.weight, m, c.cout, k, true, self.parallelism());
+                dst.par_chunks_mut(row_len)
+                    .enumerate()
+                    .for_each(|(iy, row)| epilogue(base + iy * row_len, row));
+            } else {
+                let cols = &mut cols[..m * k];
+                matmul(cols, r, &c.weight, m, c.cout, k, true, self.parallelism());
+                // The epilogue runs on each input row right after col2im has gathered it.
+                col2im(cols, in_shape, c, wo, dst, |iy, row| {
+                    epilogue(base + iy * row_len, row)
+                });
             }
-            *v = y;
-        });
+        }
+        self.cols = cols;
         Ok(CpuTensor::new(in_shape, out))
     }
 
@@ -583,16 +647,38 @@ impl crate::backend::LrpBackend for Cpu {
     ) -> Result<(CpuTensor, CpuTensor)> {
         self.same_shape("residual_split", a, b)?;
         self.same_shape("residual_split", a, r)?;
-        let (av, bv) = (a.as_slice(), b.as_slice());
-        let ratio: Vec<f32> = r
-            .as_slice()
-            .par_iter()
-            .enumerate()
-            .map(|(i, &r)| r / stabilise(av[i] + bv[i]))
-            .collect();
-        let ra = av.par_iter().zip(&ratio).map(|(x, q)| x * q).collect();
-        let rb = bv.par_iter().zip(&ratio).map(|(x, q)| x * q).collect();
-        Ok((CpuTensor::new(a.shape, ra), CpuTensor::new(a.shape, rb)))
+        Ok(self.split(a, b, r, |x, y, r| {
+            let q = r / stabilise(x + y);
+            (x * q, y * q)
+        }))
+    }
+
+    fn residual_split_relu(
+        &mut self,
+        skip: &CpuTensor,
+        out: &CpuTensor,
+        r: &CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        self.same_shape("residual_split_relu", skip, out)?;
+        self.same_shape("residual_split_relu", skip, r)?;
+        Ok(self.split(skip, out, r, |x, s, r| {
+            let q = r / stabilise(s);
+            (x * q, (s - x) * q)
+        }))
+    }
+
+    fn conv2d_ratio(&mut self, x: &CpuTensor, conv: &CpuConv, r: &CpuTensor) -> Result<CpuTensor> {
+        let c = &conv.layer;
+        let (out_shape, mut out) = self.conv_gemm(x, conv, Some(r))?;
+        let rv = r.as_slice();
+        out.par_chunks_mut(c.cout)
+            .zip(rv.par_chunks(c.cout))
+            .for_each(|(px, r)| {
+                for ((v, r), b) in px.iter_mut().zip(r).zip(&c.bias) {
+                    *v = r / stabilise(*v + b);
+                }
+            });
+        Ok(CpuTensor::new(out_shape, out))
     }
 
     fn max_pool_backward(&mut self, x: &CpuTensor, r: &CpuTensor, pool: Pool) -> Result<CpuTensor> {

@@ -15,6 +15,11 @@ use anyhow::{ensure, Context, Result};
 /// contribute, e.g. an `x⁻` term on a conv whose input is a ReLU output).
 pub struct LrpConv<C> {
     pub terms: Vec<Option<C>>,
+    /// For a Flat rule (one term, ones for input and weights, no bias): the conv with a single
+    /// output channel of ones. Every output channel of the Flat conv is the same, so its
+    /// backward sums the relevance over channels first and runs on one channel (cout times
+    /// fewer MACs for the z and transposed convs).
+    pub flat: Option<C>,
 }
 
 /// The weights the backward pass needs, prepared once for a composite.
@@ -44,6 +49,14 @@ fn modified(conv: &ConvLayer, rule: &Rule, term: usize) -> ConvLayer {
     c
 }
 
+/// One term with ones for input and weights and a zero bias (zennit's Flat).
+fn is_flat(rule: &Rule) -> bool {
+    matches!(
+        rule.terms.as_slice(),
+        [t] if t.input == InputMod::Ones && t.params == super::rules::ParamMod::Ones && !t.bias
+    )
+}
+
 fn prepare_conv<B: Backend>(
     b: &mut B,
     conv: &ConvLayer,
@@ -56,21 +69,35 @@ fn prepare_conv<B: Backend>(
         .collect();
     let terms = (0..rule.terms.len())
         .map(|i| {
-            let used = active.contains(&(&rule.terms[i] as *const _));
+            // A Flat conv runs through its one-channel form only.
+            let used = active.contains(&(&rule.terms[i] as *const _)) && !is_flat(rule);
             used.then(|| b.prepare_conv(&modified(conv, rule, i)))
                 .transpose()
         })
         .collect::<Result<_>>()?;
-    Ok(LrpConv { terms })
+    let flat = if is_flat(rule) {
+        let mut c = modified(conv, rule, 0);
+        c.name = format!("{} (Flat, one channel)", conv.name);
+        c.cout = 1;
+        c.weight = vec![1.0; conv.kh * conv.kw * conv.cin];
+        c.bias = vec![0.0];
+        Some(b.prepare_conv(&c)?)
+    } else {
+        None
+    };
+    Ok(LrpConv { terms, flat })
 }
 
-/// What the forward pass keeps for the backward: each conv's input and each block's two
-/// residual operands. Nothing else.
+/// What the forward pass keeps for the backward: each conv's input, each block's skip
+/// operand and output (the next block's input: no extra memory). The branch is kept only
+/// where the rule's relevance is not zero wherever the block output is (see
+/// [`LrpBackend::residual_split_relu`]). Nothing else.
 struct BlockTape<T> {
     /// Input of each conv of the branch (the first is the block input).
     conv_inputs: Vec<T>,
     skip: T,
-    branch: T,
+    branch: Option<T>,
+    out: T,
 }
 
 struct Tape<T> {
@@ -114,7 +141,12 @@ impl<B: LrpBackend> Explainer<B> {
         Ok(())
     }
 
-    fn forward_tape(&mut self, x: B::Tensor, upto: Stage) -> Result<Tape<B::Tensor>> {
+    fn forward_tape(
+        &mut self,
+        x: B::Tensor,
+        upto: Stage,
+        keep_branch: bool,
+    ) -> Result<Tape<B::Tensor>> {
         let b = &mut self.backend;
         let stem_out = b.conv2d(&x, &self.net.stem, None, true)?;
         let mut h = b.max_pool(&stem_out, Pool::RESNET_STEM)?;
@@ -131,12 +163,20 @@ impl<B: LrpBackend> Explainer<B> {
                 y = b.conv2d(&y, conv, None, true)?;
                 conv_inputs.push(y.clone());
             }
-            let branch = b.conv2d(&y, last, None, false)?;
-            h = b.add_relu(&branch, &skip)?;
+            let branch = if keep_branch {
+                let branch = b.conv2d(&y, last, None, false)?;
+                h = b.add_relu(&branch, &skip)?;
+                Some(branch)
+            } else {
+                // The residual add and ReLU fused into the conv, as the plain forward does.
+                h = b.conv2d(&y, last, Some(&skip), true)?;
+                None
+            };
             blocks.push(BlockTape {
                 conv_inputs,
                 skip,
                 branch,
+                out: h.clone(),
             });
         }
         Ok(Tape {
@@ -156,7 +196,16 @@ impl<B: LrpBackend> Explainer<B> {
         mut trace: Option<&mut RelevanceTrace>,
     ) -> Result<(B::Tensor, B::Tensor)> {
         ensure!(self.lrp.is_some(), "LRP weights not prepared (enable_lrp)");
-        let tape = self.forward_tape(x, stage)?;
+        // Every term of the rule multiplies its relevance by the conv input (x, x⁺ or x⁻), so a
+        // block input's relevance is zero wherever that input (a ReLU output) is: the residual
+        // split can then work from the block output instead of a kept branch.
+        let zero_where_input_zero = self.lrp.as_ref().unwrap().rule.terms.iter().all(|t| {
+            matches!(
+                t.input,
+                InputMod::Identity | InputMod::Positive | InputMod::Negative
+            )
+        });
+        let tape = self.forward_tape(x, stage, !zero_where_input_zero)?;
         let Explainer {
             backend: b,
             net,
@@ -188,14 +237,37 @@ impl<B: LrpBackend> Explainer<B> {
                 blocks.push((pair, format!("layer{}.{i}", s + 1)));
             }
         }
-        for (((block, fwd), name), bt) in blocks.iter().zip(&tape.blocks).rev() {
-            let (r_skip, r_branch) = b.residual_split(&bt.skip, &bt.branch, &r)?;
+        // The tape is consumed block by block, so that each entry is released (and its
+        // device memory reused) as soon as the backward has used it.
+        let Tape {
+            input,
+            stem_out,
+            blocks: mut tape_blocks,
+            output,
+        } = tape;
+        ensure!(tape_blocks.len() == blocks.len(), "tape and network differ");
+        for ((block, fwd), name) in blocks.iter().rev() {
+            let BlockTape {
+                mut conv_inputs,
+                skip,
+                branch,
+                out,
+            } = tape_blocks.pop().context("tape shorter than the network")?;
+            let (r_skip, r_branch) = match &branch {
+                Some(branch) => b.residual_split(&skip, branch, &r)?,
+                None => b.residual_split_relu(&skip, &out, &r)?,
+            };
+            drop((skip, branch, out, r));
             let mut rb = r_branch;
-            let convs = block.convs.iter().zip(&fwd.convs).zip(&bt.conv_inputs);
-            for (i, ((conv, fwd_conv), x)) in convs.enumerate().rev() {
+            for (i, (conv, fwd_conv)) in block.convs.iter().zip(&fwd.convs).enumerate().rev() {
+                let x = if i == 0 {
+                    conv_inputs[0].clone()
+                } else {
+                    conv_inputs.pop().context("tape lacks a conv input")?
+                };
                 // The identity skip's relevance joins the first conv's result in its epilogue.
                 let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
-                rb = apply_rule(b, &lrp.rule, conv, fwd_conv, x, &rb, acc)?;
+                rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x, &rb, acc, true)?;
             }
             r = match (&block.downsample, &fwd.downsample) {
                 (Some(ds), Some(fwd_ds)) => apply_rule(
@@ -203,27 +275,30 @@ impl<B: LrpBackend> Explainer<B> {
                     &lrp.rule,
                     ds,
                     fwd_ds,
-                    &bt.conv_inputs[0],
+                    &conv_inputs[0],
                     &r_skip,
                     Some(&rb),
+                    true,
                 )?,
                 _ => rb,
             };
             record(b, format!("{name} input"), &r)?;
         }
-        r = b.max_pool_backward(&tape.stem_out, &r, Pool::RESNET_STEM)?;
+        r = b.max_pool_backward(&stem_out, &r, Pool::RESNET_STEM)?;
+        drop(stem_out);
         record(b, "stem output".into(), &r)?;
         let r_in = apply_rule(
             b,
             &lrp.first,
             &lrp.net.stem,
             &net.stem,
-            &tape.input,
+            &input,
             &r,
             None,
+            false,
         )?;
         record(b, "input".into(), &r_in)?;
-        Ok((r_in, tape.output))
+        Ok((r_in, output))
     }
 
     /// LaFAM-LRP maps: input relevance summed over RGB, image `i` resampled (bilinearly) to
@@ -291,7 +366,9 @@ impl<B: LrpBackend> Explainer<B> {
 }
 
 /// One conv's backward step under `rule`: `R_in = Σ_terms r_coef · input_t ⊙ convT(s_g, W_t)`
-/// with `s_g = R / stab(Σ_{t in g} z_coef · conv(input_t, W_t))` (+ `acc`).
+/// with `s_g = R / stab(Σ_{t in g} z_coef · conv(input_t, W_t))` (+ `acc`). `nonneg_input`:
+/// `x >= 0` (a ReLU output), so `x⁺ = x` needs no pass.
+#[allow(clippy::too_many_arguments)]
 fn apply_rule<B: LrpBackend>(
     b: &mut B,
     rule: &Rule,
@@ -300,8 +377,34 @@ fn apply_rule<B: LrpBackend>(
     x: &B::Tensor,
     r: &B::Tensor,
     acc: Option<&B::Tensor>,
+    nonneg_input: bool,
 ) -> Result<B::Tensor> {
     let shape = b.shape(x);
+    if let Some(flat) = &conv.flat {
+        // Flat: z and convT(s) are the same for every output channel, so
+        // Σ_j W_ij s_j = convT(Σ_j R_j / stab(z)) through the one-channel conv.
+        let t = &rule.terms[0];
+        let cout = b.shape(r).c;
+        let mean = b.channel_mean(r)?;
+        let rsum = b.lincomb(&mean, cout as f32, None, 0.0)?;
+        drop(mean);
+        let ones = b.fill_channels(shape, &vec![1.0; shape.c])?;
+        let s = b.conv2d_ratio(&ones, flat, &rsum)?;
+        drop((ones, rsum));
+        return b.conv_transpose(&s, flat, shape.h, shape.w, None, t.r_coef, acc);
+    }
+    // Groups with exactly one contributing term (coefficient 1, no gate) get their ratio from
+    // one conv with a ratio epilogue: z is never stored and needs no pass of its own.
+    let mut members = vec![0usize; rule.gates.len()];
+    for (t, w) in rule.terms.iter().zip(&conv.terms) {
+        if w.is_some() {
+            members[t.group] += 1;
+        }
+    }
+    let fused = |t: &super::rules::Term| {
+        members[t.group] == 1 && t.z_coef == 1.0 && rule.gates[t.group].is_none()
+    };
+    let mut ratios: Vec<Option<B::Tensor>> = vec![None; rule.gates.len()];
     let mut inputs: Vec<Option<B::Tensor>> = Vec::with_capacity(rule.terms.len());
     let mut z: Vec<Option<B::Tensor>> = vec![None; rule.gates.len()];
     for (t, w) in rule.terms.iter().zip(&conv.terms) {
@@ -311,6 +414,7 @@ fn apply_rule<B: LrpBackend>(
         };
         let input = match t.input {
             InputMod::Identity => x.clone(),
+            InputMod::Positive if nonneg_input => x.clone(),
             InputMod::Positive => b.clamp(x, 0.0, f32::INFINITY)?,
             InputMod::Negative => b.clamp(x, f32::NEG_INFINITY, 0.0)?,
             InputMod::Ones => b.fill_channels(shape, &vec![1.0; shape.c])?,
@@ -332,6 +436,11 @@ fn apply_rule<B: LrpBackend>(
                 )?
             }
         };
+        if fused(t) {
+            ratios[t.group] = Some(b.conv2d_ratio(&input, w, r)?);
+            inputs.push(Some(input));
+            continue;
+        }
         let out = b.conv2d(&input, w, None, false)?;
         z[t.group] = Some(match z[t.group].take() {
             None if t.z_coef == 1.0 => out,
@@ -345,12 +454,19 @@ fn apply_rule<B: LrpBackend>(
     } else {
         None
     };
-    let mut ratios = Vec::with_capacity(z.len());
-    for (zg, gate) in z.iter().zip(&rule.gates) {
+    for ((zg, gate), ratio) in z.iter().zip(&rule.gates).zip(&mut ratios) {
+        if ratio.is_some() {
+            continue;
+        }
         let zg = zg.as_ref().context("LRP rule group without terms")?;
         let gate = gate.map(|sign| (gate_out.as_ref().unwrap(), sign));
-        ratios.push(b.lrp_ratio(r, zg, gate)?);
+        *ratio = Some(b.lrp_ratio(r, zg, gate)?);
     }
+    drop(z);
+    let ratios: Vec<B::Tensor> = ratios
+        .into_iter()
+        .map(|q| q.context("LRP rule group without terms"))
+        .collect::<Result<_>>()?;
     let mut out: Option<B::Tensor> = acc.cloned();
     for ((t, w), input) in rule.terms.iter().zip(&conv.terms).zip(&inputs) {
         let (Some(w), Some(input)) = (w, input) else {

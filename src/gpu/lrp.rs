@@ -86,6 +86,44 @@ pub(super) fn ew_params(
     Ok(p)
 }
 
+impl Gpu {
+    /// The Norm split (`shaders/lrp.wgsl` `residual_split`); `relu_sum`: `b` is the block's
+    /// ReLU output rather than the branch.
+    fn split(
+        &mut self,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        r: &GpuTensor,
+        relu_sum: bool,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        self.same_shape("residual_split", a, b)?;
+        self.same_shape("residual_split", a, r)?;
+        for t in [a, b, r] {
+            self.check_view("residual_split operand", t)?;
+        }
+        let ra = self.alloc(a.shape)?;
+        let rb = self.alloc(a.shape)?;
+        let total = a.shape.len();
+        let params = ew_params(
+            total,
+            a.offset,
+            b.offset,
+            r.offset,
+            relu_sum as u32,
+            0.0,
+            0.0,
+        )?;
+        self.lrp_dispatch(
+            |p| &p.residual_split,
+            &params,
+            [Some(a), Some(b), Some(r)],
+            [Some(&ra), Some(&rb)],
+            total,
+        )?;
+        Ok((ra, rb))
+    }
+}
+
 impl LrpBackend for Gpu {
     fn conv_transpose(
         &mut self,
@@ -237,23 +275,21 @@ impl LrpBackend for Gpu {
         b: &GpuTensor,
         r: &GpuTensor,
     ) -> Result<(GpuTensor, GpuTensor)> {
-        self.same_shape("residual_split", a, b)?;
-        self.same_shape("residual_split", a, r)?;
-        for t in [a, b, r] {
-            self.check_view("residual_split operand", t)?;
-        }
-        let ra = self.alloc(a.shape)?;
-        let rb = self.alloc(a.shape)?;
-        let total = a.shape.len();
-        let params = ew_params(total, a.offset, b.offset, r.offset, 0, 0.0, 0.0)?;
-        self.lrp_dispatch(
-            |p| &p.residual_split,
-            &params,
-            [Some(a), Some(b), Some(r)],
-            [Some(&ra), Some(&rb)],
-            total,
-        )?;
-        Ok((ra, rb))
+        self.split(a, b, r, false)
+    }
+
+    fn residual_split_relu(
+        &mut self,
+        skip: &GpuTensor,
+        out: &GpuTensor,
+        r: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        self.split(skip, out, r, true)
+    }
+
+    fn conv2d_ratio(&mut self, x: &GpuTensor, conv: &GpuConv, r: &GpuTensor) -> Result<GpuTensor> {
+        self.check_view("conv2d_ratio relevance", r)?;
+        self.conv(x, conv, Some(r), 4)
     }
 
     fn max_pool_backward(&mut self, x: &GpuTensor, r: &GpuTensor, pool: Pool) -> Result<GpuTensor> {

@@ -323,6 +323,95 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow!("{what} = {v} does not fit the kernels' 32-bit indices"))
 }
 
+impl Gpu {
+    /// Records `shaders/conv.wgsl` with epilogue `flags` (bit 0 add `residual`, bit 1 ReLU,
+    /// bit 2 LRP ratio `residual / stab(z)`); `residual` has the output's shape.
+    pub(super) fn conv(
+        &mut self,
+        x: &GpuTensor,
+        conv: &GpuConv,
+        residual: Option<&GpuTensor>,
+        flags: u32,
+    ) -> Result<GpuTensor> {
+        let s = x.shape;
+        ensure!(
+            s.c == conv.cin,
+            "conv {}: input {s} has {} channels, the conv expects {}",
+            conv.name,
+            s.c,
+            conv.cin
+        );
+        ensure!(
+            s.n > 0 && s.h + 2 * conv.pad >= conv.kh && s.w + 2 * conv.pad >= conv.kw,
+            "conv {}: input {s} smaller than its {}x{} kernel (padding {})",
+            conv.name,
+            conv.kh,
+            conv.kw,
+            conv.pad
+        );
+        let (ho, wo) = (
+            (s.h + 2 * conv.pad - conv.kh) / conv.stride + 1,
+            (s.w + 2 * conv.pad - conv.kw) / conv.stride + 1,
+        );
+        let oshape = Shape::new(s.n, ho, wo, conv.cout);
+        if let Some(r) = residual {
+            ensure!(
+                r.shape == oshape,
+                "conv {}: residual {} does not match the output {oshape}",
+                conv.name,
+                r.shape
+            );
+        }
+        self.check_bytes("conv input", s)?;
+        let m = s.n * ho * wo;
+        let k = conv.kh * conv.kw * conv.cin;
+        let variant = ConvVariant {
+            a_vec4: conv.cin.is_multiple_of(4) && x.offset.is_multiple_of(4),
+            b_vec4: conv.cout.is_multiple_of(4)
+                && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
+            plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
+        };
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+        let n_tiles = (conv.cout as u64).div_ceil(CONV_TILE);
+        ensure!(
+            n_tiles <= max,
+            "conv {}: {} output channels exceed the dispatch grid",
+            conv.name,
+            conv.cout
+        );
+        let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
+        let out = self.alloc(oshape)?;
+        let params = [
+            u32_of(s.n, "batch")?,
+            u32_of(s.h, "height")?,
+            u32_of(s.w, "width")?,
+            u32_of(s.c, "channels")?,
+            ho as u32,
+            wo as u32,
+            u32_of(conv.cout, "output channels")?,
+            u32_of(conv.kh, "kernel height")?,
+            u32_of(conv.kw, "kernel width")?,
+            u32_of(conv.stride, "stride")?,
+            u32_of(conv.pad, "padding")?,
+            u32_of(m, "output pixels")?,
+            u32_of(k, "reduction length")?,
+            u32_of(x.offset, "input offset")?,
+            u32_of(residual.map_or(0, |r| r.offset), "residual offset")?,
+            flags,
+        ];
+        let ctx = self.ctx.clone();
+        let res_buf = residual.map_or(&self.dummy, |r| &*r.buffer).clone();
+        self.dispatch(
+            ctx.pipelines.conv(variant),
+            &ctx.pipelines.conv_layout,
+            &params,
+            &[&x.buffer, &conv.weight, &conv.bias, &res_buf, &out.buffer],
+            (n_tiles as u32, gy, gz),
+        )?;
+        Ok(out)
+    }
+}
+
 impl Backend for Gpu {
     fn memory(&self) -> Option<crate::backend::MemoryStats> {
         Some(crate::backend::MemoryStats {
@@ -531,82 +620,12 @@ impl Backend for Gpu {
         residual: Option<&GpuTensor>,
         relu: bool,
     ) -> Result<GpuTensor> {
-        let s = x.shape;
-        ensure!(
-            s.c == conv.cin,
-            "conv {}: input {s} has {} channels, the conv expects {}",
-            conv.name,
-            s.c,
-            conv.cin
-        );
-        ensure!(
-            s.n > 0 && s.h + 2 * conv.pad >= conv.kh && s.w + 2 * conv.pad >= conv.kw,
-            "conv {}: input {s} smaller than its {}x{} kernel (padding {})",
-            conv.name,
-            conv.kh,
-            conv.kw,
-            conv.pad
-        );
-        let (ho, wo) = (
-            (s.h + 2 * conv.pad - conv.kh) / conv.stride + 1,
-            (s.w + 2 * conv.pad - conv.kw) / conv.stride + 1,
-        );
-        let oshape = Shape::new(s.n, ho, wo, conv.cout);
-        if let Some(r) = residual {
-            ensure!(
-                r.shape == oshape,
-                "conv {}: residual {} does not match the output {oshape}",
-                conv.name,
-                r.shape
-            );
-        }
-        self.check_bytes("conv input", s)?;
-        let m = s.n * ho * wo;
-        let k = conv.kh * conv.kw * conv.cin;
-        let variant = ConvVariant {
-            a_vec4: conv.cin.is_multiple_of(4) && x.offset.is_multiple_of(4),
-            b_vec4: conv.cout.is_multiple_of(4)
-                && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
-            plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
-        };
-        let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        let n_tiles = (conv.cout as u64).div_ceil(CONV_TILE);
-        ensure!(
-            n_tiles <= max,
-            "conv {}: {} output channels exceed the dispatch grid",
-            conv.name,
-            conv.cout
-        );
-        let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
-        let out = self.alloc(oshape)?;
-        let params = [
-            u32_of(s.n, "batch")?,
-            u32_of(s.h, "height")?,
-            u32_of(s.w, "width")?,
-            u32_of(s.c, "channels")?,
-            ho as u32,
-            wo as u32,
-            u32_of(conv.cout, "output channels")?,
-            u32_of(conv.kh, "kernel height")?,
-            u32_of(conv.kw, "kernel width")?,
-            u32_of(conv.stride, "stride")?,
-            u32_of(conv.pad, "padding")?,
-            u32_of(m, "output pixels")?,
-            u32_of(k, "reduction length")?,
-            u32_of(x.offset, "input offset")?,
-            u32_of(residual.map_or(0, |r| r.offset), "residual offset")?,
+        self.conv(
+            x,
+            conv,
+            residual,
             residual.is_some() as u32 | (relu as u32) << 1,
-        ];
-        let ctx = self.ctx.clone();
-        let res_buf = residual.map_or(&self.dummy, |r| &*r.buffer).clone();
-        self.dispatch(
-            ctx.pipelines.conv(variant),
-            &ctx.pipelines.conv_layout,
-            &params,
-            &[&x.buffer, &conv.weight, &conv.bias, &res_buf, &out.buffer],
-            (n_tiles as u32, gy, gz),
-        )?;
-        Ok(out)
+        )
     }
 
     fn max_pool(&mut self, x: &GpuTensor, pool: Pool) -> Result<GpuTensor> {
