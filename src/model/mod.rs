@@ -120,7 +120,7 @@ impl ResNet<ConvLayer> {
         };
         if width == 64 {
             base
-        } else if width % 64 == 0 {
+        } else if width.is_multiple_of(64) {
             format!("{base}-w{}", width / 64)
         } else {
             format!("{base} (stem width {width})")
