@@ -78,7 +78,11 @@ pub fn read_checkpoint_file(path: &Path) -> Result<Checkpoint> {
 
 /// Reads checkpoint bytes; `source` names them in messages.
 pub fn read_checkpoint(bytes: &[u8], source: &str) -> Result<Checkpoint> {
-    let r = if bytes.is_empty() {
+    read_any(bytes).map_err(|e| e.context(format!("{source}: cannot read PyTorch checkpoint")))
+}
+
+fn read_any(bytes: &[u8]) -> Result<Checkpoint> {
+    if bytes.is_empty() {
         bail!("file is empty (0 bytes), not a PyTorch checkpoint")
     } else if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
         read_zip(bytes)
@@ -96,8 +100,7 @@ pub fn read_checkpoint(bytes: &[u8], source: &str) -> Result<Checkpoint> {
             "not a PyTorch checkpoint: it starts neither with a zip header (torch >= 1.6) nor \
              with a pickle (legacy format)"
         )
-    };
-    r.map_err(|e| e.context(format!("{source}: cannot read PyTorch checkpoint")))
+    }
 }
 
 /// The zip format.
