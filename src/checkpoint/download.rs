@@ -114,15 +114,20 @@ pub fn fetch(
         .into();
     let mut last_err: Option<anyhow::Error> = None;
     let mut attempts = 0;
+    let mut complete = false;
     let mut total: Option<u64> = src.size;
     while attempts < ATTEMPTS {
         attempts += 1;
         match attempt(&agent, src, &part, &mut total, progress) {
             Ok(true) => {
                 last_err = None;
+                complete = true;
                 break;
             }
-            Ok(false) => continue,
+            Ok(false) => {
+                last_err = Some(anyhow::anyhow!("the server did not resume the transfer"));
+                continue;
+            }
             Err(e) => {
                 if e.downcast_ref::<Offline>().is_some() {
                     return Err(offline_error(src, &dst, &e));
@@ -135,7 +140,7 @@ pub fn fetch(
             }
         }
     }
-    if let Some(e) = last_err {
+    if let (false, Some(e)) = (complete, last_err) {
         let have = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
         return Err(e.context(format!(
             "downloading {} from {} failed after {attempts} attempts ({have} bytes kept in {}; \

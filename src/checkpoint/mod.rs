@@ -256,18 +256,14 @@ fn collect_storages(
                 collect_storages(x, out, seen, depth + 1)?;
             }
         }
-        Value::List(l) => {
-            if seen.insert(Rc::as_ptr(l) as usize) {
-                for x in l.borrow().iter() {
-                    collect_storages(x, out, seen, depth + 1)?;
-                }
+        Value::List(l) if seen.insert(Rc::as_ptr(l) as usize) => {
+            for x in l.borrow().iter() {
+                collect_storages(x, out, seen, depth + 1)?;
             }
         }
-        Value::Dict(d) => {
-            if seen.insert(Rc::as_ptr(d) as usize) {
-                for (_, x) in d.borrow().iter() {
-                    collect_storages(x, out, seen, depth + 1)?;
-                }
+        Value::Dict(d) if seen.insert(Rc::as_ptr(d) as usize) => {
+            for (_, x) in d.borrow().iter() {
+                collect_storages(x, out, seen, depth + 1)?;
             }
         }
         _ => {}

@@ -542,7 +542,7 @@ impl<'a> Unpickler<'a> {
                     let items = self.pop_mark()?;
                     self.push(Value::Tuple(Rc::new(items)))?;
                 }
-                0x85 | 0x86 | 0x87 => {
+                0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
