@@ -10,10 +10,13 @@
 //! - [`cpu`]: the same ops in plain Rust (rayon + gemm), the reference for tests.
 //! - [`explain`]: the attribution methods.
 //! - [`io`]: image decoding/resizing, .npy, colormaps, overlays, atomic writes.
+//! - [`checkpoint`]: PyTorch checkpoints without Python (audited unpickler, zip and legacy
+//!   formats), known models by name with a download cache.
 //! - [`eval`]: localisation metrics (Quantus 0.6.0 semantics), dataset readers, reports.
 //! - [`cli`]: clap subcommands (`run`, `info`, `bench`, `eval`).
 
 pub mod backend;
+pub mod checkpoint;
 pub mod cli;
 pub mod cpu;
 pub mod eval;

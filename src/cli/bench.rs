@@ -2,7 +2,7 @@
 //! images. [`run_bench`] is the timing harness, shared with `benches/throughput.rs`.
 
 use super::backends::{open_backend, BackendChoice};
-use super::{load_weights_or_explain, Method, EXIT_OK};
+use super::{resolve_weights, Method, EXIT_OK};
 use crate::backend::CamBackend;
 use crate::explain::gradcam::CamRequest;
 use crate::explain::lafam::{Explainer, ImageBatch};
@@ -301,7 +301,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 /// [`bench`] returning the results (printed as they come, text or JSON lines on stdout).
 pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let net = match (&args.weights, args.arch) {
-        (Some(w), _) => load_weights_or_explain(w)?.net,
+        (Some(w), _) => resolve_weights(w)?.net,
         (None, Some(a)) => {
             let spec = RandomSpec::resnet(a.depth(), args.width as usize, args.seed)?;
             // Grad-CAM needs a classifier: the random network gets a 1000-class fc.

@@ -13,7 +13,7 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::run::{stream_maps, MapSettings, MapSink, Prepared, Reporter};
-use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
+use super::{resolve_weights, Method, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
 use crate::backend::CamBackend;
 use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
 use crate::eval::report::{self, ImageScore, Report, Skipped};
@@ -393,7 +393,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
     }
-    let weights = load_weights_or_explain(weights_path)?;
+    let weights = resolve_weights(weights_path)?;
     let (backend, note) = open_backend(args.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),

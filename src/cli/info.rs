@@ -1,7 +1,7 @@
 //! `lafam-gpu info`: what the weights file holds and which device would run it.
 
 use super::backends::{open_backend, BackendChoice};
-use super::{load_weights_or_explain, EXIT_OK};
+use super::{resolve_weights, EXIT_OK};
 use crate::model::BlockKind;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ fn list(v: &[String]) -> String {
 
 pub fn info(args: &InfoArgs) -> Result<u8> {
     if let Some(path) = &args.weights {
-        let lw = load_weights_or_explain(path)?;
+        let lw = resolve_weights(path)?;
         let net = &lw.net;
         let kind = match net.kind {
             BlockKind::Basic => "basic blocks",

@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `info`, `bench`, `eval` (clap derive). `main.rs` only calls
+//! Command-line interface: `run`, `info`, `bench`, `eval`, `convert` (clap derive). `main.rs` only calls
 //! [`main`].
 //!
 //! Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 usage error or
@@ -6,17 +6,23 @@
 
 pub mod backends;
 pub mod bench;
+pub mod convert;
 pub mod eval;
 pub mod info;
 pub mod run;
 
+use crate::checkpoint::download::{cache_dir, fetch, Fetched};
+use crate::checkpoint::models::{find_model, model_names};
+use crate::checkpoint::{convert_bytes, looks_like_pytorch};
+use crate::model::load::load_weights_from_bytes;
 use crate::model::{load_weights, LoadedWeights};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 pub const EXIT_OK: u8 = 0;
 /// Some inputs failed; the others were processed.
@@ -60,13 +66,18 @@ impl fmt::Display for Method {
     version,
     about = "Label-free feature attribution maps (LaFAM) for ResNet backbones, on any GPU via wgpu",
     long_about = "Label-free feature attribution maps (LaFAM) for ResNet backbones (SwAV, SimCLR, MoCo, \
-torchvision; safetensors weights), computed on any GPU that wgpu drives (Vulkan, Metal, DX12) or on the CPU.\n\n\
+torchvision; safetensors or PyTorch weights, or a known model name such as `swav`, downloaded once), computed on any GPU that wgpu drives (Vulkan, Metal, DX12) or on the CPU.\n\n\
 Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 usage or fatal error.\n\
 The GPU adapter can be chosen with the WGPU_BACKEND and WGPU_ADAPTER_NAME environment variables."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Where models named by `--weights NAME` are downloaded and kept (default:
+    /// $LAFAM_GPU_CACHE, else $XDG_CACHE_HOME/lafam-gpu, else ~/.cache/lafam-gpu).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +94,9 @@ pub enum Command {
     /// relevance mass/rank accuracy, AUC, sparseness; Quantus 0.6.0 semantics): existing maps
     /// (--maps/--masks), or computed over a dataset (--weights --dataset voc|imagenet-s|folder).
     Eval(Box<eval::EvalArgs>),
+    /// Convert a PyTorch checkpoint (.pth/.pth.tar; zip or legacy format) to safetensors,
+    /// without Python. Non-tensor entries (epoch, optimizer, args) are dropped.
+    Convert(convert::ConvertArgs),
 }
 
 /// Loads weights; the error names the file (the loader's message is kept as is when it
@@ -96,6 +110,80 @@ pub fn load_weights_or_explain(path: &Path) -> Result<LoadedWeights> {
             e.context(format!("{shown}: cannot load weights"))
         }
     })
+}
+
+/// `--cache-dir` of the current invocation (set by [`main_from`]).
+static CACHE_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Resolves `--weights`: a safetensors file, a PyTorch checkpoint (converted in memory) or
+/// a known model name (downloaded once into the cache, then read from there).
+pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
+    if arg.is_file() {
+        return load_file(arg);
+    }
+    let name = arg.to_string_lossy();
+    if let Some(model) = find_model(&name) {
+        let flag = CACHE_DIR.lock().map(|g| g.clone()).unwrap_or(None);
+        let cache = cache_dir(flag.as_deref())?;
+        let src = model.source();
+        let dst = crate::checkpoint::download::cached_path(&cache, &src);
+        if !dst.is_file() {
+            eprintln!(
+                "downloading {} ({}, {}; licence {}) from {}\n  to {} (once; later runs reuse it)",
+                model.name,
+                model.arch,
+                model.training,
+                model.licence,
+                model.url,
+                dst.display()
+            );
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
+            )
+            .expect("template"),
+        );
+        let fetched = fetch(&cache, &src, &mut |done, total| {
+            if let Some(t) = total {
+                bar.set_length(t);
+            }
+            bar.set_position(done);
+        });
+        bar.finish_and_clear();
+        let fetched = fetched?;
+        if let Fetched::Downloaded(p, n, _) = &fetched {
+            eprintln!("downloaded {n} bytes to {}", p.display());
+        }
+        return load_file(fetched.path());
+    }
+    let looks_like_name = arg.components().count() == 1 && arg.extension().is_none();
+    if looks_like_name && !arg.exists() {
+        bail!(
+            "{name}: no such file, and not a known model name (known: {})",
+            model_names()
+        );
+    }
+    load_weights_or_explain(arg)
+}
+
+/// A file: safetensors as is, a PyTorch checkpoint converted in memory.
+fn load_file(path: &Path) -> Result<LoadedWeights> {
+    let shown = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(_) => return load_weights_or_explain(path),
+    };
+    if !looks_like_pytorch(&bytes) {
+        return load_weights_or_explain(path);
+    }
+    let (st, ck) = convert_bytes(&bytes, &shown)?;
+    for n in &ck.notes {
+        eprintln!("note: {shown}: {n}");
+    }
+    drop(bytes);
+    load_weights_from_bytes(&st, path)
 }
 
 /// The binary's entry point.
@@ -118,6 +206,9 @@ where
             return ExitCode::from(if code == 0 { EXIT_OK } else { EXIT_FATAL });
         }
     };
+    if let Ok(mut g) = CACHE_DIR.lock() {
+        *g = cli.cache_dir.clone();
+    }
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error (a bug; please report it): {info}");
@@ -127,6 +218,7 @@ where
         Command::Info(a) => info::info(a),
         Command::Bench(a) => bench::bench(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Convert(a) => convert::convert(a),
     });
     std::panic::set_hook(default_hook);
     ExitCode::from(match result {

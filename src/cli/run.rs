@@ -6,7 +6,7 @@
 //! stays bounded: at most a few batches' worth of decoded images are held at once.
 
 use super::backends::{open_backend, BackendChoice};
-use super::{load_weights_or_explain, Method, EXIT_FAILED, EXIT_OK};
+use super::{resolve_weights, Method, EXIT_FAILED, EXIT_OK};
 use crate::backend::CamBackend;
 use crate::explain::gradcam::{CamRequest, NEEDS_CLASSIFIER};
 use crate::explain::lafam::{Explainer, ImageBatch};
@@ -165,7 +165,7 @@ impl Reporter {
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
-    let weights = load_weights_or_explain(&args.weights)?;
+    let weights = resolve_weights(&args.weights)?;
     if args.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
         bail!("{}: {NEEDS_CLASSIFIER}", args.weights.display());
     }
