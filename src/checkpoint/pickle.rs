@@ -134,6 +134,10 @@ pub enum Global {
     StorageType(Option<DType>),
     Dtype(DType),
     CodecsEncode,
+    /// `argparse.Namespace`: training checkpoints (DINO, SwAV) keep their run's arguments in
+    /// one. Only built empty (`NEWOBJ` with no arguments, attributes via `BUILD`, dropped):
+    /// never called with arguments.
+    Namespace,
 }
 
 pub type List = Rc<RefCell<Vec<Value>>>;
@@ -204,6 +208,7 @@ fn resolve_global(module: &str, name: &str) -> Result<Global> {
             Global::StorageType(None)
         }
         ("_codecs", "encode") => Global::CodecsEncode,
+        ("argparse", "Namespace") => Global::Namespace,
         ("torch", n) if DType::from_storage_class(n).is_some() => {
             Global::StorageType(DType::from_storage_class(n))
         }
@@ -214,7 +219,7 @@ fn resolve_global(module: &str, name: &str) -> Result<Global> {
             "refusing to load: the pickle references the global '{module}.{name}', which a \
              PyTorch weights checkpoint does not need (allowed: collections.OrderedDict, \
              torch._utils._rebuild_tensor*/_rebuild_parameter*, torch storage types and \
-             dtypes, _codecs.encode). A checkpoint that names other code could run it under \
+             dtypes, _codecs.encode, argparse.Namespace). A checkpoint that names other code could run it under \
              torch.load(weights_only=False); nothing was executed"
         ),
     };
@@ -747,6 +752,13 @@ impl<'a> Unpickler<'a> {
             ),
         };
         match g {
+            Global::Namespace => {
+                if !args.is_empty() {
+                    bail!("pickle: argparse.Namespace called with arguments");
+                }
+                // An empty namespace; its attributes (BUILD) are not weights.
+                Ok(Value::Dict(Rc::new(RefCell::new(Vec::new()))))
+            }
             Global::OrderedDict => {
                 let mut d = Vec::new();
                 if let Some(Value::List(items)) = args.first() {
