@@ -69,7 +69,8 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR", requires = "weights")]
     pub save_maps: Option<PathBuf>,
 
-    /// Attribution method(s), comma-separated (lafam, lrp), one report each.
+    /// Attribution method(s), comma-separated (lafam, lrp, gradcam, eigencam, relax), one
+    /// report each (RELAX's importance is scored, not its uncertainty).
     #[arg(
         long,
         value_enum,
@@ -394,6 +395,13 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
             .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
     }
     let weights = resolve_weights(weights_path)?;
+    if args.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
+        anyhow::bail!(
+            "{}: {}",
+            weights_path.display(),
+            crate::explain::gradcam::NEEDS_CLASSIFIER
+        );
+    }
     let (backend, note) = open_backend(args.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
