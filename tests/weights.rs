@@ -910,3 +910,36 @@ fn random_resnet50_activations_stay_order_one() {
         );
     }
 }
+
+/// MoCo v3 keeps the backbone under `module.base_encoder.` next to a `module.momentum_encoder.`
+/// copy and a predictor: the base encoder is loaded, the rest ignored and listed.
+#[test]
+fn moco_v3_base_encoder_is_loaded_momentum_encoder_ignored() {
+    let sd = random_state_dict(&small_spec(18));
+    let other = random_state_dict(&RandomSpec::resnet(18, 8, 99).unwrap());
+    let mut both: Vec<NamedTensor> = sd
+        .iter()
+        .map(|(k, s, d)| (format!("module.base_encoder.{k}"), s.clone(), d.clone()))
+        .collect();
+    both.extend(
+        other
+            .iter()
+            .map(|(k, s, d)| (format!("module.momentum_encoder.{k}"), s.clone(), d.clone())),
+    );
+    both.push((
+        "module.predictor.0.weight".into(),
+        vec![4, 8],
+        vec![0.5; 32],
+    ));
+    let lw = from_bytes(&to_safetensors_bytes(&both, Dtype::F32, "", &[])).unwrap();
+    let plain = from_bytes(&sd_bytes(&sd, "")).unwrap();
+    assert_eq!(lw.net.arch_name(), plain.net.arch_name());
+    assert!(
+        lw.prefixes.iter().any(|p| p == "base_encoder."),
+        "{:?}",
+        lw.prefixes
+    );
+    for (a, b) in all_convs(&lw.net).into_iter().zip(all_convs(&plain.net)) {
+        assert_eq!(a, b, "{} differs from the base encoder's", a.name);
+    }
+}

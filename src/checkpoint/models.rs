@@ -113,6 +113,16 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         sha256: None,
     },
     KnownModel {
+        name: "moco-v3",
+        url: "https://dl.fbaipublicfiles.com/moco-v3/r-50-1000ep/r-50-1000ep.pth.tar",
+        arch: "ResNet-50 (base encoder; momentum encoder and predictor dropped)",
+        training: "MoCo v3, self-supervised, ImageNet, 1000 epochs",
+        licence: CC_BY_NC,
+        publisher: "github.com/facebookresearch/moco-v3 (README)",
+        size: None,
+        sha256: None,
+    },
+    KnownModel {
         name: "moco-v2-200ep",
         url: "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_200ep/moco_v2_200ep_pretrain.pth.tar",
         arch: "ResNet-50 (MLP head dropped)",

@@ -30,7 +30,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Wrapper prefixes stripped from keys, repeatedly and in any combination.
-pub const PREFIXES: [&str; 5] = ["module.", "backbone.", "encoder.", "encoder_q.", "model."];
+pub const PREFIXES: [&str; 6] = [
+    "module.",
+    "backbone.",
+    "encoder.",
+    "encoder_q.",
+    "base_encoder.",
+    "model.",
+];
 
 /// Head groups that self-supervised / supervised checkpoints carry next to the backbone.
 const HEAD_GROUPS: [&str; 3] = ["projection_head", "prototypes", "head"];
