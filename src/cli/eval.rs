@@ -11,19 +11,16 @@
 //! Outputs: a table of means ± std on stdout, `--json` (per image, mean, std, count, skipped)
 //! and `--csv` (per image), written atomically. Exit code 1 when some images were skipped.
 
-use super::backends::{open_backend, BackendChoice};
-use super::run::{stream_maps, MapSettings, MapSink, Prepared, Reporter};
+use super::backends::open_backend;
+use super::run::{stream_maps, MapArgs, MapSink, Prepared, Reporter};
 use super::{resolve_weights, Method, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
 use crate::backend::CamBackend;
 use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
 use crate::eval::report::{self, ImageScore, Report, Skipped};
 use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
 use crate::explain::lafam::Explainer;
-use crate::explain::relax::RelaxConfig;
 use crate::io::write_npy_f32;
-use crate::model::Stage;
 use crate::tensor::HostTensor;
-use crate::Upsample;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use serde_json::json;
@@ -69,58 +66,14 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR", requires = "weights")]
     pub save_maps: Option<PathBuf>,
 
-    /// Attribution method(s), comma-separated (lafam, lrp, gradcam, eigencam, relax), one
-    /// report each (RELAX's importance is scored, not its uncertainty).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "lafam",
-        value_name = "METHODS"
-    )]
-    pub method: Vec<Method>,
-
-    /// Residual stage explained (layer1..layer4).
-    #[arg(long, default_value = "layer4", value_name = "LAYER")]
-    pub layer: Stage,
-
-    /// LRP rule set for `--method lrp` (see `run --help`).
-    #[arg(long, default_value = "epsilon-plus-flat", value_name = "RULE")]
-    pub rule: crate::explain::Composite,
-
-    /// Upsampling of the layer map to the image (nearest, as in the LaFAM paper, or bilinear).
-    #[arg(long, value_enum, default_value = "nearest")]
-    pub upsample: Upsample,
-
-    /// Shorter side fed to the network (0 = original size); maps are scored at the ORIGINAL
-    /// resolution either way.
-    #[arg(long, default_value_t = 224, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=16384))]
-    pub size: u32,
-
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub batch: u32,
-
-    /// Grad-CAM target class (default: each image's argmax logit).
-    #[arg(long, value_name = "N")]
-    pub class: Option<usize>,
+    /// How maps are computed (as `run`).
+    #[command(flatten)]
+    pub map: MapArgs,
 
     /// RELAX: random occlusion masks per image (`run --masks`; renamed here, where --masks is
     /// the segmentation masks' directory).
     #[arg(long, default_value_t = 3000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub relax_masks: u32,
-
-    /// RELAX: masks per forward pass.
-    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub mask_batch: u32,
-
-    /// RELAX: seed of the mask generator.
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    pub seed: u64,
-
-    /// Compute backend.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendChoice,
 
     /// k of top-k intersection, in pixels (Quantus' default 1000). Images with fewer pixels
     /// get no top-k score.
@@ -395,22 +348,16 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
             .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
     }
     let weights = resolve_weights(weights_path)?;
-    if args.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
-        anyhow::bail!(
-            "{}: {}",
-            weights_path.display(),
-            crate::explain::gradcam::NEEDS_CLASSIFIER
-        );
-    }
-    let (backend, note) = open_backend(args.backend)?;
+    args.map.check_weights(&weights, weights_path)?;
+    let (backend, note) = open_backend(args.map.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
         None => eprintln!("backend: {}", backend.describe()),
     }
     crate::with_backend!(backend, b => {
         let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
-        if args.method.contains(&Method::Lrp) {
-            explainer.enable_lrp(args.rule).context("cannot prepare the LRP rules on the backend")?;
+        if args.map.method.contains(&Method::Lrp) {
+            explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
         }
         eval_with(&mut explainer, args, kind, entries)
     })
@@ -424,7 +371,7 @@ pub fn eval_with<B: CamBackend>(
     entries: Vec<datasets::Entry>,
 ) -> Result<Vec<Report>> {
     let mut methods: Vec<Method> = Vec::new();
-    for m in &args.method {
+    for m in &args.map.method {
         if !methods.contains(m) {
             methods.push(*m);
         }
@@ -455,19 +402,7 @@ pub fn eval_with<B: CamBackend>(
             }
         }
     }
-    let settings = MapSettings {
-        layer: args.layer,
-        upsample: args.upsample,
-        size: args.size,
-        batch: args.batch as usize,
-        methods: &methods,
-        class: args.class,
-        relax: RelaxConfig {
-            masks: args.relax_masks as usize,
-            batch: args.mask_batch as usize,
-            seed: args.seed,
-        },
-    };
+    let settings = args.map.settings(&methods, args.relax_masks);
     let rep = Reporter {
         bar: sink.rep.bar.clone(),
     };

@@ -29,13 +29,9 @@ use std::path::{Path, PathBuf};
 /// Blend factor of the heatmap over the image in `*.overlay.png`.
 pub const OVERLAY_ALPHA: f32 = 0.5;
 
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// Backbone weights: a safetensors file of a torchvision-layout ResNet (SwAV, SimCLR,
-    /// MoCo, torchvision; F32/F16/BF16; `module.`, `encoder_q.`... prefixes are stripped).
-    #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
-
+/// How maps are computed: the options `run` and `eval --weights` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MapArgs {
     /// Attribution method(s), comma-separated: lafam (mean of the layer's activation maps over
     /// channels, min-max normalised: where the layer looks, at its coarse resolution) and lrp
     /// (LaFAM-LRP: relevance propagated from those activations back to the pixels: which
@@ -88,10 +84,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub class: Option<usize>,
 
-    /// RELAX: number of random occlusion masks per image.
-    #[arg(long, default_value_t = 3000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub masks: u32,
-
     /// RELAX: masks per forward pass (split further to fit the device's buffer limits).
     #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub mask_batch: u32,
@@ -103,6 +95,54 @@ pub struct RunArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+}
+
+impl MapArgs {
+    /// The settings [`stream_maps`] needs, with RELAX's mask count (named differently by the
+    /// two commands).
+    pub(crate) fn settings<'a>(&self, methods: &'a [Method], relax_masks: u32) -> MapSettings<'a> {
+        MapSettings {
+            layer: self.layer,
+            upsample: self.upsample,
+            size: self.size,
+            batch: self.batch as usize,
+            methods,
+            class: self.class,
+            relax: RelaxConfig {
+                masks: relax_masks as usize,
+                batch: self.mask_batch as usize,
+                seed: self.seed,
+            },
+        }
+    }
+
+    /// Refuses, before any work, a method the weights cannot serve (Grad-CAM needs `fc`).
+    pub(crate) fn check_weights(
+        &self,
+        weights: &crate::model::LoadedWeights,
+        path: &Path,
+    ) -> Result<()> {
+        if self.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
+            bail!("{}: {NEEDS_CLASSIFIER}", path.display());
+        }
+        Ok(())
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Backbone weights: a safetensors file of a torchvision-layout ResNet (SwAV, SimCLR,
+    /// MoCo, torchvision; F32/F16/BF16; `module.`, `encoder_q.`... prefixes are stripped).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+
+    /// How maps are computed (shared with `eval --weights`).
+    #[command(flatten)]
+    pub map: MapArgs,
+
+    /// RELAX: number of random occlusion masks per image.
+    #[arg(long, default_value_t = 3000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub masks: u32,
 
     /// Output directory (created if missing). Per image and method: <stem>.<method>.npy
     /// (float32 HxW at the original resolution), <stem>.<method>.png (heatmap) and
@@ -166,18 +206,16 @@ impl Reporter {
 
 pub fn run(args: &RunArgs) -> Result<u8> {
     let weights = resolve_weights(&args.weights)?;
-    if args.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
-        bail!("{}: {NEEDS_CLASSIFIER}", args.weights.display());
-    }
-    let (backend, note) = open_backend(args.backend)?;
+    args.map.check_weights(&weights, &args.weights)?;
+    let (backend, note) = open_backend(args.map.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
         None => eprintln!("backend: {}", backend.describe()),
     }
     crate::with_backend!(backend, b => {
         let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
-        if args.method.contains(&Method::Lrp) {
-            explainer.enable_lrp(args.rule).context("cannot prepare the LRP rules on the backend")?;
+        if args.map.method.contains(&Method::Lrp) {
+            explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
         }
         run_with(explainer, args)
     })
@@ -186,7 +224,7 @@ pub fn run(args: &RunArgs) -> Result<u8> {
 /// The `run` command over an already prepared explainer (the weights are loaded and the
 /// backend opened): outputs go to `args.out`. Returns the exit code.
 pub fn run_with<B: CamBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
-    let mut methods = args.method.clone();
+    let mut methods = args.map.method.clone();
     methods.dedup();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output directory", args.out.display()))?;
@@ -236,19 +274,7 @@ pub fn run_with<B: CamBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
     }
 
     let rep = Reporter::new(jobs.len());
-    let settings = MapSettings {
-        layer: args.layer,
-        upsample: args.upsample,
-        size: args.size,
-        batch: args.batch as usize,
-        methods: &methods,
-        class: args.class,
-        relax: RelaxConfig {
-            masks: args.masks as usize,
-            batch: args.mask_batch as usize,
-            seed: args.seed,
-        },
-    };
+    let settings = args.map.settings(&methods, args.masks);
     let mut sink = WriteSink {
         args,
         rep: &rep,
