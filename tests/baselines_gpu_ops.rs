@@ -4,35 +4,11 @@
 
 mod common;
 
-use common::{gpu, random_tensor};
+use common::{check_parity, gpu, gpu_view, random_tensor};
 use lafam_gpu::backend::{CamBackend, GramOver};
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::gpu::{Gpu, GpuTensor};
-use lafam_gpu::tensor::max_rel_err;
-use lafam_gpu::{Backend, HostTensor, Shape};
-
-const TOL: f64 = 1e-4;
-
-fn check(label: &str, got: &HostTensor, want: &HostTensor) {
-    assert_eq!(got.shape, want.shape, "{label}: shape");
-    let err = max_rel_err(&got.data, &want.data);
-    eprintln!("{label}: max rel err {err:.2e}");
-    assert!(err <= TOL, "{label}: max rel err {err:e} > {TOL:e}");
-}
-
-/// `t` uploaded behind `off` junk elements, as a view at element offset `off`.
-fn view(g: &mut Gpu, t: &HostTensor, off: usize) -> GpuTensor {
-    let mut data: Vec<f32> = (0..off).map(|i| 1e3 + i as f32).collect();
-    data.extend_from_slice(&t.data);
-    let whole = g
-        .upload(&HostTensor::new(Shape::new(1, 1, 1, data.len()), data))
-        .unwrap();
-    GpuTensor {
-        buffer: whole.buffer,
-        offset: off,
-        shape: t.shape,
-    }
-}
+use lafam_gpu::{Backend, Shape};
 
 #[test]
 fn cam_ops_match_cpu() {
@@ -45,32 +21,32 @@ fn cam_ops_match_cpu() {
         for off in [0usize, 3] {
             let tag = format!("[{n},{h},{w},{ch}] off {off}");
             let x = random_tensor(Shape::new(n, h, w, ch), -1.0, 2.0, (n * 100 + ch) as u64);
-            let (xg, xc) = (view(&mut g, &x, off), c.upload(&x).unwrap());
+            let (xg, xc) = (gpu_view(&mut g, &x, off), c.upload(&x).unwrap());
             let dl = |g: &mut Gpu, t: &GpuTensor| g.download(t).unwrap();
 
             let mg = g.spatial_mean(&xg).unwrap();
             let mc = c.spatial_mean(&xc).unwrap();
-            check(
+            check_parity(
                 &format!("spatial_mean {tag}"),
                 &dl(&mut g, &mg),
                 &c.download(&mc).unwrap(),
             );
 
             let v = random_tensor(Shape::new(n, 1, 1, ch), -1.0, 1.0, 5);
-            let (vg, vc) = (view(&mut g, &v, off), c.upload(&v).unwrap());
+            let (vg, vc) = (gpu_view(&mut g, &v, off), c.upload(&v).unwrap());
             let bg = g.broadcast_spatial(&vg, h, w, 0.3).unwrap();
             let bc = c.broadcast_spatial(&vc, h, w, 0.3).unwrap();
-            check(
+            check_parity(
                 &format!("broadcast_spatial {tag}"),
                 &dl(&mut g, &bg),
                 &c.download(&bc).unwrap(),
             );
 
             let gr = random_tensor(x.shape, -1.0, 1.0, 9);
-            let (grg, grc) = (view(&mut g, &gr, off + 1), c.upload(&gr).unwrap());
+            let (grg, grc) = (gpu_view(&mut g, &gr, off + 1), c.upload(&gr).unwrap());
             let rg = g.relu_backward(&grg, &xg).unwrap();
             let rc = c.relu_backward(&grc, &xc).unwrap();
-            check(
+            check_parity(
                 &format!("relu_backward {tag}"),
                 &dl(&mut g, &rg),
                 &c.download(&rc).unwrap(),
@@ -83,7 +59,7 @@ fn cam_ops_match_cpu() {
                 let pc = c
                     .channel_projection(&xc, &vc, mean.then_some(&mc), relu)
                     .unwrap();
-                check(
+                check_parity(
                     &format!("channel_projection mean {mean} relu {relu} {tag}"),
                     &dl(&mut g, &pg),
                     &c.download(&pc).unwrap(),
@@ -92,7 +68,7 @@ fn cam_ops_match_cpu() {
             for over in [GramOver::Pixels, GramOver::Channels] {
                 let kg = g.centred_gram(&xg, &mg, over).unwrap();
                 let kc = c.centred_gram(&xc, &mc, over).unwrap();
-                check(
+                check_parity(
                     &format!("centred_gram {over:?} {tag}"),
                     &dl(&mut g, &kg),
                     &c.download(&kc).unwrap(),
@@ -114,19 +90,19 @@ fn relax_ops_match_cpu() {
         let mg = g.relax_masks(seed, start, count, h, w).unwrap();
         let mc = c.relax_masks(seed, start, count, h, w).unwrap();
         let mgh = g.download(&mg).unwrap();
-        check(
+        check_parity(
             &format!("relax_masks {tag}"),
             &mgh,
             &c.download(&mc).unwrap(),
         );
         let host = lafam_gpu::explain::relax::host_masks(seed, start, count, h, w);
-        check(&format!("relax_masks vs host {tag}"), &mgh, &host);
+        check_parity(&format!("relax_masks vs host {tag}"), &mgh, &host);
 
         let x = random_tensor(Shape::new(1, h, w, 3), -2.0, 2.0, 3);
-        let (xg, xc) = (view(&mut g, &x, 1), c.upload(&x).unwrap());
+        let (xg, xc) = (gpu_view(&mut g, &x, 1), c.upload(&x).unwrap());
         let ig = g.mask_images(&xg, &mg).unwrap();
         let ic = c.mask_images(&xc, &mc).unwrap();
-        check(
+        check_parity(
             &format!("mask_images {tag}"),
             &g.download(&ig).unwrap(),
             &c.download(&ic).unwrap(),
@@ -134,11 +110,11 @@ fn relax_ops_match_cpu() {
 
         let e = random_tensor(Shape::new(count, 1, 1, 19), -1.0, 1.0, 4);
         let r = random_tensor(Shape::new(1, 1, 1, 19), -1.0, 1.0, 6);
-        let (eg, ec) = (view(&mut g, &e, 2), c.upload(&e).unwrap());
-        let (rg, rc) = (view(&mut g, &r, 5), c.upload(&r).unwrap());
+        let (eg, ec) = (gpu_view(&mut g, &e, 2), c.upload(&e).unwrap());
+        let (rg, rc) = (gpu_view(&mut g, &r, 5), c.upload(&r).unwrap());
         let sg = g.cosine_similarity(&eg, &rg).unwrap();
         let sc = c.cosine_similarity(&ec, &rc).unwrap();
-        check(
+        check_parity(
             &format!("cosine_similarity {tag}"),
             &g.download(&sg).unwrap(),
             &c.download(&sc).unwrap(),
@@ -148,12 +124,12 @@ fn relax_ops_match_cpu() {
         let a1c = c.relax_accumulate(None, &mc, &sc, 0.25).unwrap();
         let a2g = g.relax_accumulate(Some(&a1g), &mg, &sg, 0.25).unwrap();
         let a2c = c.relax_accumulate(Some(&a1c), &mc, &sc, 0.25).unwrap();
-        check(
+        check_parity(
             &format!("relax_accumulate {tag}"),
             &g.download(&a1g).unwrap(),
             &c.download(&a1c).unwrap(),
         );
-        check(
+        check_parity(
             &format!("relax_accumulate with sums {tag}"),
             &g.download(&a2g).unwrap(),
             &c.download(&a2c).unwrap(),

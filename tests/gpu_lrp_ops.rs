@@ -6,36 +6,14 @@
 
 mod common;
 
-use common::{gpu, random_conv, random_tensor, RESNET_CONVS};
+use common::{
+    check_parity, gpu, gpu_view, random_conv, random_tensor, PARITY_TOL as TOL, RESNET_CONVS,
+};
 use lafam_gpu::backend::{GateSign, LrpBackend, Pool};
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::gpu::{Gpu, GpuTensor};
+use lafam_gpu::gpu::GpuTensor;
 use lafam_gpu::tensor::max_rel_err;
 use lafam_gpu::{Backend, HostTensor, Shape};
-
-const TOL: f64 = 1e-4;
-
-/// Asserts `max_rel_err(gpu, cpu) <= TOL` (and equal shapes); returns the error.
-fn check(label: &str, got: &HostTensor, want: &HostTensor) -> f64 {
-    assert_eq!(got.shape, want.shape, "{label}: shape");
-    let err = max_rel_err(&got.data, &want.data);
-    assert!(err <= TOL, "{label}: max rel err {err:e} > {TOL:e}");
-    err
-}
-
-/// `t` uploaded behind `off` junk elements and returned as a view at element offset `off`.
-fn view(g: &mut Gpu, t: &HostTensor, off: usize) -> GpuTensor {
-    let mut data: Vec<f32> = (0..off).map(|i| 1e3 + i as f32).collect();
-    data.extend_from_slice(&t.data);
-    let whole = g
-        .upload(&HostTensor::new(Shape::new(1, 1, 1, data.len()), data))
-        .unwrap();
-    GpuTensor {
-        buffer: whole.buffer,
-        offset: off,
-        shape: t.shape,
-    }
-}
 
 fn report(op: &str, worst: f64, cases: usize) {
     eprintln!("{op}: {cases} cases, worst max rel err {worst:e}");
@@ -93,9 +71,9 @@ fn conv_transpose_matches_cpu() {
                             "{} {h}x{w} n={n} mul={with_mul} scale={scale} acc={with_acc} offsets={offs:?}",
                             layer.name
                         );
-                        let sg = view(&mut g, &s, offs[0]);
-                        let mg = view(&mut g, &mul, offs[1]);
-                        let ag = view(&mut g, &acc, offs[2]);
+                        let sg = gpu_view(&mut g, &s, offs[0]);
+                        let mg = gpu_view(&mut g, &mul, offs[1]);
+                        let ag = gpu_view(&mut g, &acc, offs[2]);
                         let yg = g
                             .conv_transpose(
                                 &sg,
@@ -118,8 +96,11 @@ fn conv_transpose_matches_cpu() {
                                 with_acc.then_some(&ac),
                             )
                             .unwrap();
-                        let err =
-                            check(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+                        let err = check_parity(
+                            &label,
+                            &g.download(&yg).unwrap(),
+                            &c.download(&yc).unwrap(),
+                        );
                         worst = worst.max(err);
                     }
                 }
@@ -168,7 +149,7 @@ fn conv_transpose_multi_tile_phases_match_cpu() {
                 .unwrap();
             let label = format!("{} {h}x{w} n=2", layer.name);
             cases += 1;
-            worst = worst.max(check(
+            worst = worst.max(check_parity(
                 &label,
                 &g.download(&yg).unwrap(),
                 &c.download(&yc).unwrap(),
@@ -254,9 +235,9 @@ fn lrp_ratio_matches_cpu() {
         {
             for offs in [[0usize, 0, 0], [3, 1, 5]] {
                 cases += 1;
-                let rg = view(&mut g, &r, offs[0]);
-                let zg = view(&mut g, &z, offs[1]);
-                let gg = view(&mut g, &gate, offs[2]);
+                let rg = gpu_view(&mut g, &r, offs[0]);
+                let zg = gpu_view(&mut g, &z, offs[1]);
+                let gg = gpu_view(&mut g, &gate, offs[2]);
                 let yg = g.lrp_ratio(&rg, &zg, sign.map(|s| (&gg, s))).unwrap();
                 let yc = c.lrp_ratio(&rc, &zc, sign.map(|s| (&gc, s))).unwrap();
                 let got = g.download(&yg).unwrap();
@@ -274,7 +255,7 @@ fn lrp_ratio_matches_cpu() {
                     let zeros = got.data.iter().filter(|&&v| v == 0.0).count();
                     assert!(zeros > 0, "{label}: the gate closed nothing");
                 }
-                worst = worst.max(check(&label, &got, &want));
+                worst = worst.max(check_parity(&label, &got, &want));
             }
         }
     }
@@ -310,9 +291,9 @@ fn residual_split_matches_cpu() {
         for offs in [[0usize, 0, 0], [1, 4, 3]] {
             cases += 1;
             let (ag, bg, rg) = (
-                view(&mut g, &a, offs[0]),
-                view(&mut g, &b, offs[1]),
-                view(&mut g, &r, offs[2]),
+                gpu_view(&mut g, &a, offs[0]),
+                gpu_view(&mut g, &b, offs[1]),
+                gpu_view(&mut g, &r, offs[2]),
             );
             let (ga, gb) = g.residual_split(&ag, &bg, &rg).unwrap();
             let (ac, bc, rc) = (
@@ -323,7 +304,7 @@ fn residual_split_matches_cpu() {
             let (ca, cb) = c.residual_split(&ac, &bc, &rc).unwrap();
             for (which, x, y) in [("skip", &ga, &ca), ("branch", &gb, &cb)] {
                 let label = format!("residual_split {which} {shape} offsets={offs:?}");
-                let err = check(&label, &g.download(x).unwrap(), &c.download(y).unwrap());
+                let err = check_parity(&label, &g.download(x).unwrap(), &c.download(y).unwrap());
                 worst = worst.max(err);
             }
         }
@@ -360,8 +341,8 @@ fn conv2d_ratio_matches_cpu() {
                 let zmax = z.data.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for offs in [[0usize, 0], [4, 8], [1, 3]] {
                     cases += 1;
-                    let xg = view(&mut g, &x, offs[0]);
-                    let rg = view(&mut g, &r, offs[1]);
+                    let xg = gpu_view(&mut g, &x, offs[0]);
+                    let rg = gpu_view(&mut g, &r, offs[1]);
                     let got = g.conv2d_ratio(&xg, &cg, &rg).unwrap();
                     let got = g.download(&got).unwrap();
                     let label =
@@ -454,12 +435,12 @@ fn residual_split_relu_matches_cpu() {
         let (ca, cb) = (c.download(&ca).unwrap(), c.download(&cb).unwrap());
         // Same as the split of skip + branch.
         let (ea, eb) = c.residual_split(&sc, &bc, &rc).unwrap();
-        check(
+        check_parity(
             "residual_split_relu vs residual_split (skip)",
             &ca,
             &c.download(&ea).unwrap(),
         );
-        check(
+        check_parity(
             "residual_split_relu vs residual_split (branch)",
             &cb,
             &c.download(&eb).unwrap(),
@@ -467,14 +448,14 @@ fn residual_split_relu_matches_cpu() {
         for offs in [[0usize, 0, 0], [1, 4, 3]] {
             cases += 1;
             let (sg, og, rg) = (
-                view(&mut g, &skip, offs[0]),
-                view(&mut g, &out, offs[1]),
-                view(&mut g, &r, offs[2]),
+                gpu_view(&mut g, &skip, offs[0]),
+                gpu_view(&mut g, &out, offs[1]),
+                gpu_view(&mut g, &r, offs[2]),
             );
             let (ga, gb) = g.residual_split_relu(&sg, &og, &rg).unwrap();
             for (which, x, y) in [("skip", &ga, &ca), ("branch", &gb, &cb)] {
                 let label = format!("residual_split_relu {which} {shape} offsets={offs:?}");
-                worst = worst.max(check(&label, &g.download(x).unwrap(), y));
+                worst = worst.max(check_parity(&label, &g.download(x).unwrap(), y));
             }
         }
     }
@@ -535,13 +516,13 @@ fn max_pool_backward_matches_cpu() {
             let r = random_tensor(Shape::new(n, ho, wo, ch), -1.0, 1.0, 80 + pi as u64);
             for offs in [[0usize, 0], [3, 5]] {
                 cases += 1;
-                let (xg, rg) = (view(&mut g, &x, offs[0]), view(&mut g, &r, offs[1]));
+                let (xg, rg) = (gpu_view(&mut g, &x, offs[0]), gpu_view(&mut g, &r, offs[1]));
                 let yg = g.max_pool_backward(&xg, &rg, pool).unwrap();
                 let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
                 let yc = c.max_pool_backward(&xc, &rc, pool).unwrap();
                 let label = format!("max_pool_backward {pool:?} {shape} offsets={offs:?}");
                 let got = g.download(&yg).unwrap();
-                worst = worst.max(check(&label, &got, &c.download(&yc).unwrap()));
+                worst = worst.max(check_parity(&label, &got, &c.download(&yc).unwrap()));
                 // Winner-take-all conserves relevance.
                 let (sg, sr): (f64, f64) = (
                     got.data.iter().map(|&v| v as f64).sum(),
@@ -581,7 +562,7 @@ fn elementwise_ops_match_cpu() {
         let b = random_tensor(shape, -1.0, 1.0, 95 + si as u64);
         let (ac, bc) = (c.upload(&a).unwrap(), c.upload(&b).unwrap());
         for offs in [[0usize, 0], [5, 2]] {
-            let (ag, bg) = (view(&mut g, &a, offs[0]), view(&mut g, &b, offs[1]));
+            let (ag, bg) = (gpu_view(&mut g, &a, offs[0]), gpu_view(&mut g, &b, offs[1]));
             let mut pairs = vec![
                 (
                     format!("lincomb with b {shape} {offs:?}"),
@@ -608,7 +589,8 @@ fn elementwise_ops_match_cpu() {
             }
             for (label, yg, yc) in pairs {
                 cases += 1;
-                let err = check(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+                let err =
+                    check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
                 worst = worst.max(err);
             }
         }

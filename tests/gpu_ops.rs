@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{gpu, random_conv, random_tensor, RESNET_CONVS};
+use common::{check_parity, gpu, random_conv, random_tensor, RESNET_CONVS};
 use lafam_gpu::backend::Pool;
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::lafam::ImageBatch;
@@ -13,16 +13,6 @@ use lafam_gpu::gpu::Gpu;
 use lafam_gpu::model::{Block, BlockKind, ConvLayer, Heads, ResNet, Stage};
 use lafam_gpu::tensor::max_rel_err;
 use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
-
-const TOL: f64 = 1e-4;
-
-/// Asserts `max_rel_err(gpu, cpu) <= TOL` (and equal shapes); returns the error.
-fn check(label: &str, got: &HostTensor, want: &HostTensor) -> f64 {
-    assert_eq!(got.shape, want.shape, "{label}: shape");
-    let err = max_rel_err(&got.data, &want.data);
-    assert!(err <= TOL, "{label}: max rel err {err:e} > {TOL:e}");
-    err
-}
 
 /// Runs `op` on both backends with the same host inputs and compares.
 fn parity(
@@ -39,7 +29,7 @@ fn parity(
     let yc = op_c(c, &xc);
     let got = g.download(&yg).unwrap();
     let want = c.download(&yc).unwrap();
-    check(label, &got, &want)
+    check_parity(label, &got, &want)
 }
 
 #[test]
@@ -358,7 +348,11 @@ fn preprocess_matches_cpu() {
             let t = c.preprocess(&rgb, n, h, w).unwrap();
             c.download(&t).unwrap()
         };
-        worst = worst.max(check(&format!("preprocess {n}x{h}x{w}"), &got, &want));
+        worst = worst.max(check_parity(
+            &format!("preprocess {n}x{h}x{w}"),
+            &got,
+            &want,
+        ));
     }
     assert!(
         g.preprocess(&[0u8; 10], 1, 2, 2).is_err(),
@@ -408,7 +402,7 @@ fn lazy_recording_and_buffer_reuse() {
         yg = g.minmax_normalise(&yg).unwrap();
         yc = c.minmax_normalise(&yc).unwrap();
     }
-    let err = check(
+    let err = check_parity(
         "40 chained blocks",
         &g.download(&yg).unwrap(),
         &c.download(&yc).unwrap(),
@@ -426,7 +420,7 @@ fn lazy_recording_and_buffer_reuse() {
         let y = c.conv2d(&t, &cc, None, false).unwrap();
         c.download(&y).unwrap()
     };
-    check("conv of a dropped upload", &g.download(&tb).unwrap(), &want);
+    check_parity("conv of a dropped upload", &g.download(&tb).unwrap(), &want);
     assert_eq!(g.download(&tbb).unwrap().data, b.data);
 }
 
@@ -507,7 +501,7 @@ fn explainer_smoke_small_resnets() {
         let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
         let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
         for (s, (a, b)) in ag.iter().zip(&ac).enumerate() {
-            let err = check(&format!("{:?} layer{}", net.kind, s + 1), a, b);
+            let err = check_parity(&format!("{:?} layer{}", net.kind, s + 1), a, b);
             eprintln!(
                 "explainer {:?} layer{}: {} max rel err {err:e}",
                 net.kind,
@@ -520,7 +514,7 @@ fn explainer_smoke_small_resnets() {
             let mg = eg.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
             let mc = ec.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
             for (a, b) in mg.iter().zip(&mc) {
-                let err = check(&format!("{:?} lafam {mode:?}", net.kind), a, b);
+                let err = check_parity(&format!("{:?} lafam {mode:?}", net.kind), a, b);
                 eprintln!(
                     "explainer {:?} lafam {mode:?} {}: max rel err {err:e}",
                     net.kind, a.shape

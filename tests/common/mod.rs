@@ -81,3 +81,36 @@ pub fn random_tensor(
 /// Every (kernel, stride, padding) a ResNet uses.
 pub const RESNET_CONVS: [(usize, usize, usize); 5] =
     [(7, 2, 3), (3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0)];
+
+/// Bound for f32 GPU-vs-CPU parity (max |Δ| / max |cpu|).
+pub const PARITY_TOL: f64 = 1e-4;
+
+/// Asserts `max_rel_err(got, want) <= PARITY_TOL` with equal shapes; returns the error.
+pub fn check_parity(label: &str, got: &lafam_gpu::HostTensor, want: &lafam_gpu::HostTensor) -> f64 {
+    assert_eq!(got.shape, want.shape, "{label}: shape");
+    let err = lafam_gpu::tensor::max_rel_err(&got.data, &want.data);
+    assert!(
+        err <= PARITY_TOL,
+        "{label}: max rel err {err:e} > {PARITY_TOL:e}"
+    );
+    err
+}
+
+/// `t` uploaded behind `off` junk elements and returned as a view at element offset `off`,
+/// so kernels are exercised on unaligned tensor views.
+pub fn gpu_view(g: &mut Gpu, t: &lafam_gpu::HostTensor, off: usize) -> lafam_gpu::gpu::GpuTensor {
+    use lafam_gpu::Backend;
+    let mut data: Vec<f32> = (0..off).map(|i| 1e3 + i as f32).collect();
+    data.extend_from_slice(&t.data);
+    let whole = g
+        .upload(&lafam_gpu::HostTensor::new(
+            lafam_gpu::Shape::new(1, 1, 1, data.len()),
+            data,
+        ))
+        .unwrap();
+    lafam_gpu::gpu::GpuTensor {
+        buffer: whole.buffer,
+        offset: off,
+        shape: t.shape,
+    }
+}
