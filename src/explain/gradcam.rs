@@ -14,7 +14,7 @@
 //! This file also holds [`Explainer::cams`], which computes LaFAM, Grad-CAM and EigenCAM from
 //! one shared forward pass.
 
-use super::lafam::{Explainer, ImageBatch};
+use super::lafam::{image_at, Explainer, ImageBatch};
 use crate::backend::{CamBackend, Pool, Upsample};
 use crate::model::Stage;
 use crate::tensor::{HostTensor, Shape};
@@ -270,11 +270,11 @@ impl<B: CamBackend> Explainer<B> {
                 let b = &mut self.backend;
                 let mut row = [None, None, None];
                 if let Some(s) = &lafam {
-                    row[0] = Some(b.resize(&b.image(s, i), h, w, upsample)?);
+                    row[0] = Some(image_at(b, s, i, (h, w), upsample)?);
                 }
                 for (slot, small) in [(1, &gradcam), (2, &eigencam)] {
                     if let Some(s) = small {
-                        let big = b.resize(&b.image(s, i), h, w, Upsample::Bilinear)?;
+                        let big = image_at(b, s, i, (h, w), Upsample::Bilinear)?;
                         row[slot] = Some(b.minmax_normalise(&big)?);
                     }
                 }

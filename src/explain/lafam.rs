@@ -115,9 +115,13 @@ impl<B: Backend> Explainer<B> {
             // is one submission.
             let mut pending = Vec::with_capacity(chunk.n);
             for i in 0..chunk.n {
-                let (h, w) = out_sizes[start + i];
-                let one = self.backend.image(&small, i);
-                pending.push(self.backend.resize(&one, h, w, upsample)?);
+                pending.push(image_at(
+                    &mut self.backend,
+                    &small,
+                    i,
+                    out_sizes[start + i],
+                    upsample,
+                )?);
             }
             for t in &pending {
                 maps.push(self.backend.download(t)?);
@@ -139,5 +143,23 @@ impl<B: Backend> Explainer<B> {
             .step_by(max)
             .map(|s| images.slice(s, max.min(images.n - s)))
             .collect()
+    }
+}
+
+/// Image `i` of a batch resampled to `(h, w)`; the view itself when it already has that size
+/// (resampling to the same size is the identity in both modes).
+pub(crate) fn image_at<B: Backend>(
+    b: &mut B,
+    t: &B::Tensor,
+    i: usize,
+    (h, w): (usize, usize),
+    mode: Upsample,
+) -> Result<B::Tensor> {
+    let one = b.image(t, i);
+    let s = b.shape(&one);
+    if (s.h, s.w) == (h, w) {
+        Ok(one)
+    } else {
+        b.resize(&one, h, w, mode)
     }
 }

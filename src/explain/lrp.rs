@@ -4,7 +4,7 @@
 //! composite (see [`rules`](super::rules)), Norm on residual adds, ReLU pass-through,
 //! winner-take-all max-pool.
 
-use super::lafam::{Explainer, ImageBatch};
+use super::lafam::{image_at, Explainer, ImageBatch};
 use super::rules::{imagenet_bounds, Composite, InputMod, Rule};
 use crate::backend::{Backend, LrpBackend, Pool, Upsample};
 use crate::model::{ConvLayer, ResNet, Stage};
@@ -335,19 +335,11 @@ impl<B: LrpBackend> Explainer<B> {
             let mut pending = Vec::with_capacity(chunk.n);
             for i in 0..chunk.n {
                 let (h, w) = out_sizes[start + i];
-                let one = self.backend.image(&summed, i);
                 // Relevance is at pixel resolution already: resampled bilinearly (nearest would
                 // alias); `upsample` applies to the coarse LaFAM map.
-                let map = if (h, w) == (chunk.h, chunk.w) {
-                    one
-                } else {
-                    self.backend.resize(&one, h, w, Upsample::Bilinear)?
-                };
+                let map = image_at(&mut self.backend, &summed, i, (h, w), Upsample::Bilinear)?;
                 let lafam = match &small {
-                    Some(s) => {
-                        let one = self.backend.image(s, i);
-                        Some(self.backend.resize(&one, h, w, upsample)?)
-                    }
+                    Some(s) => Some(image_at(&mut self.backend, s, i, (h, w), upsample)?),
                     None => None,
                 };
                 pending.push((map, lafam));
