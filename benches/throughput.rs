@@ -3,7 +3,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `LAFAM_BENCH_METHOD` | `lafam` | lafam or lrp |
+//! | `LAFAM_BENCH_METHOD` | `lafam` | lafam, lrp, gradcam, eigencam or relax |
 //! | `LAFAM_BENCH_WEIGHTS` | unset | a safetensors file; unset = random weights of `LAFAM_BENCH_ARCH` |
 //! | `LAFAM_BENCH_ARCH` | `resnet50` | resnet18/34/50/101/152 |
 //! | `LAFAM_BENCH_WIDTH` | `64` | stem width of the random network |
@@ -13,6 +13,8 @@
 //! | `LAFAM_BENCH_ITERS` / `LAFAM_BENCH_WARMUP` | `10` / `2` | timed / warm-up iterations |
 //! | `LAFAM_BENCH_LAYER` | `layer4` | explained stage |
 //! | `LAFAM_BENCH_JSON` | unset | set to 1 for JSON lines |
+//! | `LAFAM_BENCH_PROFILE` | unset | set to 1 for the slowest kernels (GPU timestamps) |
+//! | `LAFAM_BENCH_RULE` | `epsilon-plus-flat` | LRP composite |
 
 use std::process::ExitCode;
 
@@ -44,11 +46,16 @@ fn main() -> ExitCode {
         ("--iters", "LAFAM_BENCH_ITERS", "10"),
         ("--warmup", "LAFAM_BENCH_WARMUP", "2"),
         ("--layer", "LAFAM_BENCH_LAYER", "layer4"),
+        ("--rule", "LAFAM_BENCH_RULE", "epsilon-plus-flat"),
     ] {
         args.extend([flag.to_string(), env(var, default)]);
     }
-    if std::env::var("LAFAM_BENCH_JSON").is_ok_and(|v| !v.is_empty() && v != "0") {
+    let on = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
+    if on("LAFAM_BENCH_JSON") {
         args.push("--json".into());
+    }
+    if on("LAFAM_BENCH_PROFILE") {
+        args.push("--profile".into());
     }
     lafam_gpu::cli::main_from(args)
 }

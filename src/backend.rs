@@ -47,6 +47,38 @@ pub struct MemoryStats {
     pub peak_tensors: u64,
 }
 
+/// Device time per kernel, from GPU timestamp queries: kernel name -> (passes, nanoseconds).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelTimes {
+    pub kernels: std::collections::BTreeMap<String, (usize, f64)>,
+}
+
+impl KernelTimes {
+    pub fn add(&mut self, kernel: &str, ns: f64) {
+        let e = self.kernels.entry(kernel.to_string()).or_default();
+        e.0 += 1;
+        e.1 += ns;
+    }
+    /// Total device time of all passes, in nanoseconds.
+    pub fn total_ns(&self) -> f64 {
+        self.kernels.values().map(|k| k.1).sum()
+    }
+    /// Total number of passes.
+    pub fn passes(&self) -> usize {
+        self.kernels.values().map(|k| k.0).sum()
+    }
+    /// Kernels by descending time.
+    pub fn by_time(&self) -> Vec<(&str, usize, f64)> {
+        let mut v: Vec<_> = self
+            .kernels
+            .iter()
+            .map(|(k, &(n, t))| (k.as_str(), n, t))
+            .collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
+    }
+}
+
 /// A compute backend. Tensors are NHWC f32 living on the backend's device; ops may be
 /// recorded lazily (the GPU backend records into one command encoder and only submits when
 /// a result is downloaded), so `download` is the only synchronisation point.
@@ -102,6 +134,18 @@ pub trait Backend {
 
     /// Starts a new peak-memory measurement.
     fn reset_peak_memory(&mut self) {}
+
+    /// Starts timing device work per kernel (GPU timestamp queries). Returns false where the
+    /// backend cannot (the CPU, adapters without timestamp queries).
+    fn start_kernel_timing(&mut self) -> bool {
+        false
+    }
+
+    /// Stops timing and returns the device time per kernel of the work recorded since
+    /// `start_kernel_timing` (waiting for it), or None where timing is not on.
+    fn stop_kernel_timing(&mut self) -> Result<Option<KernelTimes>> {
+        Ok(None)
+    }
 
     /// Resample every channel of every image to `h`x`w`.
     fn resize(

@@ -399,3 +399,97 @@ fn bench_json_lines_on_random_weights() {
     let o = lafam_gpu(&[&"bench", &"--backend", &"cpu"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `bench` on the GPU: device time from timestamp queries (where the adapter has them), the
+/// kernels' breakdown, and the fraction of the measured GEMM peak.
+#[test]
+fn bench_gpu_reports_device_time_and_peak_fraction() {
+    let info = stdout(&lafam_gpu(&[&"info", &"--backend", &"gpu"]));
+    let timestamps = info.contains("timestamp queries: yes");
+    let o = lafam_gpu(&[
+        &"bench",
+        &"--arch",
+        &"resnet18",
+        &"--width",
+        &"8",
+        &"--backend",
+        &"gpu",
+        &"--method",
+        &"lrp",
+        &"--size",
+        &"32",
+        &"--batch",
+        &"1",
+        &"--iters",
+        &"2",
+        &"--warmup",
+        &"1",
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("GEMM peak:"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let peak = v["gemm_peak_gflops"].as_f64().unwrap();
+    let frac = v["fraction_of_gemm_peak"].as_f64().unwrap();
+    assert!(peak > 0.0 && frac > 0.0, "{v}");
+    assert!((frac - v["kernel_gflops"].as_f64().unwrap() / peak).abs() < 1e-9);
+    let kernels = v["kernels"].as_array().unwrap();
+    if timestamps {
+        let device = v["device_ms"].as_f64().unwrap();
+        assert!(
+            device > 0.0 && device <= v["median_ms"].as_f64().unwrap() * 1.01,
+            "{v}"
+        );
+        let names: Vec<&str> = kernels
+            .iter()
+            .map(|k| k["kernel"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("conv_transpose")),
+            "{names:?}"
+        );
+        let sum: f64 = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).sum();
+        assert!(
+            (sum - device).abs() <= 0.5 * device,
+            "kernels {sum} ms vs device {device} ms"
+        );
+    } else {
+        assert!(v["device_ms"].is_null() && kernels.is_empty(), "{v}");
+    }
+}
+
+/// The compiled pipelines persist in the cache directory where the adapter has a pipeline
+/// cache: the first start writes the file, the second loads it.
+#[test]
+fn pipeline_cache_is_written_then_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = || {
+        let o = Command::new(BIN)
+            .args(["info", "--backend", "gpu"])
+            .env("LAFAM_GPU_CACHE", dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let first = info();
+    let line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("pipeline cache:"))
+            .unwrap_or_else(|| panic!("no pipeline cache line in {s}"))
+            .to_string()
+    };
+    let l1 = line(&first);
+    if l1.contains("none") {
+        // An adapter without a pipeline cache (not Vulkan): nothing is written.
+        assert!(!dir.path().join("pipelines").exists());
+        return;
+    }
+    assert!(l1.ends_with("(written)"), "{l1}");
+    let files: Vec<_> = fs::read_dir(dir.path().join("pipelines"))
+        .unwrap()
+        .collect();
+    assert_eq!(files.len(), 1);
+    let l2 = line(&info());
+    assert!(l2.ends_with("(loaded)"), "{l2}");
+}

@@ -440,6 +440,42 @@ fn adapter_is_described() {
     }
 }
 
+/// Timestamp queries time every pass by kernel name, and only while timing is on; the
+/// results are unchanged. Adapters without timestamps say so (start returns false).
+#[test]
+fn kernel_timing_names_and_counts_passes() {
+    let mut g = gpu();
+    let layer = random_conv(16, 12, 3, 1, 1, 5);
+    let conv = g.prepare_conv(&layer).unwrap();
+    let x = g
+        .upload(&random_tensor(Shape::new(1, 9, 7, 16), -1.0, 1.0, 6))
+        .unwrap();
+    let untimed = g.conv2d(&x, &conv, None, true).unwrap();
+    let untimed = g.download(&untimed).unwrap();
+    let has = g
+        .device_features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    assert_eq!(g.start_kernel_timing(), has);
+    let y = g.conv2d(&x, &conv, None, true).unwrap();
+    let y = g.max_pool(&y, Pool::RESNET_STEM).unwrap();
+    let y = g.download(&y).unwrap();
+    let times = g.stop_kernel_timing().unwrap();
+    if !has {
+        assert!(times.is_none());
+        return;
+    }
+    let times = times.expect("timing was on");
+    let names: Vec<&String> = times.kernels.keys().collect();
+    assert_eq!(names, ["conv2d[A_VEC4,B_VEC4]", "max_pool"], "{times:?}");
+    assert_eq!(times.passes(), 2);
+    assert!(times.total_ns() > 0.0, "{times:?}");
+    // Timing off again: nothing recorded, same results.
+    let again = g.conv2d(&x, &conv, None, true).unwrap();
+    assert_eq!(g.download(&again).unwrap().data, untimed.data);
+    assert!(g.stop_kernel_timing().unwrap().is_none());
+    assert_eq!(y.shape, Shape::new(1, 5, 4, 12));
+}
+
 fn basic_block(cin: usize, cout: usize, stride: usize, seed: u64) -> Block<ConvLayer> {
     Block {
         convs: vec![

@@ -3,12 +3,13 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{resolve_weights, Method, EXIT_OK};
-use crate::backend::CamBackend;
+use crate::backend::{Backend, CamBackend, KernelTimes};
 use crate::explain::gradcam::CamRequest;
 use crate::explain::lafam::{Explainer, ImageBatch};
 use crate::explain::relax::RelaxConfig;
 use crate::model::random::{random_resnet, RandomSpec};
-use crate::model::Stage;
+use crate::model::{ConvLayer, Stage};
+use crate::tensor::{HostTensor, Shape};
 use crate::Upsample;
 use anyhow::{ensure, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -103,6 +104,14 @@ pub struct BenchArgs {
     /// One JSON line per batch size instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Also report the slowest kernels (device time per batch from GPU timestamp queries).
+    #[arg(long)]
+    pub profile: bool,
+
+    /// Skip measuring the backend's GEMM peak (used for the fraction-of-peak column).
+    #[arg(long)]
+    pub no_peak: bool,
 }
 
 /// What one timing run measures.
@@ -118,6 +127,74 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Masks and mask batch for `--method relax` (its seed is `seed`).
     pub relax: RelaxConfig,
+    /// The backend's measured GEMM throughput, for the fraction-of-peak figure.
+    pub gemm_peak: Option<GemmPeak>,
+}
+
+/// The backend's GEMM throughput measured with this crate's own conv kernel as a plain
+/// n x n x n GEMM (a 1x1 conv): the practical peak the network's convs are compared with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmPeak {
+    pub n: usize,
+    pub gflops: f64,
+    /// Whether the time is device time (GPU timestamps) rather than wall clock.
+    pub device_timed: bool,
+}
+
+/// Times a square GEMM (a 1x1 conv over an n x 1 "image" of n channels into n channels),
+/// doubling n from 256 until one run takes 50 ms or n reaches 4096; the median of 5 runs at
+/// that size. Device time where the backend has timestamps, else wall clock with the
+/// (small next to the GEMM) download.
+pub fn measure_gemm_peak<B: Backend>(b: &mut B) -> Result<GemmPeak> {
+    let mut n = 256usize;
+    loop {
+        let layer = ConvLayer {
+            name: format!("gemm {n}"),
+            cin: n,
+            cout: n,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+            weight: (0..n * n)
+                .map(|i| ((i * 7919) % 61) as f32 * 1e-3 - 0.03)
+                .collect(),
+            bias: vec![0.0; n],
+        };
+        let conv = b.prepare_conv(&layer)?;
+        let x = HostTensor::new(
+            Shape::new(1, n, 1, n),
+            (0..n * n)
+                .map(|i| ((i * 104729) % 53) as f32 * 1e-2 - 0.26)
+                .collect(),
+        );
+        let x = b.upload(&x)?;
+        let once = |b: &mut B| -> Result<(f64, bool)> {
+            let timed = b.start_kernel_timing();
+            let t = Instant::now();
+            let y = b.conv2d(&x, &conv, None, false)?;
+            std::hint::black_box(b.download(&y)?);
+            let wall = t.elapsed().as_secs_f64();
+            Ok(match b.stop_kernel_timing()? {
+                Some(k) if timed && k.total_ns() > 0.0 => (k.total_ns() * 1e-9, true),
+                _ => (wall, false),
+            })
+        };
+        once(b)?; // warm-up
+        let (first, _) = once(b)?;
+        if first < 0.05 && n < 4096 {
+            n *= 2;
+            continue;
+        }
+        let runs: Vec<(f64, bool)> = (0..5).map(|_| once(b)).collect::<Result<_>>()?;
+        let mut times: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let t = median(&mut times);
+        return Ok(GemmPeak {
+            n,
+            gflops: 2.0 * (n * n * n) as f64 / t / 1e9,
+            device_timed: runs.iter().all(|r| r.1),
+        });
+    }
 }
 
 /// One batch size's result.
@@ -143,6 +220,15 @@ pub struct BenchResult {
     pub peak_mib_per_img: Option<f64>,
     /// Device memory of the prepared weights (MiB), where tracked.
     pub weights_mib: Option<f64>,
+    /// Median device time per batch (sum of the kernels' GPU timestamps), where available.
+    pub device_ms: Option<f64>,
+    /// GFLOP/s over device time where measured, else over wall time.
+    pub kernel_gflops: f64,
+    /// The backend's GEMM peak and `kernel_gflops` as a fraction of it.
+    pub gemm_peak: Option<GemmPeak>,
+    /// Device time per batch by kernel: (kernel, passes per batch, ms per batch), slowest
+    /// first, where timestamps are available.
+    pub kernels: Vec<(String, f64, f64)>,
 }
 
 impl BenchResult {
@@ -163,7 +249,20 @@ impl BenchResult {
             "gflops": self.gflops,
             "peak_mib_per_img": self.peak_mib_per_img,
             "weights_mib": self.weights_mib,
+            "device_ms": self.device_ms,
+            "kernel_gflops": self.kernel_gflops,
+            "gemm_peak_gflops": self.gemm_peak.map(|p| p.gflops),
+            "gemm_peak_n": self.gemm_peak.map(|p| p.n),
+            "fraction_of_gemm_peak": self.fraction_of_peak(),
+            "kernels": self.kernels.iter().map(|(k, n, ms)| serde_json::json!({
+                "kernel": k, "passes": n, "ms": ms,
+            })).collect::<Vec<_>>(),
         })
+    }
+
+    /// `kernel_gflops` over the measured GEMM peak.
+    pub fn fraction_of_peak(&self) -> Option<f64> {
+        self.gemm_peak.map(|p| self.kernel_gflops / p.gflops)
     }
     pub fn to_text(&self) -> String {
         format!(
@@ -173,7 +272,32 @@ impl BenchResult {
         ) + &match (self.peak_mib_per_img, self.weights_mib) {
             (Some(p), Some(w)) => format!(", peak {p:.1} MiB/img + {w:.1} MiB weights"),
             _ => String::new(),
+        } + &match self.device_ms {
+            Some(d) => format!(", device {d:.2} ms/batch ({:.1} GFLOP/s)", self.kernel_gflops),
+            None => String::new(),
+        } + &match (self.gemm_peak, self.fraction_of_peak()) {
+            (Some(p), Some(f)) => format!(
+                ", {:.0}% of the {:.1} GFLOP/s GEMM peak",
+                100.0 * f,
+                p.gflops
+            ),
+            _ => String::new(),
         }
+    }
+
+    /// The slowest `n` kernels, one line each.
+    pub fn kernels_text(&self, n: usize) -> String {
+        let total: f64 = self.kernels.iter().map(|k| k.2).sum();
+        self.kernels
+            .iter()
+            .take(n)
+            .map(|(k, passes, ms)| {
+                format!(
+                    "  {ms:9.3} ms/batch {:5.1}% {passes:7.1} passes  {k}\n",
+                    100.0 * ms / total.max(f64::MIN_POSITIVE)
+                )
+            })
+            .collect()
     }
 }
 
@@ -214,7 +338,12 @@ pub fn run_bench<B: CamBackend>(
                     .spec
                     .macs_per_image(cfg.size, cfg.size, Stage::Layer4)
         }
-        _ => explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage),
+        Method::Lrp => explainer
+            .spec
+            .lrp_macs_per_image(cfg.size, cfg.size, cfg.stage),
+        Method::Lafam | Method::Eigencam => {
+            explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage)
+        }
     } as f64;
     let adapter = explainer.backend.name();
     let arch = explainer.spec.arch_name();
@@ -222,7 +351,9 @@ pub fn run_bench<B: CamBackend>(
     for &batch in &cfg.batches {
         let images = ImageBatch::new(&rgb[..per * batch], batch, cfg.size, cfg.size)?;
         let out_sizes = vec![(cfg.size, cfg.size); batch];
-        let once = |ex: &mut Explainer<B>| -> Result<f64> {
+        // (wall seconds, device time by kernel where timestamps are available)
+        let once = |ex: &mut Explainer<B>| -> Result<(f64, Option<KernelTimes>)> {
+            let timed = ex.backend.start_kernel_timing();
             let t = Instant::now();
             let maps = match cfg.method {
                 Method::Lafam => ex.lafam(images, cfg.stage, cfg.upsample, &out_sizes)?,
@@ -257,19 +388,45 @@ pub fn run_bench<B: CamBackend>(
                 maps.len()
             );
             std::hint::black_box(&maps);
-            Ok(dt)
+            let kernels = ex.backend.stop_kernel_timing()?.filter(|_| timed);
+            Ok((dt, kernels))
         };
         for _ in 0..cfg.warmup {
             once(explainer)?;
         }
         explainer.backend.reset_peak_memory();
-        let mut times: Vec<f64> = (0..cfg.iters)
+        let runs: Vec<(f64, Option<KernelTimes>)> = (0..cfg.iters)
             .map(|_| once(explainer))
             .collect::<Result<_>>()?;
+        let mut times: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let device: Option<Vec<&KernelTimes>> = runs.iter().map(|r| r.1.as_ref()).collect();
+        let (device_ms, kernels) = match device {
+            Some(k) => {
+                let mut totals: Vec<f64> = k.iter().map(|k| k.total_ns() * 1e-6).collect();
+                let mut sum = KernelTimes::default();
+                for t in &k {
+                    for (name, &(n, ns)) in &t.kernels {
+                        let e = sum.kernels.entry(name.clone()).or_default();
+                        e.0 += n;
+                        e.1 += ns;
+                    }
+                }
+                let per = k.len() as f64;
+                let kernels = sum
+                    .by_time()
+                    .into_iter()
+                    .map(|(name, n, ns)| (name.to_string(), n as f64 / per, ns * 1e-6 / per))
+                    .collect();
+                (Some(median(&mut totals)), kernels)
+            }
+            None => (None, Vec::new()),
+        };
         let memory = explainer.backend.memory();
         let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
         let med = median(&mut times);
+        let flop = 2.0 * macs * batch as f64;
+        let kernel_s = device_ms.map_or(med, |d| d * 1e-3);
         let r = BenchResult {
             method: cfg.method,
             backend: backend_kind.to_string(),
@@ -283,7 +440,11 @@ pub fn run_bench<B: CamBackend>(
             min_ms: min * 1e3,
             img_per_s: batch as f64 / med,
             ms_per_img: med * 1e3 / batch as f64,
-            gflops: 2.0 * macs * batch as f64 / med / 1e9,
+            gflops: flop / med / 1e9,
+            kernel_gflops: flop / kernel_s / 1e9,
+            device_ms,
+            gemm_peak: cfg.gemm_peak,
+            kernels,
             peak_mib_per_img: memory.map(|m| mib(m.peak_tensors) / batch as f64),
             weights_mib: memory.map(|m| mib(m.weights)),
         };
@@ -333,17 +494,34 @@ pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
             batch: args.mask_batch as usize,
             seed: args.seed,
         },
+        gemm_peak: None,
     };
     let kind = backend.kind();
     let json = args.json;
+    let profile = args.profile;
     let print = |r: &BenchResult| {
         if json {
             println!("{}", r.to_json());
         } else {
             println!("{}", r.to_text());
+            if profile && !r.kernels.is_empty() {
+                print!("{}", r.kernels_text(12));
+            }
         }
     };
     crate::with_backend!(backend, b => {
+        let mut b = b;
+        let mut cfg = cfg;
+        if !args.no_peak {
+            let p = measure_gemm_peak(&mut b)?;
+            eprintln!(
+                "GEMM peak: {:.1} GFLOP/s ({n}x{n}x{n} through the conv kernel, {})",
+                p.gflops,
+                if p.device_timed { "device time" } else { "wall clock" },
+                n = p.n
+            );
+            cfg.gemm_peak = Some(p);
+        }
         let mut ex = Explainer::new(b, &net)?;
         if args.method == Method::Lrp {
             ex.enable_lrp(args.rule)?;

@@ -24,8 +24,10 @@ pub(crate) struct Context {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    /// What the adapter offers (the device is opened with no optional features).
+    /// What the adapter offers (the device is opened with [`OPTIONAL_FEATURES`] among them).
     pub adapter_features: wgpu::Features,
+    /// Where the compiled pipelines are persisted, and whether they were found there.
+    pub pipeline_cache: Option<(std::path::PathBuf, bool)>,
     pub pipelines: Pipelines,
     /// Validation / out-of-memory errors raised outside an error scope (recording, submit),
     /// and device loss: reported by the next `download` instead of wgpu's default panic.
@@ -114,6 +116,46 @@ async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
         })
 }
 
+/// Features requested where the adapter has them: timestamp queries (kernel timing in
+/// `bench`) and a driver pipeline cache (start-up).
+const OPTIONAL_FEATURES: wgpu::Features =
+    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::PIPELINE_CACHE);
+
+/// The file that persists compiled pipelines for this adapter and driver, in the cache
+/// directory (`$LAFAM_GPU_CACHE`, else `$XDG_CACHE_HOME/lafam-gpu`, else
+/// `~/.cache/lafam-gpu`); `LAFAM_GPU_PIPELINE_CACHE=0` turns it off.
+fn pipeline_cache_file(info: &wgpu::AdapterInfo) -> Option<std::path::PathBuf> {
+    if std::env::var("LAFAM_GPU_PIPELINE_CACHE").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let key = wgpu::util::pipeline_cache_key(info)?;
+    let dir = crate::checkpoint::download::cache_dir(None).ok()?;
+    // The driver version is in the name too: a driver update starts a fresh file.
+    let driver: String = format!("{}_{}", info.driver, info.driver_info)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    Some(dir.join("pipelines").join(format!("{key}_{driver}.bin")))
+}
+
+/// Writes the pipeline cache's data whole (temp file + rename). Failure only costs the next
+/// start-up its compile time, so it is not an error.
+/// Nothing is written when the data is what was loaded.
+fn save_pipeline_cache(cache: &wgpu::PipelineCache, path: &std::path::Path, loaded: Option<&[u8]>) {
+    let Some(data) = cache.get_data() else {
+        return;
+    };
+    if loaded == Some(&data[..]) {
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+    }
+    let _ = crate::io::output::write_atomic(path, |w| Ok(w.write_all(&data)?));
+}
+
 /// The limits requested from the device: wgpu's defaults, raised to what the adapter offers
 /// for the limits that bound batch size and kernel shapes.
 fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
@@ -148,7 +190,7 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("lafam-gpu"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & OPTIONAL_FEATURES,
             required_limits,
             experimental_features: wgpu::ExperimentalFeatures::default(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -173,14 +215,38 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     }
     let limits = device.limits();
     let adapter_features = adapter.features();
-    let pipelines = Pipelines::new(&device)
+    // Pipelines compile through the driver's cache, persisted per adapter and driver: a
+    // second start-up loads them instead of compiling.
+    let cache_file = device
+        .features()
+        .contains(wgpu::Features::PIPELINE_CACHE)
+        .then(|| pipeline_cache_file(&info))
+        .flatten();
+    let cached = cache_file.as_ref().and_then(|f| std::fs::read(f).ok());
+    let cache = cache_file.as_ref().map(|_| {
+        // SAFETY: the data is what `PipelineCache::get_data` wrote for an adapter with the
+        // same cache key and driver; `fallback` makes the driver discard data it rejects.
+        unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some("lafam-gpu pipelines"),
+                data: cached.as_deref(),
+                fallback: true,
+            })
+        }
+    });
+    let pipelines = Pipelines::new(&device, cache.as_ref())
         .with_context(|| format!("compiling the WGSL kernels on '{}'", info.name))?;
+    if let (Some(c), Some(f)) = (&cache, &cache_file) {
+        save_pipeline_cache(c, f, cached.as_deref());
+    }
+    let pipeline_cache = cache_file.map(|f| (f, cached.is_some()));
     Ok(Context {
         device,
         queue,
         info,
         limits,
         adapter_features,
+        pipeline_cache,
         pipelines,
         errors,
     })

@@ -14,6 +14,7 @@ mod context;
 mod lrp;
 mod pipelines;
 mod pool;
+mod profile;
 
 pub use context::GpuOptions;
 
@@ -76,6 +77,10 @@ pub struct Gpu {
     max_tensor_bytes: u64,
     /// Bytes of prepared conv weights and biases.
     weight_bytes: u64,
+    /// Timestamp queries, created on the first `start_kernel_timing`.
+    profiler: Option<profile::Profiler>,
+    /// Whether passes are being timed.
+    timing: bool,
 }
 
 impl Gpu {
@@ -115,6 +120,8 @@ impl Gpu {
             staging: None,
             max_tensor_bytes,
             weight_bytes: 0,
+            profiler: None,
+            timing: false,
         })
     }
 
@@ -131,6 +138,11 @@ impl Gpu {
             "{} ({:?}, {:?}, {driver})",
             i.name, i.backend, i.device_type
         )
+    }
+
+    /// The optional features the device was opened with (timestamp queries, pipeline cache).
+    pub fn device_features(&self) -> wgpu::Features {
+        self.ctx.device.features()
     }
 
     /// The device limits and adapter features that matter to this crate, as (name, value).
@@ -176,6 +188,14 @@ impl Gpu {
                 yes(f.contains(wgpu::Features::TIMESTAMP_QUERY)),
             ),
             (
+                "pipeline cache".into(),
+                match &self.ctx.pipeline_cache {
+                    Some((path, true)) => format!("{} (loaded)", path.display()),
+                    Some((path, false)) => format!("{} (written)", path.display()),
+                    None => "none (the adapter has no pipeline cache)".into(),
+                },
+            ),
+            (
                 "buffer pool".into(),
                 format!("{bufs} buffers, {}", mib(bytes)),
             ),
@@ -184,7 +204,10 @@ impl Gpu {
 
     /// Submits the pending work (if any) without waiting for it.
     pub fn flush(&mut self) -> Result<()> {
-        if let Some(enc) = self.encoder.take() {
+        if let Some(mut enc) = self.encoder.take() {
+            if let Some(p) = &mut self.profiler {
+                p.before_submit(&self.ctx.device, &mut enc);
+            }
             if !self.params.is_empty() {
                 self.ctx.queue.write_buffer(&self.ring, 0, &self.params);
                 self.params.clear();
@@ -205,12 +228,7 @@ impl Gpu {
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
-        let device = &self.ctx.device;
-        self.encoder.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("lafam"),
-            })
-        })
+        pending_encoder(&mut self.encoder, &self.ctx.device)
     }
 
     fn check_bytes(&self, what: &str, shape: Shape) -> Result<()> {
@@ -259,7 +277,8 @@ impl Gpu {
         grid: (u32, u32, u32),
     ) -> Result<()> {
         debug_assert!(params.len() * 4 <= PARAMS_BYTES as usize);
-        if self.params.len() as u64 >= RING_SLOTS * SLOT_BYTES {
+        let timing_full = self.timing && self.profiler.as_ref().is_some_and(|p| p.is_full());
+        if self.params.len() as u64 >= RING_SLOTS * SLOT_BYTES || timing_full {
             self.flush()?;
         }
         let slot = self.params.len() as u64;
@@ -287,10 +306,15 @@ impl Gpu {
                 layout,
                 entries: &entries,
             });
-        let enc = self.encoder();
+        let ctx = self.ctx.clone();
+        let enc = pending_encoder(&mut self.encoder, &ctx.device);
+        let timestamp_writes = match &mut self.profiler {
+            Some(p) if self.timing => Some(p.next_pass(ctx.pipelines.name(pipeline))),
+            _ => None,
+        };
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: None,
-            timestamp_writes: None,
+            timestamp_writes,
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[slot as u32]);
@@ -317,6 +341,18 @@ impl Gpu {
             (x, y, 1),
         )
     }
+}
+
+/// The pending command encoder, created on first use.
+fn pending_encoder<'a>(
+    slot: &'a mut Option<wgpu::CommandEncoder>,
+    device: &wgpu::Device,
+) -> &'a mut wgpu::CommandEncoder {
+    slot.get_or_insert_with(|| {
+        device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("lafam"),
+        })
+    })
 }
 
 fn u32_of(v: usize, what: &str) -> Result<u32> {
@@ -418,6 +454,40 @@ impl Backend for Gpu {
             weights: self.weight_bytes,
             peak_tensors: self.pool.peak_live_bytes(),
         })
+    }
+
+    fn start_kernel_timing(&mut self) -> bool {
+        if !self
+            .ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return false;
+        }
+        // Work recorded before timing starts is not timed.
+        if self.encoder.is_some() && self.flush().is_err() {
+            return false;
+        }
+        if self.profiler.is_none() {
+            self.profiler = Some(profile::Profiler::new(&self.ctx.device, &self.ctx.queue));
+        }
+        self.timing = true;
+        true
+    }
+
+    fn stop_kernel_timing(&mut self) -> Result<Option<crate::backend::KernelTimes>> {
+        if !self.timing {
+            return Ok(None);
+        }
+        self.flush()?;
+        self.timing = false;
+        let mut times = crate::backend::KernelTimes::default();
+        if let Some(p) = &mut self.profiler {
+            p.collect(&self.ctx.device, &mut times)?;
+        }
+        self.check_errors()?;
+        Ok(Some(times))
     }
 
     fn reset_peak_memory(&mut self) {

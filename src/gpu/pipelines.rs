@@ -87,6 +87,8 @@ pub(crate) struct Pipelines {
     pub resize_bilinear: wgpu::ComputePipeline,
     /// `shaders/cam.wgsl` (on `lrp_layout`).
     pub cam: super::cam::CamPipelines,
+    /// Kernel names for timing reports: entry point and the specialisations that are on.
+    names: std::collections::HashMap<wgpu::ComputePipeline, String>,
 }
 
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
@@ -116,13 +118,19 @@ fn params_entry() -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Pipelines {
-    pub fn new(device: &wgpu::Device) -> Result<Self> {
+    /// Compiles every kernel, through `cache` where the device has a pipeline cache.
+    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(device);
+        let built = Self::build(device, cache);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(anyhow!("pipeline creation failed: {e}"));
         }
         Ok(built)
+    }
+
+    /// The kernel name of `p`, e.g. `conv2d[A_VEC4,PLAIN_GEMM]`.
+    pub fn name(&self, p: &wgpu::ComputePipeline) -> &str {
+        self.names.get(p).map_or("unnamed kernel", |s| s.as_str())
     }
 
     pub fn conv(&self, v: ConvVariant) -> &wgpu::ComputePipeline {
@@ -137,7 +145,7 @@ impl Pipelines {
         }
     }
 
-    fn build(device: &wgpu::Device) -> Self {
+    fn build(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
         let unary_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("unary"),
             entries: &[params_entry(), storage(1, true), storage(2, false)],
@@ -193,11 +201,22 @@ impl Pipelines {
                 )
             }
         };
+        let names = std::cell::RefCell::new(std::collections::HashMap::new());
         let pipeline = |layout: &wgpu::PipelineLayout,
                         m: &wgpu::ShaderModule,
                         entry: &str,
                         constants: &[(&str, f64)]| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            let on: Vec<&str> = constants
+                .iter()
+                .filter(|c| c.1 != 0.0)
+                .map(|c| c.0)
+                .collect();
+            let name = if on.is_empty() {
+                entry.to_string()
+            } else {
+                format!("{entry}[{}]", on.join(","))
+            };
+            let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: Some(layout),
                 module: m,
@@ -207,8 +226,10 @@ impl Pipelines {
                     // Every kernel writes its workgroup memory before reading it.
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
-            })
+                cache,
+            });
+            names.borrow_mut().insert(p.clone(), name);
+            p
         };
         let conv_m = module("conv", CONV);
         let conv = (0..8)
@@ -290,6 +311,8 @@ impl Pipelines {
             resize_bilinear: pipeline(&unary_pl, &resample_m, "resize_bilinear", &[]),
             unary_layout,
             conv_layout,
+            // Last: the initialisers above still register their names.
+            names: names.take(),
         }
     }
 }

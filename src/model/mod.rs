@@ -170,6 +170,16 @@ impl ResNet<ConvLayer> {
         max
     }
 
+    /// Multiply-accumulates per image of LaFAM-LRP seeded at `stage` with the default
+    /// composite (epsilon-plus-flat): the forward pass, then per conv the rule's own z and the
+    /// transposed conv (3x the forward's MACs), except the stem whose Flat rule runs on one
+    /// output channel. Rules with two terms (alpha-beta, gamma, z-box) do more.
+    pub fn lrp_macs_per_image(&self, h: usize, w: usize, stage: Stage) -> usize {
+        let (sh, sw) = self.stem.out_size(h, w);
+        let stem = sh * sw * self.stem.macs_per_pixel();
+        3 * self.macs_per_image(h, w, stage) - 2 * stem + 2 * stem / self.stem.cout.max(1)
+    }
+
     /// Multiply-accumulates per image for the forward pass up to `stage`.
     pub fn macs_per_image(&self, h: usize, w: usize, stage: Stage) -> usize {
         let (mut h, mut w) = self.stem.out_size(h, w);
