@@ -493,3 +493,46 @@ fn pipeline_cache_is_written_then_loaded() {
     let l2 = line(&info());
     assert!(l2.ends_with("(loaded)"), "{l2}");
 }
+
+/// `run --timings` says where a start-up's time went; on the GPU with timestamps it also
+/// gives the device time and the time outside it.
+#[test]
+fn run_timings_break_down_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = good_images(dir.path());
+    let out = dir.path().join("out");
+    for backend in ["cpu", "gpu"] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &weights(),
+            &"--backend",
+            &backend,
+            &"--size",
+            &"40",
+            &"--method",
+            &"lafam,lrp",
+            &"--out",
+            &out,
+            &"--timings",
+            &good[0],
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("timings: "))
+            .unwrap_or_else(|| panic!("no timings line: {err}"));
+        for part in ["weights ", "backend ", "prepare ", "explain ", "total "] {
+            assert!(line.contains(part), "{part} missing: {line}");
+        }
+        assert_eq!(
+            line.contains("outside device work"),
+            backend == "gpu" && line.contains("(device "),
+            "{line}"
+        );
+        if backend == "cpu" {
+            assert!(!line.contains("device"), "{line}");
+        }
+    }
+}

@@ -7,6 +7,7 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{resolve_weights, Method, EXIT_FAILED, EXIT_OK};
+use crate::backend::Backend as _;
 use crate::backend::CamBackend;
 use crate::explain::gradcam::{CamRequest, NEEDS_CLASSIFIER};
 use crate::explain::lafam::{Explainer, ImageBatch};
@@ -25,6 +26,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// Blend factor of the heatmap over the image in `*.overlay.png`.
 pub const OVERLAY_ALPHA: f32 = 0.5;
@@ -155,6 +157,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::eval::Shard>,
 
+    /// Print where the time went (stderr): loading the weights, opening the GPU (pipeline
+    /// compilation or cache), preparing the network, explaining (and its device time, from
+    /// GPU timestamps where the adapter has them).
+    #[arg(long)]
+    pub timings: bool,
+
     /// Image files (JPEG, PNG, WebP, BMP, TIFF; recognised by content) or directories (their
     /// image files, by extension, not recursive).
     #[arg(required = true, value_name = "INPUT")]
@@ -205,9 +213,12 @@ impl Reporter {
 }
 
 pub fn run(args: &RunArgs) -> Result<u8> {
+    let start = Instant::now();
     let weights = resolve_weights(&args.weights)?;
     args.map.check_weights(&weights, &args.weights)?;
+    let loaded = Instant::now();
     let (backend, note) = open_backend(args.map.backend)?;
+    let opened = Instant::now();
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
         None => eprintln!("backend: {}", backend.describe()),
@@ -217,13 +228,36 @@ pub fn run(args: &RunArgs) -> Result<u8> {
         if args.map.method.contains(&Method::Lrp) {
             explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
         }
-        run_with(explainer, args)
+        let prepared = Instant::now();
+        let timed = args.timings && explainer.backend.start_kernel_timing();
+        let code = run_with(&mut explainer, args)?;
+        let device = if timed { explainer.backend.stop_kernel_timing()? } else { None };
+        if args.timings {
+            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+            let done = Instant::now();
+            let device_ms = device.map(|d| d.total_ns() * 1e-6);
+            eprintln!(
+                "timings: weights {:.0} ms, backend {:.0} ms, prepare {:.0} ms, explain {:.0} ms{}; \
+                 total {:.0} ms{}",
+                ms(start, loaded),
+                ms(loaded, opened),
+                ms(opened, prepared),
+                ms(prepared, done),
+                device_ms.map_or(String::new(), |d| format!(" (device {d:.0} ms)")),
+                ms(start, done),
+                device_ms.map_or(String::new(), |d| format!(
+                    ", {:.0} ms outside device work",
+                    ms(start, done) - d
+                )),
+            );
+        }
+        Ok(code)
     })
 }
 
 /// The `run` command over an already prepared explainer (the weights are loaded and the
 /// backend opened): outputs go to `args.out`. Returns the exit code.
-pub fn run_with<B: CamBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> Result<u8> {
+pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> Result<u8> {
     let mut methods = args.map.method.clone();
     methods.dedup();
     std::fs::create_dir_all(&args.out)
@@ -281,7 +315,7 @@ pub fn run_with<B: CamBackend>(mut explainer: Explainer<B>, args: &RunArgs) -> R
         written: 0,
         failed: 0,
     };
-    stream_maps(&mut explainer, &jobs, &settings, &rep, &mut sink);
+    stream_maps(explainer, &jobs, &settings, &rep, &mut sink);
     let written = sink.written;
     failed += sink.failed;
     rep.bar.finish_and_clear();
