@@ -437,7 +437,8 @@ fn bench_gpu_reports_device_time_and_peak_fraction() {
     if timestamps {
         let device = v["device_ms"].as_f64().unwrap();
         assert!(
-            device > 0.0 && device <= v["median_ms"].as_f64().unwrap() * 1.01,
+            // Device time comes from separate (timestamped) runs: same order as the wall time.
+            device > 0.0 && device <= v["median_ms"].as_f64().unwrap() * 2.0,
             "{v}"
         );
         let names: Vec<&str> = kernels

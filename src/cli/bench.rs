@@ -351,9 +351,9 @@ pub fn run_bench<B: CamBackend>(
     for &batch in &cfg.batches {
         let images = ImageBatch::new(&rgb[..per * batch], batch, cfg.size, cfg.size)?;
         let out_sizes = vec![(cfg.size, cfg.size); batch];
-        // (wall seconds, device time by kernel where timestamps are available)
-        let once = |ex: &mut Explainer<B>| -> Result<(f64, Option<KernelTimes>)> {
-            let timed = ex.backend.start_kernel_timing();
+        // (wall seconds, device time by kernel when `timed` and the backend has timestamps)
+        let once = |ex: &mut Explainer<B>, timed: bool| -> Result<(f64, Option<KernelTimes>)> {
+            let timed = timed && ex.backend.start_kernel_timing();
             let t = Instant::now();
             let maps = match cfg.method {
                 Method::Lafam => ex.lafam(images, cfg.stage, cfg.upsample, &out_sizes)?,
@@ -392,15 +392,20 @@ pub fn run_bench<B: CamBackend>(
             Ok((dt, kernels))
         };
         for _ in 0..cfg.warmup {
-            once(explainer)?;
+            once(explainer, false)?;
         }
         explainer.backend.reset_peak_memory();
+        // Wall time untimed (timestamps split the recording into one pass per dispatch),
+        // then up to 3 runs with timestamps for the device time and the kernels.
         let runs: Vec<(f64, Option<KernelTimes>)> = (0..cfg.iters)
-            .map(|_| once(explainer))
+            .map(|_| once(explainer, false))
             .collect::<Result<_>>()?;
         let mut times: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        let device: Option<Vec<&KernelTimes>> = runs.iter().map(|r| r.1.as_ref()).collect();
+        let profiled: Vec<(f64, Option<KernelTimes>)> = (0..cfg.iters.min(3))
+            .map(|_| once(explainer, true))
+            .collect::<Result<_>>()?;
+        let device: Option<Vec<&KernelTimes>> = profiled.iter().map(|r| r.1.as_ref()).collect();
         let (device_ms, kernels) = match device {
             Some(k) => {
                 let mut totals: Vec<f64> = k.iter().map(|k| k.total_ns() * 1e-6).collect();

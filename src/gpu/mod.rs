@@ -65,6 +65,10 @@ const CONV_TILE: u64 = 64;
 pub struct Gpu {
     ctx: Arc<Context>,
     pool: BufferPool,
+    /// The open compute pass of `encoder` (untimed recording); ended (dropped) before any
+    /// other command is recorded on the encoder and before it is finished. Declared first:
+    /// it is dropped before the encoder.
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     /// Parameter blocks of the pending encoder, written to `ring` at submission.
     params: Vec<u8>,
@@ -114,6 +118,7 @@ impl Gpu {
             pool: BufferPool::new(max_tensor_bytes, 2 * max_tensor_bytes),
             ctx,
             encoder: None,
+            pass: None,
             params: Vec::new(),
             ring,
             dummy,
@@ -204,6 +209,7 @@ impl Gpu {
 
     /// Submits the pending work (if any) without waiting for it.
     pub fn flush(&mut self) -> Result<()> {
+        self.pass = None; // ends the open pass
         if let Some(mut enc) = self.encoder.take() {
             if let Some(p) = &mut self.profiler {
                 p.before_submit(&self.ctx.device, &mut enc);
@@ -227,7 +233,9 @@ impl Gpu {
         }
     }
 
+    /// The pending encoder for a command outside compute passes (the open pass is ended).
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
         pending_encoder(&mut self.encoder, &self.ctx.device)
     }
 
@@ -307,15 +315,36 @@ impl Gpu {
                 entries: &entries,
             });
         let ctx = self.ctx.clone();
-        let enc = pending_encoder(&mut self.encoder, &ctx.device);
-        let timestamp_writes = match &mut self.profiler {
-            Some(p) if self.timing => Some(p.next_pass(ctx.pipelines.name(pipeline))),
-            _ => None,
+        if self.timing {
+            // Timed: one pass per dispatch, its timestamps at the pass's ends.
+            self.pass = None;
+            let enc = pending_encoder(&mut self.encoder, &ctx.device);
+            let timestamp_writes = self
+                .profiler
+                .as_mut()
+                .map(|p| p.next_pass(ctx.pipelines.name(pipeline)));
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[slot as u32]);
+            pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+            return Ok(());
+        }
+        // Untimed: every dispatch of the encoder goes into one compute pass (each dispatch is
+        // its own usage scope, so wgpu still orders a dispatch after the writes it reads);
+        // a pass per dispatch cost ~20 us of recording each.
+        let pass = match &mut self.pass {
+            Some(p) => p,
+            None => {
+                let enc = pending_encoder(&mut self.encoder, &ctx.device);
+                let pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                    .forget_lifetime();
+                self.pass.insert(pass)
+            }
         };
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes,
-        });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[slot as u32]);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
