@@ -370,6 +370,7 @@ impl Gpu {
             b_vec4: conv.cout.is_multiple_of(4)
                 && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
+            large: false,
         };
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
         let n_tiles = (conv.cout as u64).div_ceil(CONV_TILE);
