@@ -73,8 +73,8 @@ impl ConvTiles {
     /// - the adapter is not a CPU (`DeviceType::Cpu`, e.g. lavapipe), so that CI's default path
     ///   stays the long-tested 64x64 kernel (the 128x128 one has its own forced-on tests).
     ///   This is a choice, not a speed-up: on lavapipe (2 cores) the 128x128 tile measured
-    ///   1.4-1.7x faster for m, n >= 128 and slower only for n = 64 or m = 32
-    ///   (`bench_conv_tiles` in tests/gpu_ops.rs);
+    ///   1.4-1.7x faster for m, n >= 128 and 0.83-0.88x for n = 64 or m = 32
+    ///   (`bench_conv_tiles` in tests/gpu_ops.rs, docs/perf.md);
     /// - `m >= 128` and `n >= 128`: a tile that is at least half empty in one dimension wastes
     ///   the FMAs the larger register block is meant to save (ResNet's 64-channel convs);
     /// - the large-tile grid has at least 2 x 132 workgroups, two per SM of an H100: a
