@@ -3,9 +3,18 @@
 // with M = n*ho*wo output pixels, N = cout, K = kh*kw*cin, A the (never materialised) im2col of
 // the input with zero padding, W the HWIO weight ([kh][kw][cin][cout] = row-major [K][N]).
 //
-// Tiling: a 64x64 output tile per workgroup of 16x16 threads, each thread owning a 4x4 block
-// of outputs in registers; K is walked in tiles of 16 staged in workgroup memory (8 KiB), with
-// the next K tile's global loads prefetched into registers while the current one is computed.
+// Two entry points over the same loads and epilogue, chosen per shape by the host
+// (`ConvTiles` in src/gpu/mod.rs):
+//   conv2d:       a 64x64 output tile per workgroup of 16x16 threads, each thread owning a 4x4
+//                 block of outputs in registers; K is walked in tiles of 16 staged in workgroup
+//                 memory (8 KiB), with the next K tile's global loads prefetched into registers
+//                 while the current one is computed (two barriers per K tile).
+//   conv2d_large: a 128x128 output tile per workgroup of 16x16 threads, each thread owning 8x8
+//                 outputs as two 4x4 sub-blocks 64 apart in M and in N; K tiles of 8 in a
+//                 double-buffered workgroup memory (2 stages x (A 8x128 + B 8x128) f32 = 16 KiB,
+//                 the minimum every adapter offers): one barrier per K tile. Per thread and k,
+//                 64 FMAs per 16 floats read from workgroup memory (conv2d: 16 per 8), and
+//                 half the global loads per output; for big GPUs given enough output tiles.
 //
 // Specialisations (override constants, one pipeline each, created at start-up):
 //   A_VEC4: cin % 4 == 0 and the input's element offset % 4 == 0: A is read as vec4 over
@@ -51,9 +60,21 @@ const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-// As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
+// conv2d: As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
+
+const LBM: u32 = 128u;
+const LBN: u32 = 128u;
+const LBK: u32 = 8u;
+// vec4 per row (k) of a large stage, and per stage (LBK rows).
+const LROW: u32 = 32u;
+const LSTAGE: u32 = 256u;
+
+// conv2d_large: two stages of AL[k][m/4] and BL[k][n/4], 32 vec4 per k (8 KiB each, 16 KiB in
+// all). Only the variables an entry point uses count against its workgroup-memory limit.
+var<workgroup> AL: array<vec4<f32>, 512>;
+var<workgroup> BL: array<vec4<f32>, 512>;
 
 fn x_scalar(i: u32) -> f32 {
     return x[i >> 2u][i & 3u];
@@ -69,6 +90,30 @@ struct RowInfo {
     base: u32,     // PLAIN_GEMM: element index of the row start; else: image base element
     iy0: i32,
     ix0: i32,
+}
+
+// The A row (output pixel) m, for a thread that stages it.
+fn row_info(m: u32) -> RowInfo {
+    var r: RowInfo;
+    r.valid = m < p.m;
+    r.base = 0u;
+    r.iy0 = 0;
+    r.ix0 = 0;
+    if (r.valid) {
+        if (PLAIN_GEMM) {
+            r.base = p.x_off + m * p.cin;
+        } else {
+            let hw = p.ho * p.wo;
+            let img = m / hw;
+            let rem = m - img * hw;
+            let oy = rem / p.wo;
+            let ox = rem - oy * p.wo;
+            r.base = p.x_off + img * p.h * p.w * p.cin;
+            r.iy0 = i32(oy * p.stride) - i32(p.pad);
+            r.ix0 = i32(ox * p.stride) - i32(p.pad);
+        }
+    }
+    return r;
 }
 
 // One element A[m, k] through im2col with zero padding (scalar path).
@@ -111,7 +156,7 @@ fn load_a_vec4(r: RowInfo, k: u32) -> vec4<f32> {
     return x[(r.base + (u32(iy) * p.w + u32(ix)) * p.cin + ci) >> 2u];
 }
 
-// The four A values this thread stages for K tile starting at k0: row `row`, k = k0+kq*4..+4.
+// The four A values a thread stages for the K tile starting at k0: its row, k = k0+kq*4..+4.
 fn load_a(r: RowInfo, k0: u32, kq: u32) -> vec4<f32> {
     let k = k0 + kq * 4u;
     if (A_VEC4) {
@@ -209,26 +254,7 @@ fn conv2d(
     let tx = t & 15u;
     let ty = t >> 4u;
 
-    var r: RowInfo;
-    let m = m0 + a_row;
-    r.valid = m < p.m;
-    r.base = 0u;
-    r.iy0 = 0;
-    r.ix0 = 0;
-    if (r.valid) {
-        if (PLAIN_GEMM) {
-            r.base = p.x_off + m * p.cin;
-        } else {
-            let hw = p.ho * p.wo;
-            let img = m / hw;
-            let rem = m - img * hw;
-            let oy = rem / p.wo;
-            let ox = rem - oy * p.wo;
-            r.base = p.x_off + img * p.h * p.w * p.cin;
-            r.iy0 = i32(oy * p.stride) - i32(p.pad);
-            r.ix0 = i32(ox * p.stride) - i32(p.pad);
-        }
-    }
+    let r = row_info(m0 + a_row);
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -275,4 +301,134 @@ fn conv2d(
     epilogue(om + 1u, on, acc1);
     epilogue(om + 2u, on, acc2);
     epilogue(om + 3u, on, acc3);
+}
+
+// Stores one thread's staged A (row a_row, k = kq*4..+4 of the tile, transposed to [k][m]) and
+// B (row b_k, n quad b_nq) into stage `stage` of AL / BL.
+fn stage_large(stage: u32, a_row: u32, a_kq: u32, a: vec4<f32>, b_k: u32, b_nq: u32, b: vec4<f32>) {
+    let base = stage * LSTAGE;
+    let col = base + (a_row >> 2u);
+    let comp = a_row & 3u;
+    let kb = a_kq * 4u;
+    AL[(kb + 0u) * LROW + col][comp] = a.x;
+    AL[(kb + 1u) * LROW + col][comp] = a.y;
+    AL[(kb + 2u) * LROW + col][comp] = a.z;
+    AL[(kb + 3u) * LROW + col][comp] = a.w;
+    BL[base + b_k * LROW + b_nq] = b;
+}
+
+// Grid as conv2d's, over 128x128 tiles.
+@compute @workgroup_size(16, 16, 1)
+fn conv2d_large(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m_tile = wid.y + wid.z * nwg.y;
+    let m_tiles = (p.m + LBM - 1u) / LBM;
+    if (m_tile >= m_tiles) {
+        return; // whole workgroup: uniform
+    }
+    let m0 = m_tile * LBM;
+    let n0 = wid.x * LBN;
+
+    // A staging: row a_row (0..127), k quad a_kq (0..1): one vec4 per thread per K tile.
+    let a_row = t >> 1u;
+    let a_kq = t & 1u;
+    // B staging: k row b_k (0..7), n quad b_nq (0..31): one vec4 per thread per K tile.
+    let b_k = t >> 5u;
+    let b_nq = t & 31u;
+    // Compute: rows ty*4..+4 and 64+ty*4..+4, cols tx*4..+4 and 64+tx*4..+4. A warp's 16 tx
+    // read 16 consecutive vec4 of a B row (no bank conflict; contiguous 8-wide columns would
+    // read every other vec4), its ty read two vec4 of an A row (broadcast).
+    let tx = t & 15u;
+    let ty = t >> 4u;
+
+    let r = row_info(m0 + a_row);
+
+    // c<i><j>: row i (0..3: ty*4+i, 4..7: 64+ty*4+i-4), column half j (0: tx*4, 1: 64+tx*4).
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
+
+    // Double buffering: stage K tile 0, then for each K tile kt: global loads of tile kt+1 into
+    // registers, compute on stage kt&1, store tile kt+1 into the other stage, barrier. The other
+    // stage was last read in iteration kt-1, before that iteration's barrier, so one barrier
+    // per K tile orders both the reuse and the visibility of the new stage.
+    let k_tiles = (p.k + LBK - 1u) / LBK;
+    stage_large(0u, a_row, a_kq, load_a(r, 0u, a_kq), b_k, b_nq, load_b(b_k, n0 + b_nq * 4u));
+    workgroupBarrier();
+
+    for (var kt = 0u; kt < k_tiles; kt++) {
+        let next = kt + 1u < k_tiles;
+        var a_reg = vec4<f32>(0.0);
+        var b_reg = vec4<f32>(0.0);
+        if (next) {
+            let k0 = (kt + 1u) * LBK;
+            a_reg = load_a(r, k0, a_kq);
+            b_reg = load_b(k0 + b_k, n0 + b_nq * 4u);
+        }
+
+        let base = (kt & 1u) * LSTAGE;
+        for (var kk = 0u; kk < LBK; kk++) {
+            let row = base + kk * LROW;
+            let a0 = AL[row + ty];
+            let a1 = AL[row + 16u + ty];
+            let b0 = BL[row + tx];
+            let b1 = BL[row + 16u + tx];
+            c00 += a0.x * b0;
+            c01 += a0.x * b1;
+            c10 += a0.y * b0;
+            c11 += a0.y * b1;
+            c20 += a0.z * b0;
+            c21 += a0.z * b1;
+            c30 += a0.w * b0;
+            c31 += a0.w * b1;
+            c40 += a1.x * b0;
+            c41 += a1.x * b1;
+            c50 += a1.y * b0;
+            c51 += a1.y * b1;
+            c60 += a1.z * b0;
+            c61 += a1.z * b1;
+            c70 += a1.w * b0;
+            c71 += a1.w * b1;
+        }
+
+        if (next) {
+            stage_large((kt + 1u) & 1u, a_row, a_kq, a_reg, b_k, b_nq, b_reg);
+        }
+        workgroupBarrier();
+    }
+
+    let om = m0 + ty * 4u;
+    let on = n0 + tx * 4u;
+    epilogue(om, on, c00);
+    epilogue(om, on + 64u, c01);
+    epilogue(om + 1u, on, c10);
+    epilogue(om + 1u, on + 64u, c11);
+    epilogue(om + 2u, on, c20);
+    epilogue(om + 2u, on + 64u, c21);
+    epilogue(om + 3u, on, c30);
+    epilogue(om + 3u, on + 64u, c31);
+    epilogue(om + 64u, on, c40);
+    epilogue(om + 64u, on + 64u, c41);
+    epilogue(om + 65u, on, c50);
+    epilogue(om + 65u, on + 64u, c51);
+    epilogue(om + 66u, on, c60);
+    epilogue(om + 66u, on + 64u, c61);
+    epilogue(om + 67u, on, c70);
+    epilogue(om + 67u, on + 64u, c71);
 }

@@ -11,7 +11,7 @@ use common::{
 };
 use lafam_gpu::backend::{GateSign, LrpBackend, Pool};
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::gpu::GpuTensor;
+use lafam_gpu::gpu::{ConvTiles, Gpu, GpuTensor};
 use lafam_gpu::tensor::max_rel_err;
 use lafam_gpu::{Backend, HostTensor, Shape};
 
@@ -312,22 +312,26 @@ fn residual_split_matches_cpu() {
     report("residual_split", worst, cases);
 }
 
-#[test]
-fn conv2d_ratio_matches_cpu() {
-    let (mut g, mut c) = (gpu(), Cpu::new());
+/// `conv2d_ratio` vs the CPU for every ResNet conv shape, `channels` (cin, cout), images of
+/// `n` x `h` x `w` and views at offset 0, aligned and unaligned; returns (worst, cases).
+fn conv2d_ratio_cases(
+    g: &mut Gpu,
+    c: &mut Cpu,
+    channels: &[(usize, usize)],
+    (h, w): (usize, usize),
+    batches: &[usize],
+    seed0: u64,
+) -> (f64, usize) {
     let mut worst = 0f64;
     let mut cases = 0usize;
-    // Scalar and vec4 input / output channels, as conv2d's variants.
-    let channels = [(3usize, 64usize), (64, 37), (37, 5), (64, 64), (5, 3)];
     for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
         for (ci, &(cin, cout)) in channels.iter().enumerate() {
-            let layer = random_conv(cin, cout, k, stride, pad, (ki * 10 + ci) as u64 + 500);
+            let layer = random_conv(cin, cout, k, stride, pad, (ki * 10 + ci) as u64 + seed0);
             let cg = g.prepare_conv(&layer).unwrap();
             let cc = c.prepare_conv(&layer).unwrap();
-            let (h, w) = (13usize, 9usize);
             let (ho, wo) = layer.out_size(h, w);
-            for n in [1usize, 3] {
-                let seed = 600 + cases as u64 * 3;
+            for &n in batches {
+                let seed = seed0 + 100 + cases as u64 * 3;
                 let x = random_tensor(Shape::new(n, h, w, cin), -1.0, 1.0, seed);
                 let r = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, seed + 1);
                 let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
@@ -341,12 +345,15 @@ fn conv2d_ratio_matches_cpu() {
                 let zmax = z.data.iter().fold(0f32, |m, v| m.max(v.abs()));
                 for offs in [[0usize, 0], [4, 8], [1, 3]] {
                     cases += 1;
-                    let xg = gpu_view(&mut g, &x, offs[0]);
-                    let rg = gpu_view(&mut g, &r, offs[1]);
+                    let xg = gpu_view(g, &x, offs[0]);
+                    let rg = gpu_view(g, &r, offs[1]);
                     let got = g.conv2d_ratio(&xg, &cg, &rg).unwrap();
                     let got = g.download(&got).unwrap();
-                    let label =
-                        format!("conv2d_ratio k{k} s{stride} {cin}->{cout} n{n} offsets={offs:?}");
+                    let label = format!(
+                        "conv2d_ratio k{k} s{stride} {cin}->{cout} {n}x{h}x{w} offsets={offs:?} \
+                         tiles={}",
+                        g.conv_tiles()
+                    );
                     assert_eq!(got.shape, want.shape, "{label}: shape");
                     // Where z is near 0 the ratio amplifies the convs' rounding differences:
                     // compare where |z| is a fair fraction of its range.
@@ -365,9 +372,24 @@ fn conv2d_ratio_matches_cpu() {
             }
         }
     }
-    // z exactly +0 / -0 / tiny of both signs: a zero input leaves z = bias, so the stabiliser's
-    // sign(0) = +1 is checked element by element.
-    for (cin, cout) in [(64usize, 8usize), (5, 3)] {
+    (worst, cases)
+}
+
+#[test]
+fn conv2d_ratio_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    // Scalar and vec4 input / output channels, as conv2d's variants.
+    let channels = [(3usize, 64usize), (64, 37), (37, 5), (64, 64), (5, 3)];
+    let (worst, cases) = conv2d_ratio_cases(&mut g, &mut c, &channels, (13, 9), &[1, 3], 500);
+    let cases = cases + conv2d_ratio_at_bias(&mut g, &mut c, &[(64, 8), (5, 3)]);
+    report("conv2d_ratio", worst, cases);
+}
+
+/// z exactly +0 / -0 / tiny of both signs: a zero input leaves z = bias, so the stabiliser's
+/// sign(0) = +1 is checked element by element. Returns the number of cases.
+fn conv2d_ratio_at_bias(g: &mut Gpu, c: &mut Cpu, channels: &[(usize, usize)]) -> usize {
+    let mut cases = 0;
+    for &(cin, cout) in channels {
         let mut layer = random_conv(cin, cout, 3, 1, 1, 700 + cin as u64);
         for (j, b) in layer.bias.iter_mut().enumerate() {
             *b = match j % 4 {
@@ -396,7 +418,19 @@ fn conv2d_ratio_matches_cpu() {
         }
         cases += 1;
     }
-    report("conv2d_ratio", worst, cases);
+    cases
+}
+
+/// The ratio epilogue (flag bit 2) of the 128x128-tile conv kernel: odd channel counts over
+/// two N tiles (150 scalar, 200 vec4), several M tiles and partial K tiles.
+#[test]
+fn conv2d_ratio_large_tiles_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Large);
+    let channels = [(37usize, 150usize), (64, 200), (5, 3)];
+    let (worst, cases) = conv2d_ratio_cases(&mut g, &mut c, &channels, (17, 23), &[2], 800);
+    let cases = cases + conv2d_ratio_at_bias(&mut g, &mut c, &[(64, 136), (5, 3)]);
+    report("conv2d_ratio (128x128 tiles)", worst, cases);
 }
 
 #[test]

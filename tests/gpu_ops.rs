@@ -9,7 +9,7 @@ use lafam_gpu::backend::Pool;
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::lafam::ImageBatch;
 use lafam_gpu::explain::Explainer;
-use lafam_gpu::gpu::Gpu;
+use lafam_gpu::gpu::{ConvTiles, Gpu};
 use lafam_gpu::model::{Block, BlockKind, ConvLayer, Heads, ResNet, Stage};
 use lafam_gpu::tensor::max_rel_err;
 use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
@@ -112,6 +112,171 @@ fn conv2d_matches_cpu() {
         cases += 1;
     }
     eprintln!("conv2d: {cases} cases, max rel err {worst:e}");
+}
+
+/// The 128x128-tile kernel (`conv2d_large`) forced on, vs the CPU: every ResNet conv shape with
+/// scalar A and B (3 -> 5), odd channel counts over two N tiles with partial K tiles (cin 37:
+/// K = 37 k^2, never a multiple of 8) and scalar (150) or vec4 (200) B, vec4 A (64), several M
+/// tiles (2 images 17x23: M = 782 at stride 1), plain GEMM (1x1/1), every epilogue, and an
+/// input and residual at element offsets (image 1 and 2 of 3).
+#[test]
+fn conv2d_large_tiles_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Large);
+    let mut worst = 0f64;
+    let mut cases = 0u64;
+    let channels = [(3usize, 5usize), (37, 150), (37, 200), (64, 150), (64, 200)];
+    for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+        for (ci, &(cin, cout)) in channels.iter().enumerate() {
+            let layer = random_conv(cin, cout, k, stride, pad, 900 + (ki * 10 + ci) as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            let (h, w) = (17, 23);
+            let (ho, wo) = layer.out_size(h, w);
+            assert_eq!(g.conv_tile(2 * ho * wo, cout), 128);
+            let x = random_tensor(Shape::new(2, h, w, cin), -1.0, 1.0, 1000 + cases);
+            let r = random_tensor(Shape::new(2, ho, wo, cout), -1.0, 1.0, 1100 + cases);
+            for (with_res, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+                let label = format!(
+                    "large tiles: conv {k}x{k}/{stride} p{pad} {cin}->{cout} 2x{h}x{w} \
+                     residual={with_res} relu={relu}"
+                );
+                let err = parity(
+                    &label,
+                    &mut g,
+                    &mut c,
+                    &[&x, &r],
+                    |g, t| {
+                        g.conv2d(&t[0], &cg, with_res.then_some(&t[1]), relu)
+                            .unwrap()
+                    },
+                    |c, t| {
+                        c.conv2d(&t[0], &cc, with_res.then_some(&t[1]), relu)
+                            .unwrap()
+                    },
+                );
+                worst = worst.max(err);
+                cases += 1;
+            }
+            let x = random_tensor(Shape::new(3, h, w, cin), -1.0, 1.0, 1200 + cases);
+            let r = random_tensor(Shape::new(3, ho, wo, cout), -1.0, 1.0, 1300 + cases);
+            let label = format!(
+                "large tiles: conv {k}x{k}/{stride} p{pad} {cin}->{cout} on image 1 of 3x{h}x{w}"
+            );
+            let err = parity(
+                &label,
+                &mut g,
+                &mut c,
+                &[&x, &r],
+                |g, t| {
+                    let (xi, ri) = (g.image(&t[0], 1), g.image(&t[1], 2));
+                    g.conv2d(&xi, &cg, Some(&ri), true).unwrap()
+                },
+                |c, t| {
+                    let (xi, ri) = (c.image(&t[0], 1), c.image(&t[1], 2));
+                    c.conv2d(&xi, &cc, Some(&ri), true).unwrap()
+                },
+            );
+            worst = worst.max(err);
+            cases += 1;
+        }
+    }
+    // A long reduction (K = 2304, 288 K tiles) over 4 M and 2 N tiles, im2col and plain GEMM.
+    for &(k, pad) in &[(3usize, 1usize), (1, 0)] {
+        let layer = random_conv(256, 256, k, 1, pad, 1400);
+        let cg = g.prepare_conv(&layer).unwrap();
+        let cc = c.prepare_conv(&layer).unwrap();
+        let x = random_tensor(Shape::new(2, 14, 14, 256), -1.0, 1.0, 1401);
+        let err = parity(
+            &format!("large tiles: conv {k}x{k} 256->256 2x14x14"),
+            &mut g,
+            &mut c,
+            &[&x],
+            |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
+            |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+        );
+        worst = worst.max(err);
+        cases += 1;
+    }
+    eprintln!("conv2d (128x128 tiles): {cases} cases, max rel err {worst:e}");
+}
+
+/// `LAFAM_GPU_TILES` parsing (tested on the parser: the environment is process-wide and tests
+/// run in parallel), the `Auto` rule, and the setter: both tiles give the same conv.
+#[test]
+fn conv_tile_policy() {
+    use wgpu::DeviceType::{Cpu as CpuDevice, DiscreteGpu};
+    for (v, want) in [
+        (None, ConvTiles::Auto),
+        (Some(""), ConvTiles::Auto),
+        (Some("auto"), ConvTiles::Auto),
+        (Some("AUTO"), ConvTiles::Auto),
+        (Some("64"), ConvTiles::Small),
+        (Some(" 128 "), ConvTiles::Large),
+    ] {
+        assert_eq!(ConvTiles::from_env_value(v).unwrap(), want, "{v:?}");
+    }
+    for bad in ["256", "large", "64x64", "0", "12 8"] {
+        let err = ConvTiles::from_env_value(Some(bad))
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} accepted"))
+            .to_string();
+        assert!(
+            err.contains("LAFAM_GPU_TILES") && err.contains("auto, 64, 128") && err.contains(bad),
+            "{err}"
+        );
+    }
+    for t in [ConvTiles::Auto, ConvTiles::Small, ConvTiles::Large] {
+        let shown = t.to_string();
+        assert_eq!(ConvTiles::from_env_value(Some(&shown)).unwrap(), t);
+    }
+    // Auto: on a GPU for ResNet-50 at batch 64, 224x224 (M, N); on a CPU adapter whenever
+    // M and N are at least 128.
+    let r50 = |m_side: usize, n: usize| (64 * m_side * m_side, n);
+    for ((m, n), want) in [
+        (r50(112, 64), 64),   // stem: n < 128
+        (r50(56, 64), 64),    // layer1 3x3: n < 128
+        (r50(56, 256), 128),  // layer1 1x1 expand: 3136 tiles
+        (r50(28, 128), 128),  // layer2 3x3: 392 tiles
+        (r50(14, 256), 64),   // layer3 3x3: 196 tiles < 264
+        (r50(14, 1024), 128), // layer3 1x1 expand: 784 tiles
+        (r50(7, 512), 64),    // layer4 3x3: 100 tiles
+        (r50(7, 2048), 128),  // layer4 1x1 expand: 400 tiles
+        ((100, 4096), 64),    // m < 128
+    ] {
+        assert_eq!(ConvTiles::Auto.tile(DiscreteGpu, m, n), want, "{m}x{n}");
+        assert_eq!(
+            ConvTiles::Auto.tile(CpuDevice, m, n),
+            if m >= 128 && n >= 128 { 128 } else { 64 },
+            "{m}x{n} on a CPU"
+        );
+        assert_eq!(ConvTiles::Small.tile(DiscreteGpu, m, n), 64);
+        assert_eq!(ConvTiles::Large.tile(CpuDevice, m, n), 128);
+    }
+
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    assert_eq!(g.conv_tiles(), ConvTiles::from_env().unwrap());
+    let layer = random_conv(64, 200, 3, 1, 1, 1500);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let x = random_tensor(Shape::new(2, 17, 23, 64), -1.0, 1.0, 1501);
+    let xg = g.upload(&x).unwrap();
+    let xc = c.upload(&x).unwrap();
+    let yc = c.conv2d(&xc, &cc, None, true).unwrap();
+    let want = c.download(&yc).unwrap();
+    let mut got = Vec::new();
+    for (t, edge) in [(ConvTiles::Small, 64), (ConvTiles::Large, 128)] {
+        g.set_conv_tiles(t);
+        assert_eq!(g.conv_tiles(), t);
+        assert_eq!(g.conv_tile(2 * 17 * 23, 200), edge);
+        let y = g.conv2d(&xg, &cg, None, true).unwrap();
+        let y = g.download(&y).unwrap();
+        check_parity(&format!("conv with tiles {t}"), &y, &want);
+        got.push(y);
+    }
+    check_parity("64 vs 128 tiles", &got[1], &got[0]);
 }
 
 #[test]
@@ -593,6 +758,30 @@ fn large_grids_are_tiled() {
     eprintln!("conv 1x1 4->4 over 2100x2100: max rel err {err:e}");
 }
 
+/// The 128x128-tile conv over more M tiles than one grid dimension holds (about 12 s on
+/// lavapipe: 65703 workgroups).
+#[test]
+fn large_tile_grids_are_tiled() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Large);
+    // 2900 x 2900 output pixels: 65703 M tiles of 128 (the limit is 65535 per dimension).
+    let layer = random_conv(1, 3, 1, 1, 0, 53);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let x = random_tensor(Shape::new(1, 2900, 2900, 1), -1.0, 1.0, 54);
+    let err = parity(
+        "conv 1x1 1->3 over 2900x2900, 128x128 tiles",
+        &mut g,
+        &mut c,
+        &[&x],
+        |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
+        |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+    );
+    eprintln!("conv 1x1 1->3 over 2900x2900 (128x128 tiles): max rel err {err:e}");
+}
+
 /// Without a matching adapter `Gpu::new` returns an error (it does not panic).
 #[test]
 fn missing_adapter_is_an_error() {
@@ -658,4 +847,64 @@ fn bench_resnet50_forward() {
         gflop / tg,
         gflop / tc
     );
+}
+
+/// GFLOP/s of the 64x64 and 128x128 conv tiles, runs interleaved, median of 5: a square plain
+/// GEMM (1x1 conv, M = N = K = 1024), a 3x3 conv (M = 1024, N = 256, K = 2304) and ResNet-50
+/// shapes at 64x64, batch 8 (stem, layer1 expand, layer3 3x3, layer4 expand):
+/// `cargo test --release --test gpu_ops -- --ignored --nocapture bench_conv_tiles`.
+#[test]
+#[ignore = "timing, not a check"]
+fn bench_conv_tiles() {
+    let mut g = gpu();
+    // (kernel, stride, cin, cout, batch, input side)
+    let shapes = [
+        (1usize, 1usize, 1024usize, 1024usize, 1usize, 32usize),
+        (3, 1, 256, 256, 1, 32),
+        (7, 2, 3, 64, 8, 64),
+        (1, 1, 64, 256, 8, 16),
+        (3, 1, 256, 256, 8, 4),
+        (1, 1, 512, 2048, 8, 2),
+    ];
+    for (k, stride, cin, cout, n, side) in shapes {
+        let layer = random_conv(cin, cout, k, stride, k / 2, 1600);
+        let cg = g.prepare_conv(&layer).unwrap();
+        let x = g
+            .upload(&random_tensor(
+                Shape::new(n, side, side, cin),
+                -1.0,
+                1.0,
+                1601,
+            ))
+            .unwrap();
+        let (ho, wo) = layer.out_size(side, side);
+        let m = n * ho * wo;
+        let gflop = 2.0 * (m * cout * k * k * cin) as f64 / 1e9;
+        let tiles = [ConvTiles::Small, ConvTiles::Large];
+        let mut secs = [vec![], vec![]];
+        for rep in 0..6 {
+            for (i, &t) in tiles.iter().enumerate() {
+                g.set_conv_tiles(t);
+                let start = std::time::Instant::now();
+                let y = g.conv2d(&x, &cg, None, false).unwrap();
+                g.download(&y).unwrap();
+                if rep > 0 {
+                    secs[i].push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        g.set_conv_tiles(ConvTiles::Auto);
+        for (i, t) in tiles.iter().enumerate() {
+            secs[i].sort_by(f64::total_cmp);
+            let med = secs[i][secs[i].len() / 2];
+            eprintln!(
+                "conv {k}x{k}/{stride} {cin}->{cout} M={m} ({gflop:.3} GFLOP), tiles {t}: \
+                 median {:.1} ms = {:.2} GFLOP/s (auto: {})",
+                med * 1e3,
+                gflop / med,
+                g.conv_tile(m, cout)
+            );
+        }
+    }
+    eprintln!("adapter: {}", g.adapter_summary());
 }

@@ -48,9 +48,32 @@ fn every_shader_parses_and_validates() {
             "{} has no entry point",
             path.display()
         );
+        // Vulkan counts the workgroup variables an entry point uses against the limit.
+        let info = validator.validate(&module).expect("validated above");
+        for (i, ep) in module.entry_points.iter().enumerate() {
+            let bytes: u32 = module
+                .global_variables
+                .iter()
+                .filter(|(h, v)| {
+                    v.space == naga::AddressSpace::WorkGroup
+                        && !info.get_entry_point(i)[*h].is_empty()
+                })
+                .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+                .sum();
+            if bytes > WORKGROUP_BYTES {
+                failures.push(format!(
+                    "{}: {} uses {bytes} bytes of workgroup memory, over {WORKGROUP_BYTES}",
+                    path.display(),
+                    ep.name
+                ));
+            }
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The workgroup memory `create_context` (src/gpu/context.rs) requires of an adapter.
+const WORKGROUP_BYTES: u32 = 16384;
 
 #[test]
 fn the_shaders_the_gpu_backend_loads_exist() {
@@ -69,5 +92,23 @@ fn the_shaders_the_gpu_backend_loads_exist() {
             names.iter().any(|n| n == want),
             "shaders/{want} missing (found {names:?})"
         );
+    }
+}
+
+/// The entry points `src/gpu/pipelines.rs` builds from `conv.wgsl` (both conv tiles) exist and
+/// are compute shaders of 256 invocations (validated above with the rest of the module).
+#[test]
+fn conv_entry_points_exist() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders/conv.wgsl");
+    let src = std::fs::read_to_string(&path).expect("read conv.wgsl");
+    let module = naga::front::wgsl::parse_str(&src).expect("conv.wgsl parses");
+    for name in ["conv2d", "conv2d_large"] {
+        let ep = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("conv.wgsl has no entry point {name}"));
+        assert_eq!(ep.stage, naga::ShaderStage::Compute, "{name}");
+        assert_eq!(ep.workgroup_size.iter().product::<u32>(), 256, "{name}");
     }
 }

@@ -2,7 +2,7 @@
 //! Every command runs generically over the chosen backend through [`with_backend!`].
 
 use crate::cpu::Cpu;
-use crate::gpu::{Gpu, GpuOptions};
+use crate::gpu::{ConvTiles, Gpu, GpuOptions};
 use crate::Backend;
 use anyhow::{Context, Result};
 
@@ -65,7 +65,8 @@ macro_rules! with_backend {
 }
 
 /// Opens the chosen backend. With `Auto`, a failure to open the GPU falls back to the CPU;
-/// the returned note says why (for the `backend:` line).
+/// the returned note says why (for the `backend:` line). A malformed `LAFAM_GPU_TILES` is a
+/// usage error, not a reason to fall back.
 pub fn open_backend(choice: BackendChoice) -> Result<(AnyBackend, Option<String>)> {
     match choice {
         BackendChoice::Cpu => Ok((AnyBackend::Cpu(make_cpu()?), None)),
@@ -73,13 +74,16 @@ pub fn open_backend(choice: BackendChoice) -> Result<(AnyBackend, Option<String>
             let gpu = Gpu::new(&GpuOptions::default()).context("--backend gpu")?;
             Ok((AnyBackend::Gpu(Box::new(gpu)), None))
         }
-        BackendChoice::Auto => match Gpu::new(&GpuOptions::default()) {
-            Ok(gpu) => Ok((AnyBackend::Gpu(Box::new(gpu)), None)),
-            Err(e) => Ok((
-                AnyBackend::Cpu(make_cpu()?),
-                Some(format!("no usable GPU: {e:#}")),
-            )),
-        },
+        BackendChoice::Auto => {
+            ConvTiles::from_env()?;
+            match Gpu::new(&GpuOptions::default()) {
+                Ok(gpu) => Ok((AnyBackend::Gpu(Box::new(gpu)), None)),
+                Err(e) => Ok((
+                    AnyBackend::Cpu(make_cpu()?),
+                    Some(format!("no usable GPU: {e:#}")),
+                )),
+            }
+        }
     }
 }
 

@@ -68,7 +68,8 @@ impl fmt::Display for Method {
     long_about = "Label-free feature attribution maps (LaFAM) for ResNet backbones (SwAV, SimCLR, MoCo, \
 torchvision; safetensors or PyTorch weights, or a known model name such as `swav`, downloaded once), computed on any GPU that wgpu drives (Vulkan, Metal, DX12) or on the CPU.\n\n\
 Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 usage or fatal error.\n\
-The GPU adapter can be chosen with the WGPU_BACKEND and WGPU_ADAPTER_NAME environment variables."
+The GPU adapter can be chosen with the WGPU_BACKEND and WGPU_ADAPTER_NAME environment variables, \
+the forward conv's output tile with LAFAM_GPU_TILES=auto|64|128 (default auto)."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -4,7 +4,7 @@
 //! dispatch is recorded (the kernels run without runtime bounds checks).
 
 use super::pipelines::{ConvTransposeVariant, Pipelines};
-use super::{u32_of, Gpu, GpuConv, GpuTensor, CONV_TILE, WG};
+use super::{u32_of, Gpu, GpuConv, GpuTensor, CONV_TRANSPOSE_TILE, WG};
 use crate::backend::{GateSign, LrpBackend, Pool};
 use crate::tensor::Shape;
 use anyhow::{ensure, Result};
@@ -185,7 +185,7 @@ impl LrpBackend for Gpu {
             (x, y, 1)
         } else {
             let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-            let n_tiles = (conv.cin as u64).div_ceil(CONV_TILE);
+            let n_tiles = (conv.cin as u64).div_ceil(CONV_TRANSPOSE_TILE);
             ensure!(
                 n_tiles <= max,
                 "conv_transpose {}: {} input channels exceed the dispatch grid",
@@ -196,7 +196,7 @@ impl LrpBackend for Gpu {
             // (shaders/conv_backward.wgsl, `tiles_per_phase`).
             let st = conv.stride as u64;
             let per_phase = (ss.n as u64 * (in_h as u64).div_ceil(st) * (in_w as u64).div_ceil(st))
-                .div_ceil(CONV_TILE);
+                .div_ceil(CONV_TRANSPOSE_TILE);
             let (gy, gz) = self.grid_2d(st * st * per_phase)?;
             (n_tiles as u32, gy, gz)
         };

@@ -15,8 +15,10 @@ mod lrp;
 mod pipelines;
 mod pool;
 mod profile;
+mod tiles;
 
 pub use context::GpuOptions;
+pub use tiles::{ConvTiles, TILES_ENV};
 
 use crate::backend::{Backend, Pool, Upsample};
 use crate::model::ConvLayer;
@@ -58,8 +60,9 @@ const RING_SLOTS: u64 = 1024;
 const SLOT_BYTES: u64 = 256;
 /// Threads per workgroup of the elementwise kernels.
 const WG: u64 = 256;
-/// Output tile of the conv kernel.
-const CONV_TILE: u64 = 64;
+/// Output tile of the transposed conv (`shaders/conv_backward.wgsl`); the forward conv's is
+/// chosen per shape ([`ConvTiles`]).
+const CONV_TRANSPOSE_TILE: u64 = 64;
 
 /// The wgpu backend.
 pub struct Gpu {
@@ -85,12 +88,16 @@ pub struct Gpu {
     profiler: Option<profile::Profiler>,
     /// Whether passes are being timed.
     timing: bool,
+    /// Forward conv tile policy (`LAFAM_GPU_TILES`, [`Gpu::set_conv_tiles`]).
+    conv_tiles: ConvTiles,
 }
 
 impl Gpu {
     /// Opens the GPU chosen by `opts` (and the environment, see [`GpuOptions`]). Fails with
-    /// "no GPU adapter found (...)" when there is none.
+    /// "no GPU adapter found (...)" when there is none, and when `LAFAM_GPU_TILES` is set to
+    /// something other than `auto`, `64` or `128` (see [`ConvTiles`]).
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        let conv_tiles = ConvTiles::from_env()?;
         let ctx = context::shared_context(opts)?;
         let l = &ctx.limits;
         let max_tensor_bytes = l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 16 * 16;
@@ -127,7 +134,24 @@ impl Gpu {
             weight_bytes: 0,
             profiler: None,
             timing: false,
+            conv_tiles,
         })
+    }
+
+    /// The forward conv's tile policy (default: `LAFAM_GPU_TILES`, else [`ConvTiles::Auto`]).
+    pub fn conv_tiles(&self) -> ConvTiles {
+        self.conv_tiles
+    }
+
+    /// Sets the forward conv's tile policy for the convs recorded from now on.
+    pub fn set_conv_tiles(&mut self, tiles: ConvTiles) {
+        self.conv_tiles = tiles;
+    }
+
+    /// The output tile edge (64 or 128) the forward conv uses on this adapter for `m` output
+    /// pixels and `n` output channels under the current policy.
+    pub fn conv_tile(&self, m: usize, n: usize) -> u64 {
+        self.conv_tiles.tile(self.ctx.info.device_type, m, n)
     }
 
     /// Adapter name, backend, device type and driver, e.g. for an `info` command.
@@ -199,6 +223,10 @@ impl Gpu {
                     Some((path, false)) => format!("{} (written)", path.display()),
                     None => "none (the adapter has no pipeline cache)".into(),
                 },
+            ),
+            (
+                format!("conv tiles ({TILES_ENV})"),
+                self.conv_tiles.to_string(),
             ),
             (
                 "buffer pool".into(),
@@ -430,21 +458,23 @@ impl Gpu {
         self.check_bytes("conv input", s)?;
         let m = s.n * ho * wo;
         let k = conv.kh * conv.kw * conv.cin;
+        let tile = self.conv_tile(m, conv.cout);
         let variant = ConvVariant {
             a_vec4: conv.cin.is_multiple_of(4) && x.offset.is_multiple_of(4),
             b_vec4: conv.cout.is_multiple_of(4)
                 && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
+            large: tile == tiles::LARGE_TILE,
         };
         let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        let n_tiles = (conv.cout as u64).div_ceil(CONV_TILE);
+        let n_tiles = (conv.cout as u64).div_ceil(tile);
         ensure!(
             n_tiles <= max,
             "conv {}: {} output channels exceed the dispatch grid",
             conv.name,
             conv.cout
         );
-        let (gy, gz) = self.grid_2d((m as u64).div_ceil(CONV_TILE))?;
+        let (gy, gz) = self.grid_2d((m as u64).div_ceil(tile))?;
         let out = self.alloc(oshape)?;
         let params = [
             u32_of(s.n, "batch")?,

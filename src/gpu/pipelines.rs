@@ -22,17 +22,24 @@ pub(crate) struct ConvVariant {
     pub a_vec4: bool,
     pub b_vec4: bool,
     pub plain_gemm: bool,
+    /// The 128x128-tile entry point `conv2d_large` instead of the 64x64 `conv2d`.
+    pub large: bool,
 }
 
 impl ConvVariant {
+    const COUNT: usize = 16;
     fn index(self) -> usize {
-        self.a_vec4 as usize | (self.b_vec4 as usize) << 1 | (self.plain_gemm as usize) << 2
+        self.a_vec4 as usize
+            | (self.b_vec4 as usize) << 1
+            | (self.plain_gemm as usize) << 2
+            | (self.large as usize) << 3
     }
     fn from_index(i: usize) -> Self {
         ConvVariant {
             a_vec4: i & 1 != 0,
             b_vec4: i & 2 != 0,
             plain_gemm: i & 4 != 0,
+            large: i & 8 != 0,
         }
     }
 }
@@ -232,14 +239,14 @@ impl Pipelines {
             p
         };
         let conv_m = module("conv", CONV);
-        let conv = (0..8)
+        let conv = (0..ConvVariant::COUNT)
             .map(|i| {
                 let v = ConvVariant::from_index(i);
                 let b = |x: bool| if x { 1.0 } else { 0.0 };
                 pipeline(
                     &conv_pl,
                     &conv_m,
-                    "conv2d",
+                    if v.large { "conv2d_large" } else { "conv2d" },
                     &[
                         ("A_VEC4", b(v.a_vec4)),
                         ("B_VEC4", b(v.b_vec4)),

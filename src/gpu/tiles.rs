@@ -1,0 +1,108 @@
+//! Which output tile the forward conv kernel uses (`shaders/conv.wgsl`): 64x64 (`conv2d`) or
+//! 128x128 (`conv2d_large`), per adapter and GEMM shape, overridable for tests and benchmarks.
+
+use anyhow::{bail, Result};
+
+/// The environment variable read by [`Gpu::new`](super::Gpu::new): `auto`, `64` or `128`.
+pub const TILES_ENV: &str = "LAFAM_GPU_TILES";
+
+/// Output tile edge of `conv2d`.
+pub(crate) const SMALL_TILE: u64 = 64;
+/// Output tile edge of `conv2d_large`.
+pub(crate) const LARGE_TILE: u64 = 128;
+
+/// Streaming multiprocessors of an NVIDIA H100 SXM, the largest GPU this project targets
+/// (DESIGN.md section 4). wgpu does not report a compute-unit count.
+const BIG_GPU_SMS: u64 = 132;
+/// Large-tile workgroups a GEMM needs before `Auto` picks them: two per SM of the big GPU.
+const MIN_LARGE_WORKGROUPS: u64 = 2 * BIG_GPU_SMS;
+
+/// Tile policy of the forward conv kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvTiles {
+    /// Per adapter and shape, see [`ConvTiles::tile`].
+    #[default]
+    Auto,
+    /// Always the 64x64 tile.
+    Small,
+    /// Always the 128x128 tile.
+    Large,
+}
+
+impl std::fmt::Display for ConvTiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConvTiles::Auto => "auto",
+            ConvTiles::Small => "64",
+            ConvTiles::Large => "128",
+        })
+    }
+}
+
+impl ConvTiles {
+    /// Parses a value of `LAFAM_GPU_TILES`: unset or empty is `Auto`; else `auto`, `64` or
+    /// `128` (surrounding blanks and case ignored). Anything else is an error naming the
+    /// variable and the accepted values.
+    pub fn from_env_value(value: Option<&str>) -> Result<ConvTiles> {
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(ConvTiles::Auto);
+        };
+        Ok(match v.to_ascii_lowercase().as_str() {
+            "auto" => ConvTiles::Auto,
+            "64" => ConvTiles::Small,
+            "128" => ConvTiles::Large,
+            _ => bail!("{TILES_ENV}={v:?} is not a conv tile policy (accepted: auto, 64, 128)"),
+        })
+    }
+
+    /// The policy set by `LAFAM_GPU_TILES` in this process's environment.
+    pub fn from_env() -> Result<ConvTiles> {
+        match std::env::var(TILES_ENV) {
+            Ok(v) => Self::from_env_value(Some(&v)),
+            Err(std::env::VarError::NotPresent) => Ok(ConvTiles::Auto),
+            Err(std::env::VarError::NotUnicode(v)) => {
+                bail!("{TILES_ENV}={v:?} is not a conv tile policy (accepted: auto, 64, 128)")
+            }
+        }
+    }
+
+    /// The output tile edge (64 or 128) for an `m` x `n` output GEMM (m = output pixels,
+    /// n = output channels) on an adapter of type `device`.
+    ///
+    /// `Auto` takes the 128x128 tile when
+    /// - `m >= 128` and `n >= 128`: a tile that is at least half empty in one dimension wastes
+    ///   the FMAs the larger register block is meant to save (ResNet's 64-channel convs). On
+    ///   lavapipe (2 cores) the 128x128 tile measured 1.4-1.7x faster for m, n >= 128 and
+    ///   0.83-0.88x for n = 64 or m = 32 (`bench_conv_tiles` in tests/gpu_ops.rs,
+    ///   docs/perf.md); a CPU adapter (`DeviceType::Cpu`) needs nothing more;
+    /// - and, on a GPU, the large-tile grid has at least 2 x 132 workgroups, two per SM of an H100: a
+    ///   128x128 workgroup (256 threads, ~100+ registers each, 16 KiB of workgroup memory) runs
+    ///   about two to an SM, so fewer tiles leave SMs idle or end in a badly quantised last
+    ///   wave, where the 64x64 tile's 4x as many workgroups balance better. GPUs with fewer
+    ///   compute units fill up sooner, so for them the bound is conservative.
+    ///
+    /// At batch 64, 224x224, ResNet-50 this picks 128 for layer1's 256-channel convs
+    /// (3136 tiles), all of layer2, layer3's 1024-channel convs (784), layer4's 2048-channel
+    /// convs (400) and the first 1x1 conv of layer3 and layer4 (at the previous stage's size);
+    /// 64 for the stem and every 64-channel conv (n < 128), layer3's other 256-channel convs
+    /// at 14x14 (196 tiles) and layer4's other 512-channel convs at 7x7 (100).
+    /// Not yet measured on an H100 (issue 6): retune the bound once it is.
+    pub fn tile(self, device: wgpu::DeviceType, m: usize, n: usize) -> u64 {
+        match self {
+            ConvTiles::Small => SMALL_TILE,
+            ConvTiles::Large => LARGE_TILE,
+            ConvTiles::Auto => {
+                let (m, n) = (m as u64, n as u64);
+                let groups = m.div_ceil(LARGE_TILE) * n.div_ceil(LARGE_TILE);
+                if m >= LARGE_TILE
+                    && n >= LARGE_TILE
+                    && (device == wgpu::DeviceType::Cpu || groups >= MIN_LARGE_WORKGROUPS)
+                {
+                    LARGE_TILE
+                } else {
+                    SMALL_TILE
+                }
+            }
+        }
+    }
+}
