@@ -3,12 +3,19 @@
 # at 224 px (both conv tile sizes), then lafam-gpu's benches and the PyTorch/zennit baseline
 # side by side on the same card. Results go to $OUT (JSON lines + logs). Prepared by
 # benches/device/prepare.sh; run as `bash benches/device/check.sh` with carry [".gl", ".dev"].
+# QUICK=1 is a dry run of the script itself on a slow adapter (lavapipe: tiny sizes, no
+# loader unpacking, the local ICD).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
 export XDG_RUNTIME_DIR=/tmp LAFAM_GPU_CACHE=/tmp/lafam-cache
-export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
-BIN=.dev/lafam-gpu
+if [ "${QUICK:-0}" = 1 ]; then
+  SIZE=32; BATCHES=1,2; BIG=2; ITERS=2; MASKS=20
+else
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+  SIZE=224; BATCHES=1,64,128; BIG=64; ITERS=10; MASKS=1000
+fi
+BIN=${BIN:-.dev/lafam-gpu}
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >"$OUT/card.txt" 2>&1
 $BIN info --backend gpu 2>&1 | tee "$OUT/info.txt"
@@ -16,27 +23,28 @@ $BIN info --backend gpu 2>&1 | tee "$OUT/info.txt"
 log "start-up: first and second run on one image (pipeline cache written, then loaded)"
 W=tests/fixtures/reference/r50_tv.safetensors
 for i in 1 2; do
-  $BIN run --weights $W --backend gpu --method lafam,lrp --timings --out /tmp/s$i assets/astronaut.jpg 2>&1 | grep timings | tee -a "$OUT/startup.txt"
+  $BIN run --weights $W --backend gpu --method lafam,lrp --size $SIZE --timings --out /tmp/s$i assets/astronaut.jpg 2>&1 | grep timings | tee -a "$OUT/startup.txt"
 done
 
 log "parity: GPU vs CPU maps at 224 px (bundled images, batch 4), tiles 64 and 128"
-$BIN run --weights $W --backend cpu --method lafam,lrp --size 224 --batch 4 --out /tmp/cpu assets >/dev/null 2>&1
+$BIN run --weights $W --backend cpu --method lafam,lrp --size $SIZE --batch 4 --out /tmp/cpu assets >/dev/null 2>&1
 for t in 64 128; do
-  LAFAM_GPU_TILES=$t $BIN run --weights $W --backend gpu --method lafam,lrp --size 224 --batch 4 --out /tmp/gpu$t assets >/dev/null 2>&1
+  LAFAM_GPU_TILES=$t $BIN run --weights $W --backend gpu --method lafam,lrp --size $SIZE --batch 4 --out /tmp/gpu$t assets >/dev/null 2>&1
   python3 benches/device/compare_npy.py /tmp/cpu /tmp/gpu$t 2>&1 | tee -a "$OUT/parity_tiles$t.txt"
 done
 
 log "lafam-gpu benches (random ResNet-50, 224 px, layer4)"
 for m in lafam lrp; do
   for t in 64 auto; do
-    LAFAM_GPU_TILES=$t timeout 120 $BIN bench --arch resnet50 --backend gpu --method $m --batch 1,64,128 --iters 10 --json --profile \
+    LAFAM_GPU_TILES=$t timeout 90 $BIN bench --arch resnet50 --backend gpu --method $m --size $SIZE --batch $BATCHES --iters $ITERS --json --profile \
       >>"$OUT/bench_tiles$t.jsonl" 2>>"$OUT/bench.err"
   done
 done
-timeout 60 $BIN bench --arch resnet50 --backend gpu --method gradcam --batch 1,64 --iters 5 --json --no-peak >>"$OUT/bench_tilesauto.jsonl" 2>>"$OUT/bench.err"
-timeout 60 $BIN bench --arch resnet50 --backend gpu --method relax --masks 1000 --mask-batch 250 --batch 1 --iters 2 --json --no-peak >>"$OUT/bench_tilesauto.jsonl" 2>>"$OUT/bench.err"
+timeout 60 $BIN bench --arch resnet50 --backend gpu --method gradcam --size $SIZE --batch 1,$BIG --iters 5 --json --no-peak >>"$OUT/bench_tilesauto.jsonl" 2>>"$OUT/bench.err"
+timeout 60 $BIN bench --arch resnet50 --backend gpu --method relax --masks $MASKS --mask-batch 250 --size $SIZE --batch 1 --iters 2 --json --no-peak >>"$OUT/bench_tilesauto.jsonl" 2>>"$OUT/bench.err"
 
 log "PyTorch / zennit baseline on the same card"
+[ "${QUICK:-0}" = 1 ] && { log "done (quick: no baseline)"; exit 0; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/zennit-*.whl && export PYTHONPATH=/tmp/site
 timeout 150 python3 .dev/torch_baseline.py --batches 1,64 --reps 10 2>&1 | tee "$OUT/torch_baseline.txt"
 timeout 60 python3 .dev/torch_baseline.py --batches 64 --reps 10 --tf32 off --skip-lrp 2>&1 | tee -a "$OUT/torch_baseline.txt"
