@@ -60,9 +60,6 @@ const RING_SLOTS: u64 = 1024;
 const SLOT_BYTES: u64 = 256;
 /// Threads per workgroup of the elementwise kernels.
 const WG: u64 = 256;
-/// Output tile of the transposed conv (`shaders/conv_backward.wgsl`); the forward conv's is
-/// chosen per shape ([`ConvTiles`]).
-const CONV_TRANSPOSE_TILE: u64 = 64;
 
 /// The wgpu backend.
 pub struct Gpu {
@@ -88,7 +85,8 @@ pub struct Gpu {
     profiler: Option<profile::Profiler>,
     /// Whether passes are being timed.
     timing: bool,
-    /// Forward conv tile policy (`LAFAM_GPU_TILES`, [`Gpu::set_conv_tiles`]).
+    /// Tile policy of the conv and the transposed conv (`LAFAM_GPU_TILES`,
+    /// [`Gpu::set_conv_tiles`]).
     conv_tiles: ConvTiles,
 }
 
@@ -138,18 +136,20 @@ impl Gpu {
         })
     }
 
-    /// The forward conv's tile policy (default: `LAFAM_GPU_TILES`, else [`ConvTiles::Auto`]).
+    /// The tile policy of the conv and the transposed conv (default: `LAFAM_GPU_TILES`, else
+    /// [`ConvTiles::Auto`]).
     pub fn conv_tiles(&self) -> ConvTiles {
         self.conv_tiles
     }
 
-    /// Sets the forward conv's tile policy for the convs recorded from now on.
+    /// Sets the tile policy for the convs and transposed convs recorded from now on.
     pub fn set_conv_tiles(&mut self, tiles: ConvTiles) {
         self.conv_tiles = tiles;
     }
 
-    /// The output tile edge (64 or 128) the forward conv uses on this adapter for `m` output
-    /// pixels and `n` output channels under the current policy.
+    /// The output tile edge (64 or 128) of an `m` x `n` conv GEMM on this adapter under the
+    /// current policy: the forward conv's (`m` output pixels, `n` output channels) or the
+    /// transposed conv's (`m` input pixels, `n` input channels; src/gpu/lrp.rs).
     pub fn conv_tile(&self, m: usize, n: usize) -> u64 {
         self.conv_tiles.tile(self.ctx.info.device_type, m, n)
     }

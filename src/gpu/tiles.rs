@@ -1,5 +1,8 @@
-//! Which output tile the forward conv kernel uses (`shaders/conv.wgsl`): 64x64 (`conv2d`) or
-//! 128x128 (`conv2d_large`), per adapter and GEMM shape, overridable for tests and benchmarks.
+//! Which output tile the conv kernels use, per adapter and GEMM shape, overridable for tests
+//! and benchmarks: 64x64 or 128x128, for the forward conv (`shaders/conv.wgsl`: `conv2d` or
+//! `conv2d_large`) and the transposed conv of the LRP / Grad-CAM backward
+//! (`shaders/conv_backward.wgsl`: `conv_transpose` or `conv_transpose_large`; `m`, `n` its
+//! input pixels and input channels, see src/gpu/lrp.rs).
 
 use anyhow::{bail, Result};
 
@@ -17,7 +20,7 @@ const BIG_GPU_SMS: u64 = 132;
 /// Large-tile workgroups a GEMM needs before `Auto` picks them: two per SM of the big GPU.
 const MIN_LARGE_WORKGROUPS: u64 = 2 * BIG_GPU_SMS;
 
-/// Tile policy of the forward conv kernel.
+/// Tile policy of the conv kernels (forward and transposed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvTiles {
     /// Per adapter and shape, see [`ConvTiles::tile`].
@@ -66,8 +69,9 @@ impl ConvTiles {
         }
     }
 
-    /// The output tile edge (64 or 128) for an `m` x `n` output GEMM (m = output pixels,
-    /// n = output channels) on an adapter of type `device`.
+    /// The output tile edge (64 or 128) for an `m` x `n` output GEMM (forward conv: m = output
+    /// pixels, n = output channels; transposed conv: m = input pixels, n = input channels) on
+    /// an adapter of type `device`.
     ///
     /// `Auto` takes the 128x128 tile when
     /// - `m >= 128` and `n >= 128`: a tile that is at least half empty in one dimension wastes
