@@ -201,7 +201,8 @@ fn conv_transpose_large_tiles_match_cpu() {
                    seed: u64| {
         let cg = g.prepare_conv(layer).unwrap();
         let cc = c.prepare_conv(layer).unwrap();
-        assert_eq!(g.conv_tile(n * h * w, layer.cin), 128, "{}", layer.name);
+        let in_shape = Shape::new(n, h, w, layer.cin);
+        assert_eq!(g.conv_transpose_tile(in_shape, layer.stride), 128);
         let (ho, wo) = layer.out_size(h, w);
         let s = random_tensor(Shape::new(n, ho, wo, layer.cout), -1.0, 1.0, seed);
         let xs = Shape::new(n, h, w, layer.cin);
@@ -269,11 +270,41 @@ fn conv_transpose_large_tiles_match_cpu() {
     report("conv_transpose (128x128 tiles)", worst, cases);
 }
 
-/// The transposed conv follows the conv tile policy: `Gpu::set_conv_tiles` picks the entry
-/// point (named by kernel timing where the adapter has timestamps), and both tiles agree with
-/// the CPU and with each other.
+/// The transposed conv follows the conv tile policy: `Auto` over its stride phases (a tile's
+/// fill from one phase's rows, the workgroups of all phases), `Gpu::set_conv_tiles` picks the
+/// entry point (named by kernel timing where the adapter has timestamps), and both tiles agree
+/// with the CPU and with each other.
 #[test]
 fn conv_transpose_tile_follows_policy() {
+    use wgpu::DeviceType::{Cpu as CpuDevice, DiscreteGpu};
+    // ResNet-50 at batch 64, 224x224, phase rows m and cin: layer3's 3x3/2 (rows 64*14*14 by
+    // 256 channels: 196 large tiles a phase, 784 in the grid), layer4's (64*7*7 by 512:
+    // 100 x 4 = 400), one phase of 64*7*7 by 512 (100 < 264) and at batch 1 (4 x 4 = 16).
+    for (m, n, phases, gpu_tile) in [
+        (64 * 14 * 14, 256, 4, 128),
+        (64 * 7 * 7, 512, 4, 128),
+        (64 * 7 * 7, 512, 1, 64),
+        (7 * 7, 512, 4, 64),
+    ] {
+        assert_eq!(
+            ConvTiles::Auto.tile_in_phases(DiscreteGpu, m, n, phases),
+            gpu_tile,
+            "{phases} x {m}x{n}"
+        );
+        assert_eq!(
+            ConvTiles::Auto.tile_in_phases(DiscreteGpu, m, n, 1),
+            ConvTiles::Auto.tile(DiscreteGpu, m, n)
+        );
+    }
+    // On a CPU adapter: phases of 32 rows take the 64 tile however many there are.
+    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 32, 1024, 4), 64);
+    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 128, 128, 4), 128);
+    assert_eq!(
+        ConvTiles::Small.tile_in_phases(CpuDevice, 1024, 1024, 4),
+        64
+    );
+    assert_eq!(ConvTiles::Large.tile_in_phases(DiscreteGpu, 32, 8, 1), 128);
+
     let (mut g, mut c) = (gpu(), Cpu::new());
     let layer = random_conv(136, 40, 3, 2, 1, 2400);
     let (cg, cc) = (
@@ -292,7 +323,7 @@ fn conv_transpose_tile_follows_policy() {
         (ConvTiles::Large, 128, "conv_transpose_large[K_VEC4,N_VEC4]"),
     ] {
         g.set_conv_tiles(t);
-        assert_eq!(g.conv_tile(2 * h * w, 136), edge);
+        assert_eq!(g.conv_transpose_tile(Shape::new(2, h, w, 136), 2), edge);
         let timed = g.start_kernel_timing();
         let y = g.conv_transpose(&sg, &cg, h, w, None, 1.0, None).unwrap();
         let y = g.download(&y).unwrap();
@@ -882,6 +913,7 @@ fn bench_conv_transpose_tiles() {
             .upload(&random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 2301))
             .unwrap();
         let m = n * side * side;
+        let in_shape = Shape::new(n, side, side, cin);
         let gflop = 2.0 * (n * ho * wo * cout * k * k * cin) as f64 / 1e9;
         let tiles = [ConvTiles::Small, ConvTiles::Large];
         let mut secs = [vec![], vec![]];
@@ -907,7 +939,7 @@ fn bench_conv_transpose_tiles() {
                  tiles {t}: median {:.1} ms = {:.2} GFLOP/s (auto: {})",
                 med * 1e3,
                 gflop / med,
-                g.conv_tile(m, cin)
+                g.conv_transpose_tile(in_shape, stride)
             );
         }
     }

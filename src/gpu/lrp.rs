@@ -173,11 +173,8 @@ impl LrpBackend for Gpu {
         u32_of(m, "input pixels")?;
         u32_of(conv.kh * conv.kw * conv.cout, "reduction length")?;
         // The tile: the forward conv's policy (`ConvTiles`; `LAFAM_GPU_TILES` forces both
-        // kernels) on this GEMM's M x N, with m = the input pixels n*h*w (the rows of all
-        // stride phases together, which the grid spans: stride^2 phases of n*ceil(h/s)*ceil(w/s)
-        // rows, the same for even h, w) and n = cin. The policy's workgroup count is then the
-        // grid's; at stride 2 one phase's GEMM has m/4 rows.
-        let tile = self.conv_tile(m, conv.cin);
+        // kernels) over the grid below, stride^2 phases of n*ceil(h/s)*ceil(w/s) rows by cin.
+        let tile = self.conv_transpose_tile(in_shape, conv.stride);
         let variant = ConvTransposeVariant {
             k_vec4: conv.cout.is_multiple_of(4) && s.offset.is_multiple_of(4),
             n_vec4: conv.cin.is_multiple_of(4)

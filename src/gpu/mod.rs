@@ -147,11 +147,20 @@ impl Gpu {
         self.conv_tiles = tiles;
     }
 
-    /// The output tile edge (64 or 128) of an `m` x `n` conv GEMM on this adapter under the
-    /// current policy: the forward conv's (`m` output pixels, `n` output channels) or the
-    /// transposed conv's (`m` input pixels, `n` input channels; src/gpu/lrp.rs).
+    /// The output tile edge (64 or 128) the forward conv uses on this adapter for `m` output
+    /// pixels and `n` output channels under the current policy.
     pub fn conv_tile(&self, m: usize, n: usize) -> u64 {
         self.conv_tiles.tile(self.ctx.info.device_type, m, n)
+    }
+
+    /// The output tile edge (64 or 128) the transposed conv uses on this adapter for a result
+    /// of `in_shape` (`[n, h, w, cin]`) from a conv of stride `stride` under the current
+    /// policy: [`ConvTiles::tile_in_phases`] over its stride^2 phases of
+    /// n*ceil(h/stride)*ceil(w/stride) rows (the grid's M tiles, src/gpu/lrp.rs) and cin.
+    pub fn conv_transpose_tile(&self, in_shape: Shape, stride: usize) -> u64 {
+        let rows = in_shape.n * in_shape.h.div_ceil(stride) * in_shape.w.div_ceil(stride);
+        self.conv_tiles
+            .tile_in_phases(self.ctx.info.device_type, rows, in_shape.c, stride * stride)
     }
 
     /// Adapter name, backend, device type and driver, e.g. for an `info` command.

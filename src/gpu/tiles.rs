@@ -92,12 +92,28 @@ impl ConvTiles {
     /// at 14x14 (196 tiles) and layer4's other 512-channel convs at 7x7 (100).
     /// Not yet measured on an H100 (issue 6): retune the bound once it is.
     pub fn tile(self, device: wgpu::DeviceType, m: usize, n: usize) -> u64 {
+        self.tile_in_phases(device, m, n, 1)
+    }
+
+    /// The output tile edge for `phases` GEMMs of `m` x `n` outputs each, dispatched in one
+    /// grid: the transposed conv's stride^2 phases (m = the largest phase's input pixels,
+    /// n = input channels, src/gpu/lrp.rs). `Auto` is [`ConvTiles::tile`]'s rule with a tile's
+    /// fill judged by one phase's `m` and the workgroups of all phases counted, i.e. the
+    /// grid's. (With m summed over the phases, a 1x1/2 transposed conv of 128 input pixels
+    /// took the 128 tile for phases of 32 rows and ran 0.76x the 64 tile's speed on lavapipe.)
+    pub fn tile_in_phases(
+        self,
+        device: wgpu::DeviceType,
+        m: usize,
+        n: usize,
+        phases: usize,
+    ) -> u64 {
         match self {
             ConvTiles::Small => SMALL_TILE,
             ConvTiles::Large => LARGE_TILE,
             ConvTiles::Auto => {
                 let (m, n) = (m as u64, n as u64);
-                let groups = m.div_ceil(LARGE_TILE) * n.div_ceil(LARGE_TILE);
+                let groups = phases as u64 * m.div_ceil(LARGE_TILE) * n.div_ceil(LARGE_TILE);
                 if m >= LARGE_TILE
                     && n >= LARGE_TILE
                     && (device == wgpu::DeviceType::Cpu || groups >= MIN_LARGE_WORKGROUPS)
