@@ -6,9 +6,16 @@
 //             and 0 <= oy < ho (same for x), else 0 (never materialised: col2im folded in),
 //   B[k, n] = W[ky, kx, n, co] (the HWIO weight read transposed).
 //
-// Tiling as shaders/conv.wgsl: a 64x64 output tile per workgroup of 16x16 threads, each thread
-// owning a 4x4 block in registers; K walked in tiles of 16 staged in workgroup memory (8 KiB),
-// the next K tile's global loads prefetched into registers during the current one's compute.
+// Two tilings of the same GEMM, as shaders/conv.wgsl's (chosen per shape by the host with the
+// forward conv's `ConvTiles` policy, src/gpu/lrp.rs), over the same loads and epilogue:
+//   conv_transpose:       a 64x64 output tile per workgroup of 16x16 threads, each thread owning
+//                         a 4x4 block in registers; K walked in tiles of 16 staged in workgroup
+//                         memory (8 KiB), the next K tile's global loads prefetched into
+//                         registers during the current one's compute (two barriers per K tile).
+//   conv_transpose_large: a 128x128 output tile per workgroup of 16x16 threads, each thread
+//                         owning 8x8 outputs as two 4x4 sub-blocks 64 apart in M and in N; K
+//                         tiles of 8 in a double-buffered workgroup memory (2 stages x (A 8x128
+//                         + B 8x128) f32 = 16 KiB): one barrier per K tile.
 //
 // Specialisations (override constants, one pipeline each, created at start-up):
 //   K_VEC4: cout % 4 == 0 and the relevance's element offset % 4 == 0: s and W are read as
@@ -57,9 +64,22 @@ const BM: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-// As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
+// conv_transpose: As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
+
+const LBM: u32 = 128u;
+const LBN: u32 = 128u;
+const LBK: u32 = 8u;
+// vec4 per row (k) of a large stage, and per stage (LBK rows).
+const LROW: u32 = 32u;
+const LSTAGE: u32 = 256u;
+
+// conv_transpose_large: two stages of AL[k][m/4] and BL[k][n/4], 32 vec4 per k (8 KiB each,
+// 16 KiB in all). Only the variables an entry point uses count against its workgroup-memory
+// limit.
+var<workgroup> AL: array<vec4<f32>, 512>;
+var<workgroup> BL: array<vec4<f32>, 512>;
 
 fn s_scalar(i: u32) -> f32 {
     return s[i >> 2u][i & 3u];
@@ -102,17 +122,18 @@ fn ceil_div(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
-// Phases are laid out one after another over the M tiles, each given ceil(n*ceil(h/s)*ceil(w/s)
-// / BM) tiles (the largest phase's count).
-fn tiles_per_phase() -> u32 {
+// Phases are laid out one after another over the M tiles of edge `bm`, each given
+// ceil(n*ceil(h/s)*ceil(w/s) / bm) tiles (the largest phase's count).
+fn tiles_per_phase(bm: u32) -> u32 {
     let st = p.stride;
-    return ceil_div(p.n * ceil_div(p.h, st) * ceil_div(p.w, st), BM);
+    return ceil_div(p.n * ceil_div(p.h, st) * ceil_div(p.w, st), bm);
 }
 
-fn phase_of(m_tile: u32) -> Phase {
+// The phase of M tile `m_tile` (tiles of edge `bm`).
+fn phase_of(m_tile: u32, bm: u32) -> Phase {
     var f: Phase;
     let st = p.stride;
-    let tpp = tiles_per_phase();
+    let tpp = tiles_per_phase(bm);
     let phase = m_tile / tpp;
     f.valid = phase < st * st;
     f.first_tile = phase * tpp;
@@ -157,6 +178,26 @@ struct RowInfo {
     base: u32,     // PLAIN_GEMM: element index of the row start; else: image base in s
     oy0: i32,      // jy + qy: the output row of tap ty = 0
     ox0: i32,
+}
+
+// The A row (input pixel) `ml` of the phase, for a thread that stages it.
+fn row_info(f: Phase, ml: u32) -> RowInfo {
+    var r: RowInfo;
+    r.valid = ml < f.mdim;
+    r.base = 0u;
+    r.oy0 = 0;
+    r.ox0 = 0;
+    if (r.valid) {
+        if (PLAIN_GEMM) {
+            r.base = p.s_off + ml * p.cout;
+        } else {
+            let q = phase_row(f, ml);
+            r.base = p.s_off + q.x * p.ho * p.wo * p.cout;
+            r.oy0 = i32(q.y + f.qy);
+            r.ox0 = i32(q.z + f.qx);
+        }
+    }
+    return r;
 }
 
 // Element index in s of A[m, k] (k < K), or -1 where the tap falls outside the output.
@@ -234,11 +275,13 @@ fn load_b(f: Phase, k: u32, n: u32) -> vec4<f32> {
     return v;
 }
 
-fn epilogue(f: Phase, ml: u32, n: u32, sum: vec4<f32>) {
-    if (ml >= f.mdim || n >= p.cin) {
+// out[row, n..n+4] = scale * mul * sum + acc, `row` the element index of the result row
+// (`out_row`) of a valid GEMM row; columns past cin are dropped.
+fn epilogue_at(row: u32, n: u32, sum: vec4<f32>) {
+    if (n >= p.cin) {
         return;
     }
-    let o = out_row(f, ml) + n;
+    let o = row + n;
     if (N_VEC4) {
         var v = p.scale * sum;
         if ((p.flags & 1u) != 0u) {
@@ -265,8 +308,15 @@ fn epilogue(f: Phase, ml: u32, n: u32, sum: vec4<f32>) {
     }
 }
 
+// The epilogue of the phase's GEMM row `ml` (rows past the phase are dropped).
+fn epilogue(f: Phase, ml: u32, n: u32, sum: vec4<f32>) {
+    if (ml < f.mdim) {
+        epilogue_at(out_row(f, ml), n, sum);
+    }
+}
+
 // Grid: x = N tiles, (y, z) = M tiles split over two dimensions (tile = y + z * num_y), the
-// stride phases one after another (stride^2 * tiles_per_phase() tiles).
+// stride phases one after another (stride^2 * tiles_per_phase(BM) tiles).
 @compute @workgroup_size(16, 16, 1)
 fn conv_transpose(
     @builtin(local_invocation_index) t: u32,
@@ -274,7 +324,7 @@ fn conv_transpose(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let m_tile = wid.y + wid.z * nwg.y;
-    let f = phase_of(m_tile);
+    let f = phase_of(m_tile, BM);
     if (!f.valid) {
         return; // whole workgroup: uniform
     }
@@ -294,22 +344,7 @@ fn conv_transpose(
     let tx = t & 15u;
     let ty = t >> 4u;
 
-    var r: RowInfo;
-    let ml = m0 + a_row;
-    r.valid = ml < f.mdim;
-    r.base = 0u;
-    r.oy0 = 0;
-    r.ox0 = 0;
-    if (r.valid) {
-        if (PLAIN_GEMM) {
-            r.base = p.s_off + ml * p.cout;
-        } else {
-            let q = phase_row(f, ml);
-            r.base = p.s_off + q.x * p.ho * p.wo * p.cout;
-            r.oy0 = i32(q.y + f.qy);
-            r.ox0 = i32(q.z + f.qx);
-        }
-    }
+    let r = row_info(f, m0 + a_row);
 
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
@@ -362,6 +397,138 @@ fn conv_transpose(
     epilogue(f, om + 1u, on, acc1);
     epilogue(f, om + 2u, on, acc2);
     epilogue(f, om + 3u, on, acc3);
+}
+
+// Stores one thread's staged A (row `row` of the tile) and B (column `row` of the tile), both
+// vec4 over k = kq*4..+4 of the K tile, transposed to [k][m] and [k][n] in stage `stage` of
+// AL / BL.
+fn stage_large(stage: u32, row: u32, kq: u32, a: vec4<f32>, b: vec4<f32>) {
+    let col = stage * LSTAGE + (row >> 2u);
+    let comp = row & 3u;
+    let kb = kq * 4u;
+    for (var j = 0u; j < 4u; j++) {
+        AL[(kb + j) * LROW + col][comp] = a[j];
+        BL[(kb + j) * LROW + col][comp] = b[j];
+    }
+}
+
+// The epilogue of the phase's GEMM row `ml` for the columns n and n + 64 of a large tile.
+fn epilogue_large(f: Phase, ml: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (ml < f.mdim) {
+        let row = out_row(f, ml);
+        epilogue_at(row, n, lo);
+        epilogue_at(row, n + 64u, hi);
+    }
+}
+
+// Grid as conv_transpose's, over 128x128 tiles (stride^2 * tiles_per_phase(LBM) M tiles).
+@compute @workgroup_size(16, 16, 1)
+fn conv_transpose_large(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m_tile = wid.y + wid.z * nwg.y;
+    let f = phase_of(m_tile, LBM);
+    if (!f.valid) {
+        return; // whole workgroup: uniform
+    }
+    let m0 = (m_tile - f.first_tile) * LBM;
+    if (m0 >= f.mdim) {
+        return; // a smaller phase's spare tile: uniform
+    }
+    let n0 = wid.x * LBN;
+
+    // Staging: A row / B column `row` (0..127), k quad `kq` (0..1): one vec4 of each per thread
+    // per K tile.
+    let row = t >> 1u;
+    let kq = t & 1u;
+    // Compute: rows ty*4..+4 and 64+ty*4..+4, cols tx*4..+4 and 64+tx*4..+4 (as conv2d_large:
+    // a warp's 16 tx read 16 consecutive vec4 of a B row, its ty two vec4 of an A row).
+    let tx = t & 15u;
+    let ty = t >> 4u;
+
+    let r = row_info(f, m0 + row);
+    let bn = n0 + row;
+
+    // c<i><j>: row i (0..3: ty*4+i, 4..7: 64+ty*4+i-4), column half j (0: tx*4, 1: 64+tx*4).
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
+
+    // Double buffering as conv2d_large: stage K tile 0, then for each K tile kt: global loads of
+    // tile kt+1 into registers, compute on stage kt&1, store tile kt+1 into the other stage,
+    // barrier. The other stage was last read in iteration kt-1, before that iteration's
+    // barrier, so one barrier per K tile orders both the reuse and the visibility of the new
+    // stage. A phase without taps (kdim = 0) skips the loop: its epilogue sees zero sums.
+    let k_tiles = ceil_div(f.kdim, LBK);
+    stage_large(0u, row, kq, load_a(f, r, kq * 4u), load_b(f, kq * 4u, bn));
+    workgroupBarrier();
+
+    for (var kt = 0u; kt < k_tiles; kt++) {
+        let next = kt + 1u < k_tiles;
+        var a_reg = vec4<f32>(0.0);
+        var b_reg = vec4<f32>(0.0);
+        if (next) {
+            let k = (kt + 1u) * LBK + kq * 4u;
+            a_reg = load_a(f, r, k);
+            b_reg = load_b(f, k, bn);
+        }
+
+        let base = (kt & 1u) * LSTAGE;
+        for (var kk = 0u; kk < LBK; kk++) {
+            let i = base + kk * LROW;
+            let a0 = AL[i + ty];
+            let a1 = AL[i + 16u + ty];
+            let b0 = BL[i + tx];
+            let b1 = BL[i + 16u + tx];
+            c00 += a0.x * b0;
+            c01 += a0.x * b1;
+            c10 += a0.y * b0;
+            c11 += a0.y * b1;
+            c20 += a0.z * b0;
+            c21 += a0.z * b1;
+            c30 += a0.w * b0;
+            c31 += a0.w * b1;
+            c40 += a1.x * b0;
+            c41 += a1.x * b1;
+            c50 += a1.y * b0;
+            c51 += a1.y * b1;
+            c60 += a1.z * b0;
+            c61 += a1.z * b1;
+            c70 += a1.w * b0;
+            c71 += a1.w * b1;
+        }
+
+        if (next) {
+            stage_large((kt + 1u) & 1u, row, kq, a_reg, b_reg);
+        }
+        workgroupBarrier();
+    }
+
+    let om = m0 + ty * 4u;
+    let on = n0 + tx * 4u;
+    epilogue_large(f, om, on, c00, c01);
+    epilogue_large(f, om + 1u, on, c10, c11);
+    epilogue_large(f, om + 2u, on, c20, c21);
+    epilogue_large(f, om + 3u, on, c30, c31);
+    epilogue_large(f, om + 64u, on, c40, c41);
+    epilogue_large(f, om + 65u, on, c50, c51);
+    epilogue_large(f, om + 66u, on, c60, c61);
+    epilogue_large(f, om + 67u, on, c70, c71);
 }
 
 // Narrow variant for cin <= 4 (the stem, whose cin = 3 would leave 61 of a tile's 64 columns

@@ -111,7 +111,8 @@ fn conv_transpose_matches_cpu() {
 }
 
 /// Several M and N tiles per stride phase, phases of unequal sizes (17 = 9 + 8 rows) so that
-/// the smaller phases have spare tiles, and a 1x1/2 kernel whose odd phases get no taps.
+/// the smaller phases have spare tiles, and a 1x1/2 kernel whose odd phases get no taps; with
+/// both tiles (64x64 `conv_transpose`, 128x128 `conv_transpose_large`).
 #[test]
 fn conv_transpose_multi_tile_phases_match_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
@@ -121,7 +122,11 @@ fn conv_transpose_multi_tile_phases_match_cpu() {
         .iter()
         .enumerate()
     {
-        for &(cin, cout) in &[(70usize, 68usize), (66, 9)] {
+        for (&(cin, cout), tiles) in [(70usize, 68usize), (66, 9)]
+            .iter()
+            .flat_map(|ch| [(ch, ConvTiles::Small), (ch, ConvTiles::Large)])
+        {
+            g.set_conv_tiles(tiles);
             let layer = random_conv(cin, cout, k, stride, pad, 300 + i as u64);
             let cg = g.prepare_conv(&layer).unwrap();
             let cc = c.prepare_conv(&layer).unwrap();
@@ -147,7 +152,7 @@ fn conv_transpose_multi_tile_phases_match_cpu() {
             let yc = c
                 .conv_transpose(&sc, &cc, h, w, Some(&mc), -0.5, Some(&ac))
                 .unwrap();
-            let label = format!("{} {h}x{w} n=2", layer.name);
+            let label = format!("{} {h}x{w} n=2 tiles={tiles}", layer.name);
             cases += 1;
             worst = worst.max(check_parity(
                 &label,
@@ -157,6 +162,180 @@ fn conv_transpose_multi_tile_phases_match_cpu() {
         }
     }
     report("conv_transpose (multi-tile phases)", worst, cases);
+}
+
+/// The 128x128-tile transposed conv (`conv_transpose_large`, forced) against the CPU: every
+/// ResNet conv shape on 2 images of 15x17 (M = 510: 4 M tiles at stride 1, the last partial;
+/// stride-2 phases of 144, 128, 126 and 112 rows, so the smaller phases have spare tiles, and a
+/// 1x1/2 kernel whose odd phases get no taps); scalar N and K (5 <- 3), scalar N (cin 150) or
+/// vec4 N (cin 200) over two N tiles, scalar K (cout 37: K = 37 k^2, never a multiple of 8),
+/// vec4 K with partial K tiles (cout 36) and full ones (cout 64); every epilogue flag with the
+/// relevance, mul and acc at offsets 0, aligned and unaligned; then long reductions
+/// (K = 2304 and 256, plain GEMM) over 4 M and 2 N tiles.
+#[test]
+fn conv_transpose_large_tiles_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Large);
+    let mut worst = 0f64;
+    let mut cases = 0usize;
+    let channels = [
+        (5usize, 3usize),
+        (150, 37),
+        (200, 37),
+        (150, 64),
+        (200, 36),
+        (200, 64),
+    ];
+    // (mul, scale, acc, offsets of s, mul, acc): as conv_transpose_matches_cpu.
+    let variants: [(bool, f32, bool, [usize; 3]); 4] = [
+        (false, 1.0, false, [0, 0, 0]),
+        (true, -2.0, true, [4, 3, 1]),
+        (true, 0.5, false, [1, 4, 0]),
+        (false, 1.5, true, [8, 0, 4]),
+    ];
+    let mut run = |g: &mut Gpu,
+                   c: &mut Cpu,
+                   layer: &lafam_gpu::model::ConvLayer,
+                   (n, h, w): (usize, usize, usize),
+                   variants: &[(bool, f32, bool, [usize; 3])],
+                   seed: u64| {
+        let cg = g.prepare_conv(layer).unwrap();
+        let cc = c.prepare_conv(layer).unwrap();
+        let in_shape = Shape::new(n, h, w, layer.cin);
+        assert_eq!(g.conv_transpose_tile(in_shape, layer.stride), 128);
+        let (ho, wo) = layer.out_size(h, w);
+        let s = random_tensor(Shape::new(n, ho, wo, layer.cout), -1.0, 1.0, seed);
+        let xs = Shape::new(n, h, w, layer.cin);
+        let mul = random_tensor(xs, -1.0, 2.0, seed + 1);
+        let acc = random_tensor(xs, -1.0, 1.0, seed + 2);
+        let (sc, mc, ac) = (
+            c.upload(&s).unwrap(),
+            c.upload(&mul).unwrap(),
+            c.upload(&acc).unwrap(),
+        );
+        for &(with_mul, scale, with_acc, offs) in variants {
+            let label = format!(
+                "large tiles: {} {n}x{h}x{w} mul={with_mul} scale={scale} acc={with_acc} \
+                 offsets={offs:?}",
+                layer.name
+            );
+            let sg = gpu_view(g, &s, offs[0]);
+            let mg = gpu_view(g, &mul, offs[1]);
+            let ag = gpu_view(g, &acc, offs[2]);
+            let yg = g
+                .conv_transpose(
+                    &sg,
+                    &cg,
+                    h,
+                    w,
+                    with_mul.then_some(&mg),
+                    scale,
+                    with_acc.then_some(&ag),
+                )
+                .unwrap();
+            let yc = c
+                .conv_transpose(
+                    &sc,
+                    &cc,
+                    h,
+                    w,
+                    with_mul.then_some(&mc),
+                    scale,
+                    with_acc.then_some(&ac),
+                )
+                .unwrap();
+            let err = check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+            worst = worst.max(err);
+            cases += 1;
+        }
+    };
+    for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+        for (ci, &(cin, cout)) in channels.iter().enumerate() {
+            let seed = 2000 + (ki * 10 + ci) as u64;
+            let layer = random_conv(cin, cout, k, stride, pad, seed);
+            run(&mut g, &mut c, &layer, (2, 15, 17), &variants, seed * 3);
+        }
+    }
+    for &(k, pad) in &[(3usize, 1usize), (1, 0)] {
+        let layer = random_conv(256, 256, k, 1, pad, 2100 + k as u64);
+        run(
+            &mut g,
+            &mut c,
+            &layer,
+            (2, 14, 14),
+            &variants[..2],
+            2200 + k as u64,
+        );
+    }
+    report("conv_transpose (128x128 tiles)", worst, cases);
+}
+
+/// The transposed conv follows the conv tile policy: `Auto` over its stride phases (a tile's
+/// fill from one phase's rows, the workgroups of all phases), `Gpu::set_conv_tiles` picks the
+/// entry point (named by kernel timing where the adapter has timestamps), and both tiles agree
+/// with the CPU and with each other.
+#[test]
+fn conv_transpose_tile_follows_policy() {
+    use wgpu::DeviceType::{Cpu as CpuDevice, DiscreteGpu};
+    // ResNet-50 at batch 64, 224x224, phase rows m and cin: layer3's 3x3/2 (rows 64*14*14 by
+    // 256 channels: 196 large tiles a phase, 784 in the grid), layer4's (64*7*7 by 512:
+    // 100 x 4 = 400), one phase of 64*7*7 by 512 (100 < 264) and at batch 1 (4 x 4 = 16).
+    for (m, n, phases, gpu_tile) in [
+        (64 * 14 * 14, 256, 4, 128),
+        (64 * 7 * 7, 512, 4, 128),
+        (64 * 7 * 7, 512, 1, 64),
+        (7 * 7, 512, 4, 64),
+    ] {
+        assert_eq!(
+            ConvTiles::Auto.tile_in_phases(DiscreteGpu, m, n, phases),
+            gpu_tile,
+            "{phases} x {m}x{n}"
+        );
+        assert_eq!(
+            ConvTiles::Auto.tile_in_phases(DiscreteGpu, m, n, 1),
+            ConvTiles::Auto.tile(DiscreteGpu, m, n)
+        );
+    }
+    // On a CPU adapter: phases of 32 rows take the 64 tile however many there are.
+    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 32, 1024, 4), 64);
+    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 128, 128, 4), 128);
+    assert_eq!(
+        ConvTiles::Small.tile_in_phases(CpuDevice, 1024, 1024, 4),
+        64
+    );
+    assert_eq!(ConvTiles::Large.tile_in_phases(DiscreteGpu, 32, 8, 1), 128);
+
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let layer = random_conv(136, 40, 3, 2, 1, 2400);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let (h, w) = (15, 17);
+    let (ho, wo) = layer.out_size(h, w);
+    let s = random_tensor(Shape::new(2, ho, wo, 40), -1.0, 1.0, 2401);
+    let (sg, sc) = (g.upload(&s).unwrap(), c.upload(&s).unwrap());
+    let yc = c.conv_transpose(&sc, &cc, h, w, None, 1.0, None).unwrap();
+    let want = c.download(&yc).unwrap();
+    let mut got = Vec::new();
+    for (t, edge, entry) in [
+        (ConvTiles::Small, 64, "conv_transpose[K_VEC4,N_VEC4]"),
+        (ConvTiles::Large, 128, "conv_transpose_large[K_VEC4,N_VEC4]"),
+    ] {
+        g.set_conv_tiles(t);
+        assert_eq!(g.conv_transpose_tile(Shape::new(2, h, w, 136), 2), edge);
+        let timed = g.start_kernel_timing();
+        let y = g.conv_transpose(&sg, &cg, h, w, None, 1.0, None).unwrap();
+        let y = g.download(&y).unwrap();
+        if timed {
+            let times = g.stop_kernel_timing().unwrap().expect("timing was on");
+            let names: Vec<&String> = times.kernels.keys().collect();
+            assert_eq!(names, [entry], "tiles {t}");
+        }
+        check_parity(&format!("conv_transpose with tiles {t}"), &y, &want);
+        got.push(y);
+    }
+    check_parity("conv_transpose 64 vs 128 tiles", &got[1], &got[0]);
 }
 
 #[test]
@@ -705,4 +884,64 @@ fn lrp_vs_lafam_timing() {
         lrp * 1e3,
         lrp / lafam
     );
+}
+
+/// GFLOP/s of the 64x64 and 128x128 transposed-conv tiles, runs interleaved, median of 5: a
+/// square plain GEMM (1x1, M = N = K = 1024), a 3x3 (M = 1024, N = 256, K = 2304) and
+/// ResNet-50 backward shapes at 64x64, batch 8 (layer2's 3x3/2, layer1's 1x1 256->64 and
+/// 64->256, layer4's 1x1/2 downsample and 3x3), M = input pixels, N = cin:
+/// `cargo test --release --test gpu_lrp_ops -- --ignored --nocapture bench_conv_transpose_tiles`.
+#[test]
+#[ignore = "timing, not a check"]
+fn bench_conv_transpose_tiles() {
+    let mut g = gpu();
+    // (kernel, stride, cin, cout, batch, input side)
+    let shapes = [
+        (1usize, 1usize, 1024usize, 1024usize, 1usize, 32usize),
+        (3, 1, 256, 256, 1, 32),
+        (3, 2, 128, 128, 8, 16),
+        (1, 1, 256, 64, 8, 16),
+        (1, 1, 64, 256, 8, 16),
+        (1, 2, 1024, 2048, 8, 4),
+        (3, 1, 512, 512, 8, 2),
+    ];
+    for (k, stride, cin, cout, n, side) in shapes {
+        let layer = random_conv(cin, cout, k, stride, k / 2, 2300);
+        let cg = g.prepare_conv(&layer).unwrap();
+        let (ho, wo) = layer.out_size(side, side);
+        let s = g
+            .upload(&random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 2301))
+            .unwrap();
+        let m = n * side * side;
+        let in_shape = Shape::new(n, side, side, cin);
+        let gflop = 2.0 * (n * ho * wo * cout * k * k * cin) as f64 / 1e9;
+        let tiles = [ConvTiles::Small, ConvTiles::Large];
+        let mut secs = [vec![], vec![]];
+        for rep in 0..6 {
+            for (i, &t) in tiles.iter().enumerate() {
+                g.set_conv_tiles(t);
+                let start = std::time::Instant::now();
+                let y = g
+                    .conv_transpose(&s, &cg, side, side, None, 1.0, None)
+                    .unwrap();
+                g.download(&y).unwrap();
+                if rep > 0 {
+                    secs[i].push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        g.set_conv_tiles(ConvTiles::Auto);
+        for (i, t) in tiles.iter().enumerate() {
+            secs[i].sort_by(f64::total_cmp);
+            let med = secs[i][secs[i].len() / 2];
+            eprintln!(
+                "conv_transpose {k}x{k}/{stride} {cin}<-{cout} M={m} N={cin} ({gflop:.3} GFLOP), \
+                 tiles {t}: median {:.1} ms = {:.2} GFLOP/s (auto: {})",
+                med * 1e3,
+                gflop / med,
+                g.conv_transpose_tile(in_shape, stride)
+            );
+        }
+    }
+    eprintln!("adapter: {}", g.adapter_summary());
 }

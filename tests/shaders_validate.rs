@@ -95,20 +95,35 @@ fn the_shaders_the_gpu_backend_loads_exist() {
     }
 }
 
-/// The entry points `src/gpu/pipelines.rs` builds from `conv.wgsl` (both conv tiles) exist and
-/// are compute shaders of 256 invocations (validated above with the rest of the module).
+/// The entry points `src/gpu/pipelines.rs` builds from `conv.wgsl` and `conv_backward.wgsl`
+/// (both conv tiles) exist and are compute shaders of 256 invocations (validated above with
+/// the rest of the module, workgroup memory included).
 #[test]
 fn conv_entry_points_exist() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders/conv.wgsl");
-    let src = std::fs::read_to_string(&path).expect("read conv.wgsl");
-    let module = naga::front::wgsl::parse_str(&src).expect("conv.wgsl parses");
-    for name in ["conv2d", "conv2d_large"] {
-        let ep = module
-            .entry_points
-            .iter()
-            .find(|e| e.name == name)
-            .unwrap_or_else(|| panic!("conv.wgsl has no entry point {name}"));
-        assert_eq!(ep.stage, naga::ShaderStage::Compute, "{name}");
-        assert_eq!(ep.workgroup_size.iter().product::<u32>(), 256, "{name}");
+    for (file, names) in [
+        ("conv.wgsl", &["conv2d", "conv2d_large"][..]),
+        (
+            "conv_backward.wgsl",
+            &[
+                "conv_transpose",
+                "conv_transpose_large",
+                "conv_transpose_narrow",
+            ][..],
+        ),
+    ] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("shaders")
+            .join(file);
+        let src = std::fs::read_to_string(&path).expect("read shader");
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|_| panic!("{file} parses"));
+        for &name in names {
+            let ep = module
+                .entry_points
+                .iter()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("{file} has no entry point {name}"));
+            assert_eq!(ep.stage, naga::ShaderStage::Compute, "{name}");
+            assert_eq!(ep.workgroup_size.iter().product::<u32>(), 256, "{name}");
+        }
     }
 }

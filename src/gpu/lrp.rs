@@ -4,7 +4,7 @@
 //! dispatch is recorded (the kernels run without runtime bounds checks).
 
 use super::pipelines::{ConvTransposeVariant, Pipelines};
-use super::{u32_of, Gpu, GpuConv, GpuTensor, CONV_TRANSPOSE_TILE, WG};
+use super::{tiles, u32_of, Gpu, GpuConv, GpuTensor, WG};
 use crate::backend::{GateSign, LrpBackend, Pool};
 use crate::tensor::Shape;
 use anyhow::{ensure, Result};
@@ -172,12 +172,16 @@ impl LrpBackend for Gpu {
         let m = in_shape.len() / conv.cin;
         u32_of(m, "input pixels")?;
         u32_of(conv.kh * conv.kw * conv.cout, "reduction length")?;
+        // The tile: the forward conv's policy (`ConvTiles`; `LAFAM_GPU_TILES` forces both
+        // kernels) over the grid below, stride^2 phases of n*ceil(h/s)*ceil(w/s) rows by cin.
+        let tile = self.conv_transpose_tile(in_shape, conv.stride);
         let variant = ConvTransposeVariant {
             k_vec4: conv.cout.is_multiple_of(4) && s.offset.is_multiple_of(4),
             n_vec4: conv.cin.is_multiple_of(4)
                 && mul.is_none_or(|t| t.offset.is_multiple_of(4))
                 && acc.is_none_or(|t| t.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
+            large: tile == tiles::LARGE_TILE,
             narrow: conv.cin <= 4,
         };
         let grid = if variant.narrow {
@@ -185,7 +189,7 @@ impl LrpBackend for Gpu {
             (x, y, 1)
         } else {
             let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-            let n_tiles = (conv.cin as u64).div_ceil(CONV_TRANSPOSE_TILE);
+            let n_tiles = (conv.cin as u64).div_ceil(tile);
             ensure!(
                 n_tiles <= max,
                 "conv_transpose {}: {} input channels exceed the dispatch grid",
@@ -196,7 +200,7 @@ impl LrpBackend for Gpu {
             // (shaders/conv_backward.wgsl, `tiles_per_phase`).
             let st = conv.stride as u64;
             let per_phase = (ss.n as u64 * (in_h as u64).div_ceil(st) * (in_w as u64).div_ceil(st))
-                .div_ceil(CONV_TRANSPOSE_TILE);
+                .div_ceil(tile);
             let (gy, gz) = self.grid_2d(st * st * per_phase)?;
             (n_tiles as u32, gy, gz)
         };

@@ -60,9 +60,6 @@ const RING_SLOTS: u64 = 1024;
 const SLOT_BYTES: u64 = 256;
 /// Threads per workgroup of the elementwise kernels.
 const WG: u64 = 256;
-/// Output tile of the transposed conv (`shaders/conv_backward.wgsl`); the forward conv's is
-/// chosen per shape ([`ConvTiles`]).
-const CONV_TRANSPOSE_TILE: u64 = 64;
 
 /// The wgpu backend.
 pub struct Gpu {
@@ -88,7 +85,8 @@ pub struct Gpu {
     profiler: Option<profile::Profiler>,
     /// Whether passes are being timed.
     timing: bool,
-    /// Forward conv tile policy (`LAFAM_GPU_TILES`, [`Gpu::set_conv_tiles`]).
+    /// Tile policy of the conv and the transposed conv (`LAFAM_GPU_TILES`,
+    /// [`Gpu::set_conv_tiles`]).
     conv_tiles: ConvTiles,
 }
 
@@ -138,12 +136,13 @@ impl Gpu {
         })
     }
 
-    /// The forward conv's tile policy (default: `LAFAM_GPU_TILES`, else [`ConvTiles::Auto`]).
+    /// The tile policy of the conv and the transposed conv (default: `LAFAM_GPU_TILES`, else
+    /// [`ConvTiles::Auto`]).
     pub fn conv_tiles(&self) -> ConvTiles {
         self.conv_tiles
     }
 
-    /// Sets the forward conv's tile policy for the convs recorded from now on.
+    /// Sets the tile policy for the convs and transposed convs recorded from now on.
     pub fn set_conv_tiles(&mut self, tiles: ConvTiles) {
         self.conv_tiles = tiles;
     }
@@ -152,6 +151,16 @@ impl Gpu {
     /// pixels and `n` output channels under the current policy.
     pub fn conv_tile(&self, m: usize, n: usize) -> u64 {
         self.conv_tiles.tile(self.ctx.info.device_type, m, n)
+    }
+
+    /// The output tile edge (64 or 128) the transposed conv uses on this adapter for a result
+    /// of `in_shape` (`[n, h, w, cin]`) from a conv of stride `stride` under the current
+    /// policy: [`ConvTiles::tile_in_phases`] over its stride^2 phases of
+    /// n*ceil(h/stride)*ceil(w/stride) rows (the grid's M tiles, src/gpu/lrp.rs) and cin.
+    pub fn conv_transpose_tile(&self, in_shape: Shape, stride: usize) -> u64 {
+        let rows = in_shape.n * in_shape.h.div_ceil(stride) * in_shape.w.div_ceil(stride);
+        self.conv_tiles
+            .tile_in_phases(self.ctx.info.device_type, rows, in_shape.c, stride * stride)
     }
 
     /// Adapter name, backend, device type and driver, e.g. for an `info` command.

@@ -50,19 +50,27 @@ pub(crate) struct ConvTransposeVariant {
     pub k_vec4: bool,
     pub n_vec4: bool,
     pub plain_gemm: bool,
+    /// The 128x128-tile entry point `conv_transpose_large` instead of the 64x64
+    /// `conv_transpose` (ignored when `narrow`).
+    pub large: bool,
     /// cin <= 4: one invocation per input pixel instead of the tiled GEMM.
     pub narrow: bool,
 }
 
 impl ConvTransposeVariant {
+    const COUNT: usize = 16;
     fn index(self) -> usize {
-        self.k_vec4 as usize | (self.n_vec4 as usize) << 1 | (self.plain_gemm as usize) << 2
+        self.k_vec4 as usize
+            | (self.n_vec4 as usize) << 1
+            | (self.plain_gemm as usize) << 2
+            | (self.large as usize) << 3
     }
     fn from_index(i: usize) -> Self {
         ConvTransposeVariant {
             k_vec4: i & 1 != 0,
             n_vec4: i & 2 != 0,
             plain_gemm: i & 4 != 0,
+            large: i & 8 != 0,
             narrow: false,
         }
     }
@@ -256,14 +264,18 @@ impl Pipelines {
             })
             .collect();
         let convt_m = module("conv_backward", CONV_BACKWARD);
-        let conv_transpose = (0..8)
+        let conv_transpose = (0..ConvTransposeVariant::COUNT)
             .map(|i| {
                 let v = ConvTransposeVariant::from_index(i);
                 let b = |x: bool| if x { 1.0 } else { 0.0 };
                 pipeline(
                     &conv_pl,
                     &convt_m,
-                    "conv_transpose",
+                    if v.large {
+                        "conv_transpose_large"
+                    } else {
+                        "conv_transpose"
+                    },
                     &[
                         ("K_VEC4", b(v.k_vec4)),
                         ("N_VEC4", b(v.n_vec4)),

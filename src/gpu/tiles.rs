@@ -1,5 +1,8 @@
-//! Which output tile the forward conv kernel uses (`shaders/conv.wgsl`): 64x64 (`conv2d`) or
-//! 128x128 (`conv2d_large`), per adapter and GEMM shape, overridable for tests and benchmarks.
+//! Which output tile the conv kernels use, per adapter and GEMM shape, overridable for tests
+//! and benchmarks: 64x64 or 128x128, for the forward conv (`shaders/conv.wgsl`: `conv2d` or
+//! `conv2d_large`) and the transposed conv of the LRP / Grad-CAM backward
+//! (`shaders/conv_backward.wgsl`: `conv_transpose` or `conv_transpose_large`; `m`, `n` its
+//! input pixels and input channels, see src/gpu/lrp.rs).
 
 use anyhow::{bail, Result};
 
@@ -17,7 +20,7 @@ const BIG_GPU_SMS: u64 = 132;
 /// Large-tile workgroups a GEMM needs before `Auto` picks them: two per SM of the big GPU.
 const MIN_LARGE_WORKGROUPS: u64 = 2 * BIG_GPU_SMS;
 
-/// Tile policy of the forward conv kernel.
+/// Tile policy of the conv kernels (forward and transposed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvTiles {
     /// Per adapter and shape, see [`ConvTiles::tile`].
@@ -66,8 +69,9 @@ impl ConvTiles {
         }
     }
 
-    /// The output tile edge (64 or 128) for an `m` x `n` output GEMM (m = output pixels,
-    /// n = output channels) on an adapter of type `device`.
+    /// The output tile edge (64 or 128) for an `m` x `n` output GEMM (forward conv: m = output
+    /// pixels, n = output channels; transposed conv: m = input pixels, n = input channels) on
+    /// an adapter of type `device`.
     ///
     /// `Auto` takes the 128x128 tile when
     /// - `m >= 128` and `n >= 128`: a tile that is at least half empty in one dimension wastes
@@ -88,12 +92,28 @@ impl ConvTiles {
     /// at 14x14 (196 tiles) and layer4's other 512-channel convs at 7x7 (100).
     /// Not yet measured on an H100 (issue 6): retune the bound once it is.
     pub fn tile(self, device: wgpu::DeviceType, m: usize, n: usize) -> u64 {
+        self.tile_in_phases(device, m, n, 1)
+    }
+
+    /// The output tile edge for `phases` GEMMs of `m` x `n` outputs each, dispatched in one
+    /// grid: the transposed conv's stride^2 phases (m = the largest phase's input pixels,
+    /// n = input channels, src/gpu/lrp.rs). `Auto` is [`ConvTiles::tile`]'s rule with a tile's
+    /// fill judged by one phase's `m` and the workgroups of all phases counted, i.e. the
+    /// grid's. (With m summed over the phases, a 1x1/2 transposed conv of 128 input pixels
+    /// took the 128 tile for phases of 32 rows and ran 0.76x the 64 tile's speed on lavapipe.)
+    pub fn tile_in_phases(
+        self,
+        device: wgpu::DeviceType,
+        m: usize,
+        n: usize,
+        phases: usize,
+    ) -> u64 {
         match self {
             ConvTiles::Small => SMALL_TILE,
             ConvTiles::Large => LARGE_TILE,
             ConvTiles::Auto => {
                 let (m, n) = (m as u64, n as u64);
-                let groups = m.div_ceil(LARGE_TILE) * n.div_ceil(LARGE_TILE);
+                let groups = phases as u64 * m.div_ceil(LARGE_TILE) * n.div_ceil(LARGE_TILE);
                 if m >= LARGE_TILE
                     && n >= LARGE_TILE
                     && (device == wgpu::DeviceType::Cpu || groups >= MIN_LARGE_WORKGROUPS)
