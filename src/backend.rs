@@ -59,6 +59,14 @@ impl KernelTimes {
         e.0 += 1;
         e.1 += ns;
     }
+    /// Adds `other`'s passes and times.
+    pub fn merge(&mut self, other: &KernelTimes) {
+        for (name, &(n, ns)) in &other.kernels {
+            let e = self.kernels.entry(name.clone()).or_default();
+            e.0 += n;
+            e.1 += ns;
+        }
+    }
     /// Total device time of all passes, in nanoseconds.
     pub fn total_ns(&self) -> f64 {
         self.kernels.values().map(|k| k.1).sum()

@@ -493,6 +493,13 @@ fn pipeline_cache_is_written_then_loaded() {
     assert_eq!(files.len(), 1);
     let l2 = line(&info());
     assert!(l2.ends_with("(loaded)"), "{l2}");
+    // A damaged cache file is discarded by the driver, not an error: the kernels compile
+    // again and a whole new file replaces it.
+    let file = files[0].as_ref().unwrap().path();
+    fs::write(&file, b"not a pipeline cache").unwrap();
+    let l3 = line(&info());
+    assert!(l3.ends_with("(loaded)"), "{l3}");
+    assert_ne!(fs::read(&file).unwrap(), b"not a pipeline cache");
 }
 
 /// `run --timings` says where a start-up's time went; on the GPU with timestamps it also

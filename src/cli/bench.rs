@@ -411,11 +411,7 @@ pub fn run_bench<B: CamBackend>(
                 let mut totals: Vec<f64> = k.iter().map(|k| k.total_ns() * 1e-6).collect();
                 let mut sum = KernelTimes::default();
                 for t in &k {
-                    for (name, &(n, ns)) in &t.kernels {
-                        let e = sum.kernels.entry(name.clone()).or_default();
-                        e.0 += n;
-                        e.1 += ns;
-                    }
+                    sum.merge(t);
                 }
                 let per = k.len() as f64;
                 let kernels = sum

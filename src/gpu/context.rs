@@ -138,9 +138,8 @@ fn pipeline_cache_file(info: &wgpu::AdapterInfo) -> Option<std::path::PathBuf> {
     Some(dir.join("pipelines").join(format!("{key}_{driver}.bin")))
 }
 
-/// Writes the pipeline cache's data whole (temp file + rename). Failure only costs the next
-/// start-up its compile time, so it is not an error.
-/// Nothing is written when the data is what was loaded.
+/// Writes the pipeline cache's data whole (temp file + rename), unless it is what was loaded.
+/// Failure only costs the next start-up its compile time, so it is not an error.
 fn save_pipeline_cache(cache: &wgpu::PipelineCache, path: &std::path::Path, loaded: Option<&[u8]>) {
     let Some(data) = cache.get_data() else {
         return;

@@ -352,32 +352,24 @@ impl Gpu {
                 entries: &entries,
             });
         let ctx = self.ctx.clone();
-        if self.timing {
-            // Timed: one pass per dispatch, its timestamps at the pass's ends.
-            self.pass = None;
-            let enc = pending_encoder(&mut self.encoder, &ctx.device);
-            let timestamp_writes = self
-                .profiler
-                .as_mut()
-                .map(|p| p.next_pass(ctx.pipelines.name(pipeline)));
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes,
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bind_group, &[slot as u32]);
-            pass.dispatch_workgroups(grid.0, grid.1, grid.2);
-            return Ok(());
-        }
-        // Untimed: every dispatch of the encoder goes into one compute pass (each dispatch is
-        // its own usage scope, so wgpu still orders a dispatch after the writes it reads);
-        // a pass per dispatch cost ~20 us of recording each.
+        // Untimed, every dispatch of the encoder goes into one compute pass (each dispatch is
+        // its own usage scope, so wgpu still orders a dispatch after the writes it reads; a
+        // pass per dispatch cost ~20 us of recording each). Timed, each dispatch gets its own
+        // pass with timestamps at its ends (no pass is open then: `start_kernel_timing`
+        // flushes, and a timed pass ends right after its dispatch).
         let pass = match &mut self.pass {
             Some(p) => p,
             None => {
+                let timestamp_writes = match &mut self.profiler {
+                    Some(p) if self.timing => Some(p.next_pass(ctx.pipelines.name(pipeline))),
+                    _ => None,
+                };
                 let enc = pending_encoder(&mut self.encoder, &ctx.device);
                 let pass = enc
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes,
+                    })
                     .forget_lifetime();
                 self.pass.insert(pass)
             }
@@ -385,6 +377,9 @@ impl Gpu {
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bind_group, &[slot as u32]);
         pass.dispatch_workgroups(grid.0, grid.1, grid.2);
+        if self.timing {
+            self.pass = None; // ends the pass: its end timestamp is written
+        }
         Ok(())
     }
 

@@ -64,7 +64,7 @@ impl ConvTiles {
             Ok(v) => Self::from_env_value(Some(&v)),
             Err(std::env::VarError::NotPresent) => Ok(ConvTiles::Auto),
             Err(std::env::VarError::NotUnicode(v)) => {
-                bail!("{TILES_ENV}={v:?} is not a conv tile policy (accepted: auto, 64, 128)")
+                Self::from_env_value(Some(&v.to_string_lossy()))
             }
         }
     }
