@@ -115,28 +115,37 @@ struct Phase {
     qx: u32,
     mdim: u32,     // n * hp * wp
     kdim: u32,     // nky * nkx * cout
-    first_tile: u32,
+    tile: u32,     // the workgroup's M tile within its phase
 }
 
 fn ceil_div(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
-// Phases are laid out one after another over the M tiles of edge `bm`, each given
-// ceil(n*ceil(h/s)*ceil(w/s) / bm) tiles (the largest phase's count).
+// Every phase is given ceil(n*ceil(h/s)*ceil(w/s) / bm) M tiles of edge `bm` (the largest
+// phase's count), and the phases are interleaved over the grid (`phase_of`: consecutive
+// workgroups work on consecutive phases). Phases differ in work (a 3x3 stride-2 kernel gives them 4, 2, 2 and 1 taps; a 1x1
+// stride-2 one 1, 0, 0, 0), and adapters that hand each thread a contiguous range of
+// workgroups (llvmpipe) would otherwise give one thread the heavy phases and the others the
+// light ones: laid out one after another, a stride-2 transposed conv ran 1.5-2x slower than
+// its forward on lavapipe.
 fn tiles_per_phase(bm: u32) -> u32 {
     let st = p.stride;
     return ceil_div(p.n * ceil_div(p.h, st) * ceil_div(p.w, st), bm);
 }
 
-// The phase of M tile `m_tile` (tiles of edge `bm`).
-fn phase_of(m_tile: u32, bm: u32) -> Phase {
+// The phase, M tile (of edge `bm`) and N tile (of edge `bn`, returned in `n_tile`) of the
+// workgroup at linear grid index `wg`: phases vary fastest, then N tiles, then M tiles.
+fn phase_of(wg: u32, bm: u32, bn: u32, n_tile: ptr<function, u32>) -> Phase {
     var f: Phase;
     let st = p.stride;
-    let tpp = tiles_per_phase(bm);
-    let phase = m_tile / tpp;
-    f.valid = phase < st * st;
-    f.first_tile = phase * tpp;
+    let phases = st * st;
+    let phase = wg % phases;
+    let rest = wg / phases;
+    let n_tiles = ceil_div(p.cin, bn);
+    *n_tile = rest % n_tiles;
+    f.tile = rest / n_tiles;
+    f.valid = f.tile < tiles_per_phase(bm);
     f.py = phase / st;
     f.px = phase - f.py * st;
     f.hp = select(0u, ceil_div(p.h - min(f.py, p.h), st), f.py < p.h);
@@ -315,24 +324,24 @@ fn epilogue(f: Phase, ml: u32, n: u32, sum: vec4<f32>) {
     }
 }
 
-// Grid: x = N tiles, (y, z) = M tiles split over two dimensions (tile = y + z * num_y), the
-// stride phases one after another (stride^2 * tiles_per_phase(BM) tiles).
+// Grid: stride^2 * N tiles * tiles_per_phase(BM) workgroups, split over x and y (linear index
+// x + y * num_x, decoded by `phase_of`).
 @compute @workgroup_size(16, 16, 1)
 fn conv_transpose(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let m_tile = wid.y + wid.z * nwg.y;
-    let f = phase_of(m_tile, BM);
+    var n_tile = 0u;
+    let f = phase_of(wid.x + wid.y * nwg.x, BM, BN, &n_tile);
     if (!f.valid) {
         return; // whole workgroup: uniform
     }
-    let m0 = (m_tile - f.first_tile) * BM;
+    let m0 = f.tile * BM;
     if (m0 >= f.mdim) {
         return; // a smaller phase's spare tile: uniform
     }
-    let n0 = wid.x * BN;
+    let n0 = n_tile * BN;
 
     // A staging: row a_row (0..63), k quad a_kq (0..3).
     let a_row = t >> 2u;
@@ -421,23 +430,23 @@ fn epilogue_large(f: Phase, ml: u32, n: u32, lo: vec4<f32>, hi: vec4<f32>) {
     }
 }
 
-// Grid as conv_transpose's, over 128x128 tiles (stride^2 * tiles_per_phase(LBM) M tiles).
+// Grid as conv_transpose's, over 128x128 tiles.
 @compute @workgroup_size(16, 16, 1)
 fn conv_transpose_large(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let m_tile = wid.y + wid.z * nwg.y;
-    let f = phase_of(m_tile, LBM);
+    var n_tile = 0u;
+    let f = phase_of(wid.x + wid.y * nwg.x, LBM, LBN, &n_tile);
     if (!f.valid) {
         return; // whole workgroup: uniform
     }
-    let m0 = (m_tile - f.first_tile) * LBM;
+    let m0 = f.tile * LBM;
     if (m0 >= f.mdim) {
         return; // a smaller phase's spare tile: uniform
     }
-    let n0 = wid.x * LBN;
+    let n0 = n_tile * LBN;
 
     // Staging: A row / B column `row` (0..127), k quad `kq` (0..1): one vec4 of each per thread
     // per K tile.

@@ -188,21 +188,14 @@ impl LrpBackend for Gpu {
             let (x, y) = self.grid_2d((m as u64).div_ceil(WG))?;
             (x, y, 1)
         } else {
-            let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-            let n_tiles = (conv.cin as u64).div_ceil(tile);
-            ensure!(
-                n_tiles <= max,
-                "conv_transpose {}: {} input channels exceed the dispatch grid",
-                conv.name,
-                conv.cin
-            );
-            // The stride phases one after another, each given as many tiles as the largest
-            // (shaders/conv_backward.wgsl, `tiles_per_phase`).
+            // Every stride phase given as many M tiles as the largest, phases varying fastest
+            // (shaders/conv_backward.wgsl, `tiles_per_phase` and `phase_of`).
             let st = conv.stride as u64;
+            let n_tiles = (conv.cin as u64).div_ceil(tile);
             let per_phase = (ss.n as u64 * (in_h as u64).div_ceil(st) * (in_w as u64).div_ceil(st))
                 .div_ceil(tile);
-            let (gy, gz) = self.grid_2d(st * st * per_phase)?;
-            (n_tiles as u32, gy, gz)
+            let (x, y) = self.grid_2d(st * st * n_tiles * per_phase)?;
+            (x, y, 1)
         };
         let out = self.alloc(in_shape)?;
         let params = [
