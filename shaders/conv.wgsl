@@ -16,6 +16,11 @@
 //                 64 FMAs per 16 floats read from workgroup memory (conv2d: 16 per 8), and
 //                 half the global loads per output; for big GPUs given enough output tiles.
 //
+// And for cout <= 4 (the Flat rule's one-channel conv in the stem's LRP), where a tile would
+// leave 60+ of its 64 columns idle:
+//   conv2d_narrow: one invocation per output pixel, its <= 4 channels in one vec4, the taps
+//                  that fall in the padding skipped (B_VEC4 only: A is read as scalars).
+//
 // Specialisations (override constants, one pipeline each, created at start-up):
 //   A_VEC4: cin % 4 == 0 and the input's element offset % 4 == 0: A is read as vec4 over
 //           channels (one load per thread per K tile). Otherwise scalar loads (stem, cin=3).
@@ -431,4 +436,37 @@ fn conv2d_large(
     epilogue(om + 66u, on + 64u, c61);
     epilogue(om + 67u, on, c70);
     epilogue(om + 67u, on + 64u, c71);
+}
+
+// 1D grid of 256-wide workgroups over M (linear id = x + y * num_workgroups.x * 256).
+@compute @workgroup_size(256, 1, 1)
+fn conv2d_narrow(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m = gid.x + gid.y * nwg.x * 256u;
+    if (m >= p.m) {
+        return;
+    }
+    // With PLAIN_GEMM off, row_info's im2col origin also serves 1x1 kernels.
+    let r = row_info(m);
+    var acc = vec4<f32>(0.0);
+    for (var ky = 0u; ky < p.kh; ky++) {
+        let iy = r.iy0 + i32(ky);
+        if (iy < 0 || iy >= i32(p.h)) {
+            continue;
+        }
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let ix = r.ix0 + i32(kx);
+            if (ix < 0 || ix >= i32(p.w)) {
+                continue;
+            }
+            let xrow = r.base + (u32(iy) * p.w + u32(ix)) * p.cin;
+            let krow = (ky * p.kw + kx) * p.cin;
+            for (var ci = 0u; ci < p.cin; ci++) {
+                acc += x_scalar(xrow + ci) * load_b(krow + ci, 0u);
+            }
+        }
+    }
+    epilogue(m, 0u, acc);
 }

@@ -557,8 +557,9 @@ fn conv2d_ratio_cases(
 #[test]
 fn conv2d_ratio_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
-    // Scalar and vec4 input / output channels, as conv2d's variants.
-    let channels = [(3usize, 64usize), (64, 37), (37, 5), (64, 64), (5, 3)];
+    // Scalar and vec4 input / output channels, as conv2d's variants; cout <= 4 (conv2d_narrow)
+    // includes the Flat rule's one-channel stem conv (3, 1).
+    let channels = [(3usize, 64usize), (64, 37), (37, 5), (64, 64), (5, 3), (3, 1), (16, 4)];
     let (worst, cases) = conv2d_ratio_cases(&mut g, &mut c, &channels, (13, 9), &[1, 3], 500);
     let cases = cases + conv2d_ratio_at_bias(&mut g, &mut c, &[(64, 8), (5, 3)]);
     report("conv2d_ratio", worst, cases);

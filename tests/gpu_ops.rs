@@ -37,8 +37,10 @@ fn conv2d_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
     let mut worst = 0f64;
     let mut cases = 0;
-    // (cin, cout): scalar paths (3, 5), odd sizes over two N tiles (37, 70), vec4 paths (16, 12).
-    for (ci, &(cin, cout)) in [(3usize, 5usize), (37, 70), (16, 12)].iter().enumerate() {
+    // (cin, cout): scalar paths (3, 5), odd sizes over two N tiles (37, 70), vec4 paths (16, 12),
+    // and conv2d_narrow (cout <= 4): scalar (3, 1), vec4 (16, 4).
+    let channels = [(3usize, 5usize), (37, 70), (16, 12), (3, 1), (16, 4)];
+    for (ci, &(cin, cout)) in channels.iter().enumerate() {
         for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, (ci * 10 + ki) as u64);
             let cg = g.prepare_conv(&layer).unwrap();
@@ -745,22 +747,23 @@ fn large_grids_are_tiled() {
         |c, t| c.resize(&t[0], 4200, 4200, Upsample::Bilinear).unwrap(),
     );
     eprintln!("resize 7x7 -> 4200x4200: max rel err {err:e}");
-    // 2100 x 2100 output pixels: 68907 M tiles of 64.
-    let layer = random_conv(4, 4, 1, 1, 0, 51);
+    // 2100 x 2100 output pixels: 68907 M tiles of 64 (cout 5: the tiled kernel, not
+    // conv2d_narrow).
+    let layer = random_conv(4, 5, 1, 1, 0, 51);
     let (cg, cc) = (
         g.prepare_conv(&layer).unwrap(),
         c.prepare_conv(&layer).unwrap(),
     );
     let x = random_tensor(Shape::new(1, 2100, 2100, 4), -1.0, 1.0, 52);
     let err = parity(
-        "conv 1x1 over 2100x2100",
+        "conv 1x1 4->5 over 2100x2100",
         &mut g,
         &mut c,
         &[&x],
         |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
         |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
     );
-    eprintln!("conv 1x1 4->4 over 2100x2100: max rel err {err:e}");
+    eprintln!("conv 1x1 4->5 over 2100x2100: max rel err {err:e}");
 }
 
 /// The 128x128-tile conv over more M tiles than one grid dimension holds (about 12 s on
@@ -770,6 +773,7 @@ fn large_tile_grids_are_tiled() {
     let (mut g, mut c) = (gpu(), Cpu::new());
     g.set_conv_tiles(ConvTiles::Large);
     // 2900 x 2900 output pixels: 65703 M tiles of 128 (the limit is 65535 per dimension).
+    // A forced tile keeps cout 3 on the tiled kernel (not conv2d_narrow).
     let layer = random_conv(1, 3, 1, 1, 0, 53);
     let (cg, cc) = (
         g.prepare_conv(&layer).unwrap(),

@@ -469,16 +469,24 @@ impl Gpu {
                 && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
             large: tile == tiles::LARGE_TILE,
+            // A forced tile (`LAFAM_GPU_TILES`) keeps every shape on the tiled kernels.
+            narrow: conv.cout <= 4 && self.conv_tiles == ConvTiles::Auto,
         };
-        let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-        let n_tiles = (conv.cout as u64).div_ceil(tile);
-        ensure!(
-            n_tiles <= max,
-            "conv {}: {} output channels exceed the dispatch grid",
-            conv.name,
-            conv.cout
-        );
-        let (gy, gz) = self.grid_2d((m as u64).div_ceil(tile))?;
+        let grid = if variant.narrow {
+            let (x, y) = self.grid_2d((m as u64).div_ceil(WG))?;
+            (x, y, 1)
+        } else {
+            let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
+            let n_tiles = (conv.cout as u64).div_ceil(tile);
+            ensure!(
+                n_tiles <= max,
+                "conv {}: {} output channels exceed the dispatch grid",
+                conv.name,
+                conv.cout
+            );
+            let (gy, gz) = self.grid_2d((m as u64).div_ceil(tile))?;
+            (n_tiles as u32, gy, gz)
+        };
         let out = self.alloc(oshape)?;
         let params = [
             u32_of(s.n, "batch")?,
@@ -505,7 +513,7 @@ impl Gpu {
             &ctx.pipelines.conv_layout,
             &params,
             &[&x.buffer, &conv.weight, &conv.bias, &res_buf, &out.buffer],
-            (n_tiles as u32, gy, gz),
+            grid,
         )?;
         Ok(out)
     }

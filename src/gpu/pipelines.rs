@@ -24,6 +24,8 @@ pub(crate) struct ConvVariant {
     pub plain_gemm: bool,
     /// The 128x128-tile entry point `conv2d_large` instead of the 64x64 `conv2d`.
     pub large: bool,
+    /// cout <= 4: `conv2d_narrow`, one invocation per output pixel (only `b_vec4` applies).
+    pub narrow: bool,
 }
 
 impl ConvVariant {
@@ -40,6 +42,7 @@ impl ConvVariant {
             b_vec4: i & 2 != 0,
             plain_gemm: i & 4 != 0,
             large: i & 8 != 0,
+            narrow: false,
         }
     }
 }
@@ -82,6 +85,8 @@ pub(crate) struct Pipelines {
     /// uniform params + x, weight, bias, residual (read-only) + output.
     pub conv_layout: wgpu::BindGroupLayout,
     conv: Vec<wgpu::ComputePipeline>,
+    /// `conv2d_narrow` (cout <= 4), indexed by B_VEC4.
+    conv_narrow: [wgpu::ComputePipeline; 2],
     /// uniform params + a, b, c (read-only) + out0, out1 (the LRP elementwise kernels).
     pub lrp_layout: wgpu::BindGroupLayout,
     conv_transpose: Vec<wgpu::ComputePipeline>,
@@ -149,7 +154,11 @@ impl Pipelines {
     }
 
     pub fn conv(&self, v: ConvVariant) -> &wgpu::ComputePipeline {
-        &self.conv[v.index()]
+        if v.narrow {
+            &self.conv_narrow[v.b_vec4 as usize]
+        } else {
+            &self.conv[v.index()]
+        }
     }
 
     pub fn conv_transpose(&self, v: ConvTransposeVariant) -> &wgpu::ComputePipeline {
@@ -263,6 +272,14 @@ impl Pipelines {
                 )
             })
             .collect();
+        let conv_narrow = [0.0, 1.0].map(|b_vec4| {
+            pipeline(
+                &conv_pl,
+                &conv_m,
+                "conv2d_narrow",
+                &[("A_VEC4", 0.0), ("B_VEC4", b_vec4), ("PLAIN_GEMM", 0.0)],
+            )
+        });
         let convt_m = module("conv_backward", CONV_BACKWARD);
         let conv_transpose = (0..ConvTransposeVariant::COUNT)
             .map(|i| {
@@ -312,6 +329,7 @@ impl Pipelines {
         Pipelines {
             cam,
             conv,
+            conv_narrow,
             conv_transpose,
             conv_transpose_narrow,
             lrp_ratio: pipeline(&lrp_pl, &lrp_m, "lrp_ratio", &[]),
