@@ -312,9 +312,11 @@ impl LrpBackend for Gpu {
         self.check_view("max-pool backward relevance", r)?;
         u32_of(s.h + pool.pad + pool.kernel, "padded height")?;
         u32_of(s.w + pool.pad + pool.kernel, "padded width")?;
+        // Pass 1: each window's first maximum (u32 positions in an f32 tensor of r's shape);
+        // pass 2: the gather (shaders/lrp.wgsl).
+        let argmax = self.alloc(r.shape)?;
         let out = self.alloc(s)?;
-        let total = s.len();
-        let mut params = ew_params(total, x.offset, r.offset, 0, 0, 0.0, 0.0)?;
+        let mut params = ew_params(r.shape.len(), x.offset, r.offset, 0, 0, 0.0, 0.0)?;
         params[1] = s.c as u32;
         params[8] = s.h as u32;
         params[9] = s.w as u32;
@@ -324,11 +326,19 @@ impl LrpBackend for Gpu {
         params[13] = u32_of(pool.stride, "pool stride")?;
         params[14] = u32_of(pool.pad, "pool padding")?;
         self.lrp_dispatch(
+            |p| &p.max_pool_argmax,
+            &params,
+            [Some(x), None, None],
+            [Some(&argmax), None],
+            r.shape.len(),
+        )?;
+        params[0] = u32_of(s.len(), "max-pool input elements")?;
+        self.lrp_dispatch(
             |p| &p.max_pool_backward,
             &params,
-            [Some(x), Some(r), None],
+            [None, Some(r), Some(&argmax)],
             [Some(&out), None],
-            total,
+            s.len(),
         )?;
         Ok(out)
     }
