@@ -16,6 +16,10 @@
 //                 64 FMAs per 16 floats read from workgroup memory (conv2d: 16 per 8), and
 //                 half the global loads per output; for big GPUs given enough output tiles.
 //
+//   conv2d_thin:  a 16x64 output tile per workgroup of 16x4 threads, each thread owning a 4x4
+//                 block as in conv2d (K tiles of 16, register prefetch): for GEMMs of at most
+//                 32 output pixels (layer3/4 of small images at batch 1), where a 64-row tile
+//                 would be more than half padding.
 // And for cout <= 4 (the Flat rule's one-channel conv in the stem's LRP), where a tile would
 // leave 60+ of its 64 columns idle:
 //   conv2d_narrow: one invocation per output pixel, its <= 4 channels in one vec4, the taps
@@ -469,4 +473,88 @@ fn conv2d_narrow(
         }
     }
     epilogue(m, 0u, acc);
+}
+
+const TBM: u32 = 16u;
+// conv2d_thin: At[k][m/4], 4 vec4 per k (B staged in conv2d's Bs).
+var<workgroup> At: array<vec4<f32>, 64>;
+
+// Grid: x = N tiles (of 64), (y, z) = M tiles of 16 split over two dimensions.
+@compute @workgroup_size(16, 4, 1)
+fn conv2d_thin(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m_tile = wid.y + wid.z * nwg.y;
+    let m_tiles = (p.m + TBM - 1u) / TBM;
+    if (m_tile >= m_tiles) {
+        return; // whole workgroup: uniform
+    }
+    let m0 = m_tile * TBM;
+    let n0 = wid.x * BN;
+
+    // A staging: row a_row (0..15), k quad a_kq (0..3): one vec4 per thread.
+    let a_row = t >> 2u;
+    let a_kq = t & 3u;
+    // B staging: k rows b_k, +4, +8, +12 (b_k 0..3), n quad b_nq (0..15): four vec4 per thread.
+    let b_k = t >> 4u;
+    let b_nq = t & 15u;
+    // Compute: rows ty*4..+4 (ty 0..3), cols tx*4..+4.
+    let tx = t & 15u;
+    let ty = t >> 4u;
+
+    let r = row_info(m0 + a_row);
+
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    let k_tiles = (p.k + BK - 1u) / BK;
+    let bn = n0 + b_nq * 4u;
+    var a_reg = load_a(r, 0u, a_kq);
+    var b_reg = array<vec4<f32>, 4>(
+        load_b(b_k, bn), load_b(b_k + 4u, bn), load_b(b_k + 8u, bn), load_b(b_k + 12u, bn));
+
+    for (var kt = 0u; kt < k_tiles; kt++) {
+        workgroupBarrier();
+        // Stage: A transposed to At[k][m], B as is.
+        let col = a_row >> 2u;
+        let comp = a_row & 3u;
+        let kb = a_kq * 4u;
+        At[(kb + 0u) * 4u + col][comp] = a_reg.x;
+        At[(kb + 1u) * 4u + col][comp] = a_reg.y;
+        At[(kb + 2u) * 4u + col][comp] = a_reg.z;
+        At[(kb + 3u) * 4u + col][comp] = a_reg.w;
+        for (var j = 0u; j < 4u; j++) {
+            Bs[(b_k + 4u * j) * 16u + b_nq] = b_reg[j];
+        }
+        workgroupBarrier();
+
+        // Prefetch the next K tile while this one is computed.
+        if (kt + 1u < k_tiles) {
+            let k0 = (kt + 1u) * BK;
+            a_reg = load_a(r, k0, a_kq);
+            for (var j = 0u; j < 4u; j++) {
+                b_reg[j] = load_b(k0 + b_k + 4u * j, bn);
+            }
+        }
+
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = At[kk * 4u + ty];
+            let b = Bs[kk * 16u + tx];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+    }
+
+    let om = m0 + ty * 4u;
+    let on = n0 + tx * 4u;
+    epilogue(om, on, acc0);
+    epilogue(om + 1u, on, acc1);
+    epilogue(om + 2u, on, acc2);
+    epilogue(om + 3u, on, acc3);
 }

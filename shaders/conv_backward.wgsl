@@ -17,6 +17,10 @@
 //                         tiles of 8 in a double-buffered workgroup memory (2 stages x (A 8x128
 //                         + B 8x128) f32 = 16 KiB): one barrier per K tile.
 //
+//   conv_transpose_thin:  a 16x64 output tile per workgroup of 16x4 threads (4x4 per thread,
+//                         as conv_transpose): for phases of at most 32 input pixels (layer3/4
+//                         of small images at batch 1).
+//
 // Specialisations (override constants, one pipeline each, created at start-up):
 //   K_VEC4: cout % 4 == 0 and the relevance's element offset % 4 == 0: s and W are read as
 //           vec4 over co (four consecutive k share one kernel tap).
@@ -538,6 +542,89 @@ fn conv_transpose_large(
     epilogue_large(f, om + 65u, on, c50, c51);
     epilogue_large(f, om + 66u, on, c60, c61);
     epilogue_large(f, om + 67u, on, c70, c71);
+}
+
+const TBM: u32 = 16u;
+// conv_transpose_thin keeps both operands as they are loaded, vec4 over k: At[m][k/4] (4 vec4 per
+// row) and Bt[n][k/4] (rows padded to 5 vec4 so that threads reading different columns hit
+// different banks), and forms the products as dot products over k. Staging then needs no
+// transpose: one vec4 store per load (the square kernels scatter B's vec4 over co into
+// [k][n] rows, 16 scalar stores per thread and K tile at this size, 17% of its time on
+// lavapipe).
+var<workgroup> At: array<vec4<f32>, 64>;
+const BT_ROW: u32 = 5u;
+var<workgroup> Bt: array<vec4<f32>, 320>;
+
+// Grid as conv_transpose's, over 16x64 tiles.
+@compute @workgroup_size(16, 4, 1)
+fn conv_transpose_thin(
+    @builtin(local_invocation_index) t: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    var n_tile = 0u;
+    let f = phase_of(wid.x + wid.y * nwg.x, TBM, BN, &n_tile);
+    if (!f.valid) {
+        return; // whole workgroup: uniform
+    }
+    let m0 = f.tile * TBM;
+    if (m0 >= f.mdim) {
+        return; // a smaller phase's spare tile: uniform
+    }
+    let n0 = n_tile * BN;
+
+    // A staging: row a_row (0..15), k quad a_kq (0..3): one vec4 per thread.
+    let a_row = t >> 2u;
+    let a_kq = t & 3u;
+    // B staging: column t (0..63), k quads 0..3: four vec4 per thread.
+    let bn = n0 + t;
+    // Compute: rows ty*4..+4 (ty 0..3), cols tx*4..+4.
+    let tx = t & 15u;
+    let ty = t >> 4u;
+
+    let r = row_info(f, m0 + a_row);
+
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+
+    let k_tiles = (f.kdim + BK - 1u) / BK;
+    var a_reg = load_a(f, r, a_kq * 4u);
+    var b_reg = array<vec4<f32>, 4>(
+        load_b(f, 0u, bn), load_b(f, 4u, bn), load_b(f, 8u, bn), load_b(f, 12u, bn));
+
+    for (var kt = 0u; kt < k_tiles; kt++) {
+        workgroupBarrier();
+        At[a_row * 4u + a_kq] = a_reg;
+        for (var j = 0u; j < 4u; j++) {
+            Bt[t * BT_ROW + j] = b_reg[j];
+        }
+        workgroupBarrier();
+
+        // Prefetch the next K tile while this one is computed.
+        if (kt + 1u < k_tiles) {
+            let k0 = (kt + 1u) * BK;
+            a_reg = load_a(f, r, k0 + a_kq * 4u);
+            for (var j = 0u; j < 4u; j++) {
+                b_reg[j] = load_b(f, k0 + j * 4u, bn);
+            }
+        }
+
+        for (var kq = 0u; kq < 4u; kq++) {
+            let b0 = Bt[(tx * 4u) * BT_ROW + kq];
+            let b1 = Bt[(tx * 4u + 1u) * BT_ROW + kq];
+            let b2 = Bt[(tx * 4u + 2u) * BT_ROW + kq];
+            let b3 = Bt[(tx * 4u + 3u) * BT_ROW + kq];
+            for (var i = 0u; i < 4u; i++) {
+                let a = At[(ty * 4u + i) * 4u + kq];
+                acc[i] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+            }
+        }
+    }
+
+    let om = m0 + ty * 4u;
+    let on = n0 + tx * 4u;
+    for (var i = 0u; i < 4u; i++) {
+        epilogue(f, om + i, on, acc[i]);
+    }
 }
 
 // Narrow variant for cin <= 4 (the stem, whose cin = 3 would leave 61 of a tile's 64 columns

@@ -110,6 +110,74 @@ fn conv_transpose_matches_cpu() {
     report("conv_transpose", worst, cases);
 }
 
+/// The 16x64 tile (`conv_transpose_thin`, phases of at most 32 input pixels under `Auto`):
+/// every ResNet conv shape on inputs of 4-32 pixels per phase, scalar and vec4 K and N, N over
+/// one to three tiles, the fused epilogue, views at unaligned offsets.
+#[test]
+fn conv_transpose_thin_tiles_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Auto);
+    let mut worst = 0f64;
+    let mut cases = 0u64;
+    let channels = [(5usize, 3usize), (37, 64), (64, 37), (136, 40)];
+    for (ci, &(cin, cout)) in channels.iter().enumerate() {
+        for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+            let layer = random_conv(cin, cout, k, stride, pad, 2600 + (ci * 10 + ki) as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            for &(n, h, w) in &[(1usize, 4usize, 4usize), (1, 5, 6), (2, 4, 4)] {
+                let xs = Shape::new(n, h, w, cin);
+                assert_eq!(g.conv_transpose_tile(xs, stride), 16, "{xs} /{stride}");
+                let (ho, wo) = layer.out_size(h, w);
+                let s = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 2700 + cases);
+                let mul = random_tensor(xs, -1.0, 2.0, 2800 + cases);
+                let acc = random_tensor(xs, -1.0, 1.0, 2900 + cases);
+                for (with_epi, offs) in [(false, [0, 0, 0]), (true, [1, 3, 4])] {
+                    cases += 1;
+                    let label = format!(
+                        "thin conv_transpose {k}x{k}/{stride} {cin}<-{cout} {xs} \
+                         epilogue={with_epi} offsets={offs:?}"
+                    );
+                    let sg = gpu_view(&mut g, &s, offs[0]);
+                    let mg = gpu_view(&mut g, &mul, offs[1]);
+                    let ag = gpu_view(&mut g, &acc, offs[2]);
+                    let yg = g
+                        .conv_transpose(&sg, &cg, h, w, with_epi.then_some(&mg), -1.5,
+                            with_epi.then_some(&ag))
+                        .unwrap();
+                    let (sc, mc, ac) = (
+                        c.upload(&s).unwrap(),
+                        c.upload(&mul).unwrap(),
+                        c.upload(&acc).unwrap(),
+                    );
+                    let yc = c
+                        .conv_transpose(&sc, &cc, h, w, with_epi.then_some(&mc), -1.5,
+                            with_epi.then_some(&ac))
+                        .unwrap();
+                    let err = check_parity(
+                        &label,
+                        &g.download(&yg).unwrap(),
+                        &c.download(&yc).unwrap(),
+                    );
+                    worst = worst.max(err);
+                }
+            }
+        }
+    }
+    report("conv_transpose (16x64 tiles)", worst, cases as usize);
+}
+
+/// The ratio epilogue of the 16x64-tile conv (`conv2d_thin`): outputs of 4-32 pixels.
+#[test]
+fn conv2d_ratio_thin_tiles_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Auto);
+    let channels = [(37usize, 70usize), (64, 136), (5, 8)];
+    let (worst, cases) = conv2d_ratio_cases(&mut g, &mut c, &channels, (4, 4), &[1, 2], 3000);
+    assert!(g.conv_tile(2 * 4 * 4, 136) == 16 && g.conv_tile(2 * 4 * 4, 8) == 16);
+    report("conv2d_ratio (16x64 tiles)", worst, cases);
+}
+
 /// Several M and N tiles per stride phase, phases of unequal sizes (17 = 9 + 8 rows) so that
 /// the smaller phases have spare tiles, and a 1x1/2 kernel whose odd phases get no taps; with
 /// both tiles (64x64 `conv_transpose`, 128x128 `conv_transpose_large`).
@@ -296,8 +364,11 @@ fn conv_transpose_tile_follows_policy() {
             ConvTiles::Auto.tile(DiscreteGpu, m, n)
         );
     }
-    // On a CPU adapter: phases of 32 rows take the 64 tile however many there are.
-    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 32, 1024, 4), 64);
+    // On a CPU adapter: phases of 33-127 rows take the 64 tile however many there are, of at
+    // most 32 rows the 16x64 one (on every adapter).
+    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 33, 1024, 4), 64);
+    assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 32, 1024, 4), 16);
+    assert_eq!(ConvTiles::Auto.tile_in_phases(DiscreteGpu, 4, 512, 4), 16);
     assert_eq!(ConvTiles::Auto.tile_in_phases(CpuDevice, 128, 128, 4), 128);
     assert_eq!(
         ConvTiles::Small.tile_in_phases(CpuDevice, 1024, 1024, 4),

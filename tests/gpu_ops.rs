@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_parity, gpu, random_conv, random_tensor, RESNET_CONVS};
+use common::{check_parity, gpu, gpu_view, random_conv, random_tensor, RESNET_CONVS};
 use lafam_gpu::backend::Pool;
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::lafam::ImageBatch;
@@ -203,6 +203,50 @@ fn conv2d_large_tiles_match_cpu() {
     eprintln!("conv2d (128x128 tiles): {cases} cases, max rel err {worst:e}");
 }
 
+/// The 16x64 tile (`conv2d_thin`, GEMMs of at most 32 output pixels under `Auto`): every ResNet
+/// conv shape on inputs of 4-30 output pixels, scalar and vec4 paths, N over one to three tiles,
+/// K over several tiles, every epilogue, and views at unaligned offsets.
+#[test]
+fn conv2d_thin_tiles_match_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    g.set_conv_tiles(ConvTiles::Auto);
+    let mut worst = 0f64;
+    let mut cases = 0u64;
+    let channels = [(3usize, 5usize), (37, 70), (16, 12), (64, 136)];
+    for (ci, &(cin, cout)) in channels.iter().enumerate() {
+        for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
+            let layer = random_conv(cin, cout, k, stride, pad, 1700 + (ci * 10 + ki) as u64);
+            let cg = g.prepare_conv(&layer).unwrap();
+            let cc = c.prepare_conv(&layer).unwrap();
+            for &(n, h, w) in &[(1usize, 4usize, 4usize), (1, 5, 6), (2, 4, 4)] {
+                let (ho, wo) = layer.out_size(h, w);
+                let m = n * ho * wo;
+                assert_eq!(g.conv_tile(m, cout), 16, "{m} rows take the thin tile");
+                let x = random_tensor(Shape::new(n, h, w, cin), -1.0, 1.0, 1800 + cases);
+                let r = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 1900 + cases);
+                for (with_res, relu, offs) in [(false, false, [0, 0]), (true, true, [3, 1])] {
+                    cases += 1;
+                    let label = format!(
+                        "thin conv {k}x{k}/{stride} {cin}->{cout} {n}x{h}x{w} residual={with_res} \
+                         relu={relu} offsets={offs:?}"
+                    );
+                    let (xg, rg) = (gpu_view(&mut g, &x, offs[0]), gpu_view(&mut g, &r, offs[1]));
+                    let yg = g.conv2d(&xg, &cg, with_res.then_some(&rg), relu).unwrap();
+                    let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
+                    let yc = c.conv2d(&xc, &cc, with_res.then_some(&rc), relu).unwrap();
+                    let err = check_parity(
+                        &label,
+                        &g.download(&yg).unwrap(),
+                        &c.download(&yc).unwrap(),
+                    );
+                    worst = worst.max(err);
+                }
+            }
+        }
+    }
+    eprintln!("conv2d (16x64 tiles): {cases} cases, worst max rel err {worst:e}");
+}
+
 /// `LAFAM_GPU_TILES` parsing (tested on the parser: the environment is process-wide and tests
 /// run in parallel), the `Auto` rule, and the setter: both tiles give the same conv.
 #[test]
@@ -245,13 +289,18 @@ fn conv_tile_policy() {
         (r50(7, 512), 64),    // layer4 3x3: 100 tiles
         (r50(7, 2048), 128),  // layer4 1x1 expand: 400 tiles
         ((100, 4096), 64),    // m < 128
+        ((49, 512), 64),      // layer4 at batch 1, 224x224: 49 rows fill 77% of a 64 tile
+        ((32, 2048), 16),     // m <= 32: the 16x64 tile
+        ((16, 256), 16),      // layer3 at batch 1, 64x64
+        ((4, 512), 16),       // layer4 at batch 1, 64x64
     ] {
         assert_eq!(ConvTiles::Auto.tile(DiscreteGpu, m, n), want, "{m}x{n}");
-        assert_eq!(
-            ConvTiles::Auto.tile(CpuDevice, m, n),
-            if m >= 128 && n >= 128 { 128 } else { 64 },
-            "{m}x{n} on a CPU"
-        );
+        let on_cpu = match (m, n) {
+            _ if m <= 32 => 16,
+            _ if m >= 128 && n >= 128 => 128,
+            _ => 64,
+        };
+        assert_eq!(ConvTiles::Auto.tile(CpuDevice, m, n), on_cpu, "{m}x{n} on a CPU");
         assert_eq!(ConvTiles::Small.tile(DiscreteGpu, m, n), 64);
         assert_eq!(ConvTiles::Large.tile(CpuDevice, m, n), 128);
     }

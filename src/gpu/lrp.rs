@@ -3,8 +3,8 @@
 //! gather (`shaders/lrp.wgsl`). Every shape and view extent is validated here before a
 //! dispatch is recorded (the kernels run without runtime bounds checks).
 
-use super::pipelines::{ConvTransposeVariant, Pipelines};
-use super::{tiles, u32_of, Gpu, GpuConv, GpuTensor, WG};
+use super::pipelines::{ConvTransposeVariant, Pipelines, Tile};
+use super::{u32_of, Gpu, GpuConv, GpuTensor, WG};
 use crate::backend::{GateSign, LrpBackend, Pool};
 use crate::tensor::Shape;
 use anyhow::{ensure, Result};
@@ -181,7 +181,7 @@ impl LrpBackend for Gpu {
                 && mul.is_none_or(|t| t.offset.is_multiple_of(4))
                 && acc.is_none_or(|t| t.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
-            large: tile == tiles::LARGE_TILE,
+            tile: Tile::of_edge(tile),
             narrow: conv.cin <= 4,
         };
         let grid = if variant.narrow {
@@ -191,9 +191,10 @@ impl LrpBackend for Gpu {
             // Every stride phase given as many M tiles as the largest, phases varying fastest
             // (shaders/conv_backward.wgsl, `tiles_per_phase` and `phase_of`).
             let st = conv.stride as u64;
-            let n_tiles = (conv.cin as u64).div_ceil(tile);
+            let (tile_m, tile_n) = variant.tile.edges();
+            let n_tiles = (conv.cin as u64).div_ceil(tile_n);
             let per_phase = (ss.n as u64 * (in_h as u64).div_ceil(st) * (in_w as u64).div_ceil(st))
-                .div_ceil(tile);
+                .div_ceil(tile_m);
             let (x, y) = self.grid_2d(st * st * n_tiles * per_phase)?;
             (x, y, 1)
         };

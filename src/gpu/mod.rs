@@ -25,7 +25,7 @@ use crate::model::ConvLayer;
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
 use context::Context;
-use pipelines::{ConvVariant, PARAMS_BYTES};
+use pipelines::{ConvVariant, Tile, PARAMS_BYTES};
 use pool::BufferPool;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
@@ -147,13 +147,13 @@ impl Gpu {
         self.conv_tiles = tiles;
     }
 
-    /// The output tile edge (64 or 128) the forward conv uses on this adapter for `m` output
-    /// pixels and `n` output channels under the current policy.
+    /// The output tile's M edge (16 for the 16x64 tile, 64 or 128) the forward conv uses on
+    /// this adapter for `m` output pixels and `n` output channels under the current policy.
     pub fn conv_tile(&self, m: usize, n: usize) -> u64 {
         self.conv_tiles.tile(self.ctx.info.device_type, m, n)
     }
 
-    /// The output tile edge (64 or 128) the transposed conv uses on this adapter for a result
+    /// The output tile's M edge (16, 64 or 128) the transposed conv uses on this adapter for a result
     /// of `in_shape` (`[n, h, w, cin]`) from a conv of stride `stride` under the current
     /// policy: [`ConvTiles::tile_in_phases`] over its stride^2 phases of
     /// n*ceil(h/stride)*ceil(w/stride) rows (the grid's M tiles, src/gpu/lrp.rs) and cin.
@@ -468,7 +468,7 @@ impl Gpu {
             b_vec4: conv.cout.is_multiple_of(4)
                 && residual.is_none_or(|r| r.offset.is_multiple_of(4)),
             plain_gemm: conv.kh == 1 && conv.kw == 1 && conv.stride == 1 && conv.pad == 0,
-            large: tile == tiles::LARGE_TILE,
+            tile: Tile::of_edge(tile),
             // A forced tile (`LAFAM_GPU_TILES`) keeps every shape on the tiled kernels.
             narrow: conv.cout <= 4 && self.conv_tiles == ConvTiles::Auto,
         };
@@ -477,14 +477,15 @@ impl Gpu {
             (x, y, 1)
         } else {
             let max = self.ctx.limits.max_compute_workgroups_per_dimension as u64;
-            let n_tiles = (conv.cout as u64).div_ceil(tile);
+            let (tile_m, tile_n) = variant.tile.edges();
+            let n_tiles = (conv.cout as u64).div_ceil(tile_n);
             ensure!(
                 n_tiles <= max,
                 "conv {}: {} output channels exceed the dispatch grid",
                 conv.name,
                 conv.cout
             );
-            let (gy, gz) = self.grid_2d((m as u64).div_ceil(tile))?;
+            let (gy, gz) = self.grid_2d((m as u64).div_ceil(tile_m))?;
             (n_tiles as u32, gy, gz)
         };
         let out = self.alloc(oshape)?;

@@ -16,32 +16,72 @@ const CONV_BACKWARD: &str = include_str!("../../shaders/conv_backward.wgsl");
 const LRP: &str = include_str!("../../shaders/lrp.wgsl");
 const CAM: &str = include_str!("../../shaders/cam.wgsl");
 
+/// Which tiled entry point of a conv shader: 16x64 (`*_thin`), 64x64 or 128x128 (`*_large`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tile {
+    Thin,
+    Small,
+    Large,
+}
+
+impl Tile {
+    /// The tile of M edge `edge` (`ConvTiles`' answer, src/gpu/tiles.rs).
+    pub fn of_edge(edge: u64) -> Tile {
+        match edge {
+            super::tiles::THIN_TILE => Tile::Thin,
+            super::tiles::LARGE_TILE => Tile::Large,
+            _ => Tile::Small,
+        }
+    }
+    /// (M, N) edges of the output tile.
+    pub fn edges(self) -> (u64, u64) {
+        match self {
+            Tile::Thin => (super::tiles::THIN_TILE, super::tiles::SMALL_TILE),
+            Tile::Small => (super::tiles::SMALL_TILE, super::tiles::SMALL_TILE),
+            Tile::Large => (super::tiles::LARGE_TILE, super::tiles::LARGE_TILE),
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn from_index(i: usize) -> Tile {
+        [Tile::Thin, Tile::Small, Tile::Large][i]
+    }
+    /// The entry point of this tile in a shader whose 64x64 one is `base`.
+    fn entry(self, base: &str) -> String {
+        match self {
+            Tile::Thin => format!("{base}_thin"),
+            Tile::Small => base.to_string(),
+            Tile::Large => format!("{base}_large"),
+        }
+    }
+}
+
 /// Conv specialisations, see `shaders/conv.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConvVariant {
     pub a_vec4: bool,
     pub b_vec4: bool,
     pub plain_gemm: bool,
-    /// The 128x128-tile entry point `conv2d_large` instead of the 64x64 `conv2d`.
-    pub large: bool,
+    pub tile: Tile,
     /// cout <= 4: `conv2d_narrow`, one invocation per output pixel (only `b_vec4` applies).
     pub narrow: bool,
 }
 
 impl ConvVariant {
-    const COUNT: usize = 16;
+    const COUNT: usize = 24;
     fn index(self) -> usize {
         self.a_vec4 as usize
             | (self.b_vec4 as usize) << 1
             | (self.plain_gemm as usize) << 2
-            | (self.large as usize) << 3
+            | self.tile.index() << 3
     }
     fn from_index(i: usize) -> Self {
         ConvVariant {
             a_vec4: i & 1 != 0,
             b_vec4: i & 2 != 0,
             plain_gemm: i & 4 != 0,
-            large: i & 8 != 0,
+            tile: Tile::from_index(i >> 3),
             narrow: false,
         }
     }
@@ -53,27 +93,26 @@ pub(crate) struct ConvTransposeVariant {
     pub k_vec4: bool,
     pub n_vec4: bool,
     pub plain_gemm: bool,
-    /// The 128x128-tile entry point `conv_transpose_large` instead of the 64x64
-    /// `conv_transpose` (ignored when `narrow`).
-    pub large: bool,
+    /// The tiled entry point (ignored when `narrow`).
+    pub tile: Tile,
     /// cin <= 4: one invocation per input pixel instead of the tiled GEMM.
     pub narrow: bool,
 }
 
 impl ConvTransposeVariant {
-    const COUNT: usize = 16;
+    const COUNT: usize = 24;
     fn index(self) -> usize {
         self.k_vec4 as usize
             | (self.n_vec4 as usize) << 1
             | (self.plain_gemm as usize) << 2
-            | (self.large as usize) << 3
+            | self.tile.index() << 3
     }
     fn from_index(i: usize) -> Self {
         ConvTransposeVariant {
             k_vec4: i & 1 != 0,
             n_vec4: i & 2 != 0,
             plain_gemm: i & 4 != 0,
-            large: i & 8 != 0,
+            tile: Tile::from_index(i >> 3),
             narrow: false,
         }
     }
@@ -264,7 +303,7 @@ impl Pipelines {
                 pipeline(
                     &conv_pl,
                     &conv_m,
-                    if v.large { "conv2d_large" } else { "conv2d" },
+                    &v.tile.entry("conv2d"),
                     &[
                         ("A_VEC4", b(v.a_vec4)),
                         ("B_VEC4", b(v.b_vec4)),
@@ -289,11 +328,7 @@ impl Pipelines {
                 pipeline(
                     &conv_pl,
                     &convt_m,
-                    if v.large {
-                        "conv_transpose_large"
-                    } else {
-                        "conv_transpose"
-                    },
+                    &v.tile.entry("conv_transpose"),
                     &[
                         ("K_VEC4", b(v.k_vec4)),
                         ("N_VEC4", b(v.n_vec4)),

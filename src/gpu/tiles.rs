@@ -9,6 +9,10 @@ use anyhow::{bail, Result};
 /// The environment variable read by [`Gpu::new`](super::Gpu::new): `auto`, `64` or `128`.
 pub const TILES_ENV: &str = "LAFAM_GPU_TILES";
 
+/// Output tile M edge of `conv2d_thin` (16 output pixels by 64 channels).
+pub(crate) const THIN_TILE: u64 = 16;
+/// GEMMs of at most this many rows take the thin tile under `Auto`.
+const MAX_THIN_ROWS: u64 = 32;
 /// Output tile edge of `conv2d`.
 pub(crate) const SMALL_TILE: u64 = 64;
 /// Output tile edge of `conv2d_large`.
@@ -69,11 +73,13 @@ impl ConvTiles {
         }
     }
 
-    /// The output tile edge (64 or 128) for an `m` x `n` output GEMM (forward conv: m = output
-    /// pixels, n = output channels; transposed conv: m = input pixels, n = input channels) on
-    /// an adapter of type `device`.
+    /// The output tile's M edge (16: the 16x64 thin tile; 64 or 128: square tiles) for an
+    /// `m` x `n` output GEMM (forward conv: m = output pixels, n = output channels; transposed
+    /// conv: m = input pixels, n = input channels) on an adapter of type `device`.
     ///
-    /// `Auto` takes the 128x128 tile when
+    /// `Auto` takes the 16x64 tile when `m <= 32`: a 64-row tile would be more than half
+    /// padding (layer3/4 of small images at batch 1: at 64 px, 16 and 4 rows, 75% and 94% of
+    /// the FMAs wasted). It takes the 128x128 tile when
     /// - `m >= 128` and `n >= 128`: a tile that is at least half empty in one dimension wastes
     ///   the FMAs the larger register block is meant to save (ResNet's 64-channel convs). On
     ///   lavapipe (2 cores) the 128x128 tile measured 1.4-1.7x faster for m, n >= 128 and
@@ -111,6 +117,7 @@ impl ConvTiles {
         match self {
             ConvTiles::Small => SMALL_TILE,
             ConvTiles::Large => LARGE_TILE,
+            ConvTiles::Auto if m as u64 <= MAX_THIN_ROWS => THIN_TILE,
             ConvTiles::Auto => {
                 let (m, n) = (m as u64, n as u64);
                 let groups = phases as u64 * m.div_ceil(LARGE_TILE) * n.div_ceil(LARGE_TILE);
