@@ -14,6 +14,7 @@
 //! | `LAFAM_BENCH_LAYER` | `layer4` | explained stage |
 //! | `LAFAM_BENCH_JSON` | unset | set to 1 for JSON lines |
 //! | `LAFAM_BENCH_PROFILE` | unset | set to 1 for the slowest kernels (GPU timestamps) |
+//! | `LAFAM_BENCH_TRACE` | unset | set to 1 for every pass of one batch in order (GPU timestamps) |
 //! | `LAFAM_BENCH_RULE` | `epsilon-plus-flat` | LRP composite |
 
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ fn main() -> ExitCode {
     }
     if on("LAFAM_BENCH_PROFILE") {
         args.push("--profile".into());
+    }
+    if on("LAFAM_BENCH_TRACE") {
+        args.push("--trace".into());
     }
     lafam_gpu::cli::main_from(args)
 }

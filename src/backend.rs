@@ -51,6 +51,8 @@ pub struct MemoryStats {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KernelTimes {
     pub kernels: std::collections::BTreeMap<String, (usize, f64)>,
+    /// Every pass in recording order: (kernel, nanoseconds).
+    pub sequence: Vec<(String, f64)>,
 }
 
 impl KernelTimes {
@@ -58,8 +60,10 @@ impl KernelTimes {
         let e = self.kernels.entry(kernel.to_string()).or_default();
         e.0 += 1;
         e.1 += ns;
+        self.sequence.push((kernel.to_string(), ns));
     }
-    /// Adds `other`'s passes and times.
+    /// Adds `other`'s passes and times to the per-kernel totals (the sequence stays this
+    /// one's).
     pub fn merge(&mut self, other: &KernelTimes) {
         for (name, &(n, ns)) in &other.kernels {
             let e = self.kernels.entry(name.clone()).or_default();

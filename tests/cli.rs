@@ -425,6 +425,7 @@ fn bench_gpu_reports_device_time_and_peak_fraction() {
         &"--warmup",
         &"1",
         &"--json",
+        &"--trace",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("GEMM peak:"), "{}", stderr(&o));
@@ -454,6 +455,14 @@ fn bench_gpu_reports_device_time_and_peak_fraction() {
             (sum - device).abs() <= 0.5 * device,
             "kernels {sum} ms vs device {device} ms"
         );
+        // --trace: every pass of one batch in order, as many as the kernels' passes per batch,
+        // the forward first (preprocess, then the stem conv).
+        let passes = v["passes"].as_array().unwrap();
+        let per_batch: f64 = kernels.iter().map(|k| k["passes"].as_f64().unwrap()).sum();
+        assert_eq!(passes.len() as f64, per_batch, "{v}");
+        assert_eq!(passes[0][0], "preprocess", "{v}");
+        assert!(passes[1][0].as_str().unwrap().starts_with("conv2d"), "{v}");
+        assert!(passes.iter().all(|p| p[1].as_f64().unwrap() >= 0.0), "{v}");
     } else {
         assert!(v["device_ms"].is_null() && kernels.is_empty(), "{v}");
     }

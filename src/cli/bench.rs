@@ -109,6 +109,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
 
+    /// Also list every pass of one timed batch in recording order with its device time, to see
+    /// which layer's kernel is slow (e.g. a transposed conv against its layer's forward).
+    #[arg(long)]
+    pub trace: bool,
+
     /// Skip measuring the backend's GEMM peak (used for the fraction-of-peak column).
     #[arg(long)]
     pub no_peak: bool,
@@ -229,6 +234,9 @@ pub struct BenchResult {
     /// Device time per batch by kernel: (kernel, passes per batch, ms per batch), slowest
     /// first, where timestamps are available.
     pub kernels: Vec<(String, f64, f64)>,
+    /// Every pass of the first timed batch in order: (kernel, ms), where timestamps are
+    /// available.
+    pub passes: Vec<(String, f64)>,
 }
 
 impl BenchResult {
@@ -283,6 +291,15 @@ impl BenchResult {
             ),
             _ => String::new(),
         }
+    }
+
+    /// Every pass of one timed batch, one line each: index, device time, kernel.
+    pub fn passes_text(&self) -> String {
+        self.passes
+            .iter()
+            .enumerate()
+            .map(|(i, (k, ms))| format!("  pass {i:4} {ms:9.3} ms  {k}\n"))
+            .collect()
     }
 
     /// The slowest `n` kernels, one line each.
@@ -406,6 +423,12 @@ pub fn run_bench<B: CamBackend>(
             .map(|_| once(explainer, true))
             .collect::<Result<_>>()?;
         let device: Option<Vec<&KernelTimes>> = profiled.iter().map(|r| r.1.as_ref()).collect();
+        let passes = device.as_ref().map_or(Vec::new(), |k| {
+            k[0].sequence
+                .iter()
+                .map(|(name, ns)| (name.clone(), ns * 1e-6))
+                .collect()
+        });
         let (device_ms, kernels) = match device {
             Some(k) => {
                 let mut totals: Vec<f64> = k.iter().map(|k| k.total_ns() * 1e-6).collect();
@@ -446,6 +469,7 @@ pub fn run_bench<B: CamBackend>(
             device_ms,
             gemm_peak: cfg.gemm_peak,
             kernels,
+            passes,
             peak_mib_per_img: memory.map(|m| mib(m.peak_tensors) / batch as f64),
             weights_mib: memory.map(|m| mib(m.weights)),
         };
@@ -500,13 +524,21 @@ pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
     let kind = backend.kind();
     let json = args.json;
     let profile = args.profile;
+    let trace = args.trace;
     let print = |r: &BenchResult| {
         if json {
-            println!("{}", r.to_json());
+            let mut line = r.to_json();
+            if trace {
+                line["passes"] = serde_json::json!(r.passes);
+            }
+            println!("{line}");
         } else {
             println!("{}", r.to_text());
             if profile && !r.kernels.is_empty() {
                 print!("{}", r.kernels_text(12));
+            }
+            if trace && !r.passes.is_empty() {
+                print!("{}", r.passes_text());
             }
         }
     };
