@@ -142,8 +142,15 @@ fn conv_transpose_thin_tiles_match_cpu() {
                     let mg = gpu_view(&mut g, &mul, offs[1]);
                     let ag = gpu_view(&mut g, &acc, offs[2]);
                     let yg = g
-                        .conv_transpose(&sg, &cg, h, w, with_epi.then_some(&mg), -1.5,
-                            with_epi.then_some(&ag))
+                        .conv_transpose(
+                            &sg,
+                            &cg,
+                            h,
+                            w,
+                            with_epi.then_some(&mg),
+                            -1.5,
+                            with_epi.then_some(&ag),
+                        )
                         .unwrap();
                     let (sc, mc, ac) = (
                         c.upload(&s).unwrap(),
@@ -151,14 +158,18 @@ fn conv_transpose_thin_tiles_match_cpu() {
                         c.upload(&acc).unwrap(),
                     );
                     let yc = c
-                        .conv_transpose(&sc, &cc, h, w, with_epi.then_some(&mc), -1.5,
-                            with_epi.then_some(&ac))
+                        .conv_transpose(
+                            &sc,
+                            &cc,
+                            h,
+                            w,
+                            with_epi.then_some(&mc),
+                            -1.5,
+                            with_epi.then_some(&ac),
+                        )
                         .unwrap();
-                    let err = check_parity(
-                        &label,
-                        &g.download(&yg).unwrap(),
-                        &c.download(&yc).unwrap(),
-                    );
+                    let err =
+                        check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
                     worst = worst.max(err);
                 }
             }
@@ -630,7 +641,15 @@ fn conv2d_ratio_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
     // Scalar and vec4 input / output channels, as conv2d's variants; cout <= 4 (conv2d_narrow)
     // includes the Flat rule's one-channel stem conv (3, 1).
-    let channels = [(3usize, 64usize), (64, 37), (37, 5), (64, 64), (5, 3), (3, 1), (16, 4)];
+    let channels = [
+        (3usize, 64usize),
+        (64, 37),
+        (37, 5),
+        (64, 64),
+        (5, 3),
+        (3, 1),
+        (16, 4),
+    ];
     let (worst, cases) = conv2d_ratio_cases(&mut g, &mut c, &channels, (13, 9), &[1, 3], 500);
     let cases = cases + conv2d_ratio_at_bias(&mut g, &mut c, &[(64, 8), (5, 3)]);
     report("conv2d_ratio", worst, cases);

@@ -234,11 +234,8 @@ fn conv2d_thin_tiles_match_cpu() {
                     let yg = g.conv2d(&xg, &cg, with_res.then_some(&rg), relu).unwrap();
                     let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
                     let yc = c.conv2d(&xc, &cc, with_res.then_some(&rc), relu).unwrap();
-                    let err = check_parity(
-                        &label,
-                        &g.download(&yg).unwrap(),
-                        &c.download(&yc).unwrap(),
-                    );
+                    let err =
+                        check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
                     worst = worst.max(err);
                 }
             }
@@ -300,7 +297,11 @@ fn conv_tile_policy() {
             _ if m >= 128 && n >= 128 => 128,
             _ => 64,
         };
-        assert_eq!(ConvTiles::Auto.tile(CpuDevice, m, n), on_cpu, "{m}x{n} on a CPU");
+        assert_eq!(
+            ConvTiles::Auto.tile(CpuDevice, m, n),
+            on_cpu,
+            "{m}x{n} on a CPU"
+        );
         assert_eq!(ConvTiles::Small.tile(DiscreteGpu, m, n), 64);
         assert_eq!(ConvTiles::Large.tile(CpuDevice, m, n), 128);
     }

@@ -26,12 +26,16 @@ for i in 1 2; do
   $BIN run --weights $W --backend gpu --method lafam,lrp --size $SIZE --timings --out /tmp/s$i assets/astronaut.jpg 2>&1 | grep timings | tee -a "$OUT/startup.txt"
 done
 
-log "parity: GPU vs CPU maps at 224 px (bundled images, batch 4), tiles 64 and 128"
+log "parity: GPU vs CPU maps at 224 px (bundled images, batch 4), tiles auto, 64 and 128"
 $BIN run --weights $W --backend cpu --method lafam,lrp --size $SIZE --batch 4 --out /tmp/cpu assets >/dev/null 2>&1
-for t in 64 128; do
+for t in auto 64 128; do
   LAFAM_GPU_TILES=$t $BIN run --weights $W --backend gpu --method lafam,lrp --size $SIZE --batch 4 --out /tmp/gpu$t assets >/dev/null 2>&1
   python3 benches/device/compare_npy.py /tmp/cpu /tmp/gpu$t 2>&1 | tee -a "$OUT/parity_tiles$t.txt"
 done
+log "parity at 64 px, batch 1 (layer3/4 on the 16x64 thin tiles)"
+$BIN run --weights $W --backend cpu --method lafam,lrp --size 64 --out /tmp/cpu64 assets >/dev/null 2>&1
+$BIN run --weights $W --backend gpu --method lafam,lrp --size 64 --out /tmp/gpu64 assets >/dev/null 2>&1
+python3 benches/device/compare_npy.py /tmp/cpu64 /tmp/gpu64 2>&1 | tee -a "$OUT/parity_64px.txt"
 
 log "lafam-gpu benches (random ResNet-50, 224 px, layer4)"
 for m in lafam lrp; do
