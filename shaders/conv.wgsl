@@ -3,23 +3,21 @@
 // with M = n*ho*wo output pixels, N = cout, K = kh*kw*cin, A the (never materialised) im2col of
 // the input with zero padding, W the HWIO weight ([kh][kw][cin][cout] = row-major [K][N]).
 //
-// Two entry points over the same loads and epilogue, chosen per shape by the host
-// (`ConvTiles` in src/gpu/mod.rs):
-//   conv2d:       a 64x64 output tile per workgroup of 16x16 threads, each thread owning a 4x4
-//                 block of outputs in registers; K is walked in tiles of 16 staged in workgroup
-//                 memory (8 KiB), with the next K tile's global loads prefetched into registers
-//                 while the current one is computed (two barriers per K tile).
+// Entry points over the same loads and epilogue, chosen per shape by the host (`ConvTiles` in
+// src/gpu/tiles.rs):
+//   conv2d:       a TILE_ROWS x 64 output tile per workgroup of 16 x TILE_ROWS/4 threads, each
+//                 thread owning a 4x4 block of outputs in registers; K is walked in tiles of 16
+//                 staged in workgroup memory, with the next K tile's global loads prefetched
+//                 into registers while the current one is computed (two barriers per K tile).
+//                 TILE_ROWS = 64 (pipeline `conv2d`), or 16 (`conv2d_thin`) for GEMMs of at
+//                 most 32 output pixels (layer3/4 of small images at batch 1), where a 64-row
+//                 tile would be more than half padding.
 //   conv2d_large: a 128x128 output tile per workgroup of 16x16 threads, each thread owning 8x8
 //                 outputs as two 4x4 sub-blocks 64 apart in M and in N; K tiles of 8 in a
 //                 double-buffered workgroup memory (2 stages x (A 8x128 + B 8x128) f32 = 16 KiB,
 //                 the minimum every adapter offers): one barrier per K tile. Per thread and k,
 //                 64 FMAs per 16 floats read from workgroup memory (conv2d: 16 per 8), and
 //                 half the global loads per output; for big GPUs given enough output tiles.
-//
-//   conv2d_thin:  a 16x64 output tile per workgroup of 16x4 threads, each thread owning a 4x4
-//                 block as in conv2d (K tiles of 16, register prefetch): for GEMMs of at most
-//                 32 output pixels (layer3/4 of small images at batch 1), where a 64-row tile
-//                 would be more than half padding.
 // And for cout <= 4 (the Flat rule's one-channel conv in the stem's LRP), where a tile would
 // leave 60+ of its 64 columns idle:
 //   conv2d_narrow: one invocation per output pixel, its <= 4 channels in one vec4, the taps
@@ -31,6 +29,7 @@
 //   B_VEC4: cout % 4 == 0 (and the residual's offset % 4 == 0): weights, residual and output
 //           are read/written as vec4 over output channels.
 //   PLAIN_GEMM: 1x1 kernel, stride 1, no padding: A[m, k] = x[m*cin + k], no im2col arithmetic.
+//   TILE_ROWS: see conv2d.
 //
 // The module is created without runtime bounds checks: every index is guarded here, and the
 // host validates every size (and that divisors are non-zero) before recording a dispatch.
@@ -65,11 +64,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read> res: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
-const BM: u32 = 64u;
+// conv2d's output tile: TILE_ROWS (64, or 16 for GEMMs of at most 32 rows: the pipeline
+// `conv2d_thin`) by BN channels, 4x4 per thread, K tiles of BK.
+override TILE_ROWS: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-// conv2d: As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
+// conv2d: As[k][m/4] (TILE_ROWS/4 vec4 per k) and Bs[k][n/4] (16 vec4 per k).
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
 
@@ -238,27 +239,33 @@ fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
     }
 }
 
-// Grid: x = N tiles, (y, z) = M tiles split over two dimensions (tile = y + z * num_y).
-@compute @workgroup_size(16, 16, 1)
+// Grid: x = N tiles, (y, z) = M tiles of TILE_ROWS split over two dimensions (tile = y + z *
+// num_y).
+@compute @workgroup_size(16, TILE_ROWS / 4u, 1)
 fn conv2d(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let m_tile = wid.y + wid.z * nwg.y;
-    let m_tiles = (p.m + BM - 1u) / BM;
+    let m_tiles = (p.m + TILE_ROWS - 1u) / TILE_ROWS;
     if (m_tile >= m_tiles) {
         return; // whole workgroup: uniform
     }
-    let m0 = m_tile * BM;
+    let m0 = m_tile * TILE_ROWS;
     let n0 = wid.x * BN;
+    // vec4 per k row of As.
+    let a_width = TILE_ROWS / 4u;
 
-    // A staging: row a_row (0..63), k quad a_kq (0..3).
+    // A staging: row a_row (0..TILE_ROWS-1), k quad a_kq (0..3): one vec4 per thread.
     let a_row = t >> 2u;
     let a_kq = t & 3u;
-    // B staging: k row b_k (0..15), n quad b_nq (0..15).
+    // B staging: k rows b_k + j * TILE_ROWS/4 (b_k < TILE_ROWS/4, j < 64/TILE_ROWS), n quad
+    // b_nq (0..15): one vec4 per thread and row.
     let b_k = t >> 4u;
     let b_nq = t & 15u;
+    let b_loads = BN / TILE_ROWS;
+    let bn = n0 + b_nq * 4u;
     // Compute: rows ty*4..+4, cols tx*4..+4.
     let tx = t & 15u;
     let ty = t >> 4u;
@@ -272,7 +279,10 @@ fn conv2d(
 
     let k_tiles = (p.k + BK - 1u) / BK;
     var a_reg = load_a(r, 0u, a_kq);
-    var b_reg = load_b(b_k, n0 + b_nq * 4u);
+    var b_reg: array<vec4<f32>, 4>;
+    for (var j = 0u; j < b_loads; j++) {
+        b_reg[j] = load_b(b_k + j * a_width, bn);
+    }
 
     for (var kt = 0u; kt < k_tiles; kt++) {
         workgroupBarrier();
@@ -280,22 +290,26 @@ fn conv2d(
         let col = a_row >> 2u;
         let comp = a_row & 3u;
         let kb = a_kq * 4u;
-        As[(kb + 0u) * 16u + col][comp] = a_reg.x;
-        As[(kb + 1u) * 16u + col][comp] = a_reg.y;
-        As[(kb + 2u) * 16u + col][comp] = a_reg.z;
-        As[(kb + 3u) * 16u + col][comp] = a_reg.w;
-        Bs[b_k * 16u + b_nq] = b_reg;
+        As[(kb + 0u) * a_width + col][comp] = a_reg.x;
+        As[(kb + 1u) * a_width + col][comp] = a_reg.y;
+        As[(kb + 2u) * a_width + col][comp] = a_reg.z;
+        As[(kb + 3u) * a_width + col][comp] = a_reg.w;
+        for (var j = 0u; j < b_loads; j++) {
+            Bs[(b_k + j * a_width) * 16u + b_nq] = b_reg[j];
+        }
         workgroupBarrier();
 
         // Prefetch the next K tile while this one is computed.
         if (kt + 1u < k_tiles) {
             let k0 = (kt + 1u) * BK;
             a_reg = load_a(r, k0, a_kq);
-            b_reg = load_b(k0 + b_k, n0 + b_nq * 4u);
+            for (var j = 0u; j < b_loads; j++) {
+                b_reg[j] = load_b(k0 + b_k + j * a_width, bn);
+            }
         }
 
         for (var kk = 0u; kk < BK; kk++) {
-            let a = As[kk * 16u + ty];
+            let a = As[kk * a_width + ty];
             let b = Bs[kk * 16u + tx];
             acc0 += a.x * b;
             acc1 += a.y * b;
@@ -473,88 +487,4 @@ fn conv2d_narrow(
         }
     }
     epilogue(m, 0u, acc);
-}
-
-const TBM: u32 = 16u;
-// conv2d_thin: At[k][m/4], 4 vec4 per k (B staged in conv2d's Bs).
-var<workgroup> At: array<vec4<f32>, 64>;
-
-// Grid: x = N tiles (of 64), (y, z) = M tiles of 16 split over two dimensions.
-@compute @workgroup_size(16, 4, 1)
-fn conv2d_thin(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    let m_tile = wid.y + wid.z * nwg.y;
-    let m_tiles = (p.m + TBM - 1u) / TBM;
-    if (m_tile >= m_tiles) {
-        return; // whole workgroup: uniform
-    }
-    let m0 = m_tile * TBM;
-    let n0 = wid.x * BN;
-
-    // A staging: row a_row (0..15), k quad a_kq (0..3): one vec4 per thread.
-    let a_row = t >> 2u;
-    let a_kq = t & 3u;
-    // B staging: k rows b_k, +4, +8, +12 (b_k 0..3), n quad b_nq (0..15): four vec4 per thread.
-    let b_k = t >> 4u;
-    let b_nq = t & 15u;
-    // Compute: rows ty*4..+4 (ty 0..3), cols tx*4..+4.
-    let tx = t & 15u;
-    let ty = t >> 4u;
-
-    let r = row_info(m0 + a_row);
-
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
-
-    let k_tiles = (p.k + BK - 1u) / BK;
-    let bn = n0 + b_nq * 4u;
-    var a_reg = load_a(r, 0u, a_kq);
-    var b_reg = array<vec4<f32>, 4>(
-        load_b(b_k, bn), load_b(b_k + 4u, bn), load_b(b_k + 8u, bn), load_b(b_k + 12u, bn));
-
-    for (var kt = 0u; kt < k_tiles; kt++) {
-        workgroupBarrier();
-        // Stage: A transposed to At[k][m], B as is.
-        let col = a_row >> 2u;
-        let comp = a_row & 3u;
-        let kb = a_kq * 4u;
-        At[(kb + 0u) * 4u + col][comp] = a_reg.x;
-        At[(kb + 1u) * 4u + col][comp] = a_reg.y;
-        At[(kb + 2u) * 4u + col][comp] = a_reg.z;
-        At[(kb + 3u) * 4u + col][comp] = a_reg.w;
-        for (var j = 0u; j < 4u; j++) {
-            Bs[(b_k + 4u * j) * 16u + b_nq] = b_reg[j];
-        }
-        workgroupBarrier();
-
-        // Prefetch the next K tile while this one is computed.
-        if (kt + 1u < k_tiles) {
-            let k0 = (kt + 1u) * BK;
-            a_reg = load_a(r, k0, a_kq);
-            for (var j = 0u; j < 4u; j++) {
-                b_reg[j] = load_b(k0 + b_k + 4u * j, bn);
-            }
-        }
-
-        for (var kk = 0u; kk < BK; kk++) {
-            let a = At[kk * 4u + ty];
-            let b = Bs[kk * 16u + tx];
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
-        }
-    }
-
-    let om = m0 + ty * 4u;
-    let on = n0 + tx * 4u;
-    epilogue(om, on, acc0);
-    epilogue(om + 1u, on, acc1);
-    epilogue(om + 2u, on, acc2);
-    epilogue(om + 3u, on, acc3);
 }

@@ -6,20 +6,20 @@
 //             and 0 <= oy < ho (same for x), else 0 (never materialised: col2im folded in),
 //   B[k, n] = W[ky, kx, n, co] (the HWIO weight read transposed).
 //
-// Two tilings of the same GEMM, as shaders/conv.wgsl's (chosen per shape by the host with the
-// forward conv's `ConvTiles` policy, src/gpu/lrp.rs), over the same loads and epilogue:
-//   conv_transpose:       a 64x64 output tile per workgroup of 16x16 threads, each thread owning
-//                         a 4x4 block in registers; K walked in tiles of 16 staged in workgroup
-//                         memory (8 KiB), the next K tile's global loads prefetched into
-//                         registers during the current one's compute (two barriers per K tile).
+// Tilings of the same GEMM (chosen per shape by the host with the forward conv's `ConvTiles`
+// policy, src/gpu/lrp.rs), over the same loads and epilogue:
+//   conv_transpose:       a TILE_ROWS x 64 output tile per workgroup of 16 x TILE_ROWS/4
+//                         threads, each thread owning a 4x4 block in registers; K walked in
+//                         tiles of 16 staged in workgroup memory as loaded (vec4 over k, see
+//                         At / Bt), the next K tile's global loads prefetched into registers
+//                         during the current one's compute (two barriers per K tile).
+//                         TILE_ROWS = 64 (pipeline `conv_transpose`), or 16 (`conv_transpose_thin`)
+//                         for phases of at most 32 input pixels (layer3/4 of small images at
+//                         batch 1).
 //   conv_transpose_large: a 128x128 output tile per workgroup of 16x16 threads, each thread
 //                         owning 8x8 outputs as two 4x4 sub-blocks 64 apart in M and in N; K
 //                         tiles of 8 in a double-buffered workgroup memory (2 stages x (A 8x128
 //                         + B 8x128) f32 = 16 KiB): one barrier per K tile.
-//
-//   conv_transpose_thin:  a 16x64 output tile per workgroup of 16x4 threads (4x4 per thread,
-//                         as conv_transpose): for phases of at most 32 input pixels (layer3/4
-//                         of small images at batch 1).
 //
 // Specialisations (override constants, one pipeline each, created at start-up):
 //   K_VEC4: cout % 4 == 0 and the relevance's element offset % 4 == 0: s and W are read as
@@ -27,6 +27,7 @@
 //   N_VEC4: cin % 4 == 0 and the mul/acc offsets % 4 == 0: the epilogue reads and writes vec4
 //           over input channels.
 //   PLAIN_GEMM: 1x1 kernel, stride 1, no padding: A[m, k] = s[m*cout + k].
+//   TILE_ROWS: see conv_transpose.
 //
 // Stride > 1 is split into stride^2 phases (see `Phase`), each a dense GEMM over only the taps
 // that reach its pixels.
@@ -64,13 +65,21 @@ struct Params {
 @group(0) @binding(4) var<storage, read> acc_in: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;
 
-const BM: u32 = 64u;
+// conv_transpose's output tile: TILE_ROWS (64, or 16 for GEMMs of at most 32 rows: the
+// pipeline `conv_transpose_thin`) by BN input channels, 4x4 per thread, K tiles of BK.
+override TILE_ROWS: u32 = 64u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
-// conv_transpose: As[k][m/4] and Bs[k][n/4]: one row of 16 vec4 per k.
-var<workgroup> As: array<vec4<f32>, 256>;
-var<workgroup> Bs: array<vec4<f32>, 256>;
+// conv_transpose keeps both operands as they are loaded, vec4 over k: At[m][k/4] (4 vec4 per
+// row) and Bt[n][k/4] (rows padded to 5 vec4 so that threads reading different columns hit
+// different banks), and forms the products as dot products over k. Staging then needs no
+// transpose: one vec4 store per load (B arrives as vec4 over co for one input channel; a
+// [k][n] layout needed 4 scalar stores per vec4, 17% of the time of the 16-row tile on
+// lavapipe).
+var<workgroup> At: array<vec4<f32>, 256>;
+const BT_ROW: u32 = 5u;
+var<workgroup> Bt: array<vec4<f32>, 320>;
 
 const LBM: u32 = 128u;
 const LBN: u32 = 128u;
@@ -328,88 +337,85 @@ fn epilogue(f: Phase, ml: u32, n: u32, sum: vec4<f32>) {
     }
 }
 
-// Grid: stride^2 * N tiles * tiles_per_phase(BM) workgroups, split over x and y (linear index
-// x + y * num_x, decoded by `phase_of`).
-@compute @workgroup_size(16, 16, 1)
+// Grid: stride^2 * N tiles * tiles_per_phase(TILE_ROWS) workgroups, split over x and y (linear
+// index x + y * num_x, decoded by `phase_of`).
+@compute @workgroup_size(16, TILE_ROWS / 4u, 1)
 fn conv_transpose(
     @builtin(local_invocation_index) t: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     var n_tile = 0u;
-    let f = phase_of(wid.x + wid.y * nwg.x, BM, BN, &n_tile);
+    let f = phase_of(wid.x + wid.y * nwg.x, TILE_ROWS, BN, &n_tile);
     if (!f.valid) {
         return; // whole workgroup: uniform
     }
-    let m0 = f.tile * BM;
+    let m0 = f.tile * TILE_ROWS;
     if (m0 >= f.mdim) {
         return; // a smaller phase's spare tile: uniform
     }
     let n0 = n_tile * BN;
+    let threads = 4u * TILE_ROWS;
 
-    // A staging: row a_row (0..63), k quad a_kq (0..3).
+    // A staging: row a_row (0..TILE_ROWS-1), k quad a_kq (0..3): one vec4 per thread.
     let a_row = t >> 2u;
     let a_kq = t & 3u;
-    // B staging: column b_col (0..63), k quad b_kq (0..3).
-    let b_col = t >> 2u;
-    let b_kq = t & 3u;
+    // B staging: 64 columns x 4 k quads, 64 / TILE_ROWS vec4 per thread: item q = t + j *
+    // threads is column q >> 2, k quad q & 3 (four neighbouring threads read one column's 16
+    // consecutive k).
+    let b_loads = BN / TILE_ROWS;
     // Compute: rows ty*4..+4, cols tx*4..+4.
     let tx = t & 15u;
     let ty = t >> 4u;
 
     let r = row_info(f, m0 + a_row);
 
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
 
     let k_tiles = (f.kdim + BK - 1u) / BK;
     var a_reg = load_a(f, r, a_kq * 4u);
-    var b_reg = load_b(f, b_kq * 4u, n0 + b_col);
+    var b_reg: array<vec4<f32>, 4>;
+    for (var j = 0u; j < b_loads; j++) {
+        let q = t + j * threads;
+        b_reg[j] = load_b(f, (q & 3u) * 4u, n0 + (q >> 2u));
+    }
 
     for (var kt = 0u; kt < k_tiles; kt++) {
         workgroupBarrier();
-        // Stage both transposed: As[k][m], Bs[k][n].
-        let kb = a_kq * 4u;
-        let a_c = a_row >> 2u;
-        let a_comp = a_row & 3u;
-        As[(kb + 0u) * 16u + a_c][a_comp] = a_reg.x;
-        As[(kb + 1u) * 16u + a_c][a_comp] = a_reg.y;
-        As[(kb + 2u) * 16u + a_c][a_comp] = a_reg.z;
-        As[(kb + 3u) * 16u + a_c][a_comp] = a_reg.w;
-        let bb = b_kq * 4u;
-        let b_c = b_col >> 2u;
-        let b_comp = b_col & 3u;
-        Bs[(bb + 0u) * 16u + b_c][b_comp] = b_reg.x;
-        Bs[(bb + 1u) * 16u + b_c][b_comp] = b_reg.y;
-        Bs[(bb + 2u) * 16u + b_c][b_comp] = b_reg.z;
-        Bs[(bb + 3u) * 16u + b_c][b_comp] = b_reg.w;
+        At[a_row * 4u + a_kq] = a_reg;
+        for (var j = 0u; j < b_loads; j++) {
+            let q = t + j * threads;
+            Bt[(q >> 2u) * BT_ROW + (q & 3u)] = b_reg[j];
+        }
         workgroupBarrier();
 
         // Prefetch the next K tile while this one is computed.
         if (kt + 1u < k_tiles) {
             let k0 = (kt + 1u) * BK;
             a_reg = load_a(f, r, k0 + a_kq * 4u);
-            b_reg = load_b(f, k0 + b_kq * 4u, n0 + b_col);
+            for (var j = 0u; j < b_loads; j++) {
+                let q = t + j * threads;
+                b_reg[j] = load_b(f, k0 + (q & 3u) * 4u, n0 + (q >> 2u));
+            }
         }
 
-        for (var kk = 0u; kk < BK; kk++) {
-            let a = As[kk * 16u + ty];
-            let b = Bs[kk * 16u + tx];
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
+        for (var kq = 0u; kq < 4u; kq++) {
+            let b0 = Bt[(tx * 4u) * BT_ROW + kq];
+            let b1 = Bt[(tx * 4u + 1u) * BT_ROW + kq];
+            let b2 = Bt[(tx * 4u + 2u) * BT_ROW + kq];
+            let b3 = Bt[(tx * 4u + 3u) * BT_ROW + kq];
+            for (var i = 0u; i < 4u; i++) {
+                let a = At[(ty * 4u + i) * 4u + kq];
+                acc[i] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
+            }
         }
     }
 
     let om = m0 + ty * 4u;
     let on = n0 + tx * 4u;
-    epilogue(f, om, on, acc0);
-    epilogue(f, om + 1u, on, acc1);
-    epilogue(f, om + 2u, on, acc2);
-    epilogue(f, om + 3u, on, acc3);
+    for (var i = 0u; i < 4u; i++) {
+        epilogue(f, om + i, on, acc[i]);
+    }
 }
 
 // Stores one thread's staged A (row `row` of the tile) and B (column `row` of the tile), both
@@ -542,89 +548,6 @@ fn conv_transpose_large(
     epilogue_large(f, om + 65u, on, c50, c51);
     epilogue_large(f, om + 66u, on, c60, c61);
     epilogue_large(f, om + 67u, on, c70, c71);
-}
-
-const TBM: u32 = 16u;
-// conv_transpose_thin keeps both operands as they are loaded, vec4 over k: At[m][k/4] (4 vec4 per
-// row) and Bt[n][k/4] (rows padded to 5 vec4 so that threads reading different columns hit
-// different banks), and forms the products as dot products over k. Staging then needs no
-// transpose: one vec4 store per load (the square kernels scatter B's vec4 over co into
-// [k][n] rows, 16 scalar stores per thread and K tile at this size, 17% of its time on
-// lavapipe).
-var<workgroup> At: array<vec4<f32>, 64>;
-const BT_ROW: u32 = 5u;
-var<workgroup> Bt: array<vec4<f32>, 320>;
-
-// Grid as conv_transpose's, over 16x64 tiles.
-@compute @workgroup_size(16, 4, 1)
-fn conv_transpose_thin(
-    @builtin(local_invocation_index) t: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-) {
-    var n_tile = 0u;
-    let f = phase_of(wid.x + wid.y * nwg.x, TBM, BN, &n_tile);
-    if (!f.valid) {
-        return; // whole workgroup: uniform
-    }
-    let m0 = f.tile * TBM;
-    if (m0 >= f.mdim) {
-        return; // a smaller phase's spare tile: uniform
-    }
-    let n0 = n_tile * BN;
-
-    // A staging: row a_row (0..15), k quad a_kq (0..3): one vec4 per thread.
-    let a_row = t >> 2u;
-    let a_kq = t & 3u;
-    // B staging: column t (0..63), k quads 0..3: four vec4 per thread.
-    let bn = n0 + t;
-    // Compute: rows ty*4..+4 (ty 0..3), cols tx*4..+4.
-    let tx = t & 15u;
-    let ty = t >> 4u;
-
-    let r = row_info(f, m0 + a_row);
-
-    var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-
-    let k_tiles = (f.kdim + BK - 1u) / BK;
-    var a_reg = load_a(f, r, a_kq * 4u);
-    var b_reg = array<vec4<f32>, 4>(
-        load_b(f, 0u, bn), load_b(f, 4u, bn), load_b(f, 8u, bn), load_b(f, 12u, bn));
-
-    for (var kt = 0u; kt < k_tiles; kt++) {
-        workgroupBarrier();
-        At[a_row * 4u + a_kq] = a_reg;
-        for (var j = 0u; j < 4u; j++) {
-            Bt[t * BT_ROW + j] = b_reg[j];
-        }
-        workgroupBarrier();
-
-        // Prefetch the next K tile while this one is computed.
-        if (kt + 1u < k_tiles) {
-            let k0 = (kt + 1u) * BK;
-            a_reg = load_a(f, r, k0 + a_kq * 4u);
-            for (var j = 0u; j < 4u; j++) {
-                b_reg[j] = load_b(f, k0 + j * 4u, bn);
-            }
-        }
-
-        for (var kq = 0u; kq < 4u; kq++) {
-            let b0 = Bt[(tx * 4u) * BT_ROW + kq];
-            let b1 = Bt[(tx * 4u + 1u) * BT_ROW + kq];
-            let b2 = Bt[(tx * 4u + 2u) * BT_ROW + kq];
-            let b3 = Bt[(tx * 4u + 3u) * BT_ROW + kq];
-            for (var i = 0u; i < 4u; i++) {
-                let a = At[(ty * 4u + i) * 4u + kq];
-                acc[i] += vec4<f32>(dot(a, b0), dot(a, b1), dot(a, b2), dot(a, b3));
-            }
-        }
-    }
-
-    let om = m0 + ty * 4u;
-    let on = n0 + tx * 4u;
-    for (var i = 0u; i < 4u; i++) {
-        epilogue(f, om + i, on, acc[i]);
-    }
 }
 
 // Narrow variant for cin <= 4 (the stem, whose cin = 3 would leave 61 of a tile's 64 columns

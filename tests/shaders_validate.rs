@@ -96,34 +96,63 @@ fn the_shaders_the_gpu_backend_loads_exist() {
 }
 
 /// The entry points `src/gpu/pipelines.rs` builds from `conv.wgsl` and `conv_backward.wgsl`
-/// (both conv tiles) exist and are compute shaders of 256 invocations (validated above with
-/// the rest of the module, workgroup memory included).
+/// exist and are compute shaders of the expected size: 256 invocations for the 64x64 and
+/// 128x128 tiles, 64 for the 16x64 tile (the 64x64 entry point with its `TILE_ROWS` override
+/// at 16, checked here by specialising the source text the way the pipeline's constant does),
+/// 256 for the narrow transposed conv; each specialisation validates.
 #[test]
 fn conv_entry_points_exist() {
-    for (file, names) in [
-        ("conv.wgsl", &["conv2d", "conv2d_large"][..]),
-        (
-            "conv_backward.wgsl",
-            &[
-                "conv_transpose",
-                "conv_transpose_large",
-                "conv_transpose_narrow",
-            ][..],
-        ),
-    ] {
+    let tiles = |base: &'static str| {
+        vec![
+            (base, None, 256u32),
+            (base, Some(16u32), 64),
+            (
+                if base == "conv2d" {
+                    "conv2d_large"
+                } else {
+                    "conv_transpose_large"
+                },
+                None,
+                256,
+            ),
+        ]
+    };
+    let mut conv_backward = tiles("conv_transpose");
+    conv_backward.push(("conv_transpose_narrow", None, 256));
+    let mut conv = tiles("conv2d");
+    conv.push(("conv2d_narrow", None, 256));
+    for (file, entries) in [("conv.wgsl", conv), ("conv_backward.wgsl", conv_backward)] {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("shaders")
             .join(file);
         let src = std::fs::read_to_string(&path).expect("read shader");
-        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|_| panic!("{file} parses"));
-        for &name in names {
+        let declared = "override TILE_ROWS: u32 = 64u;";
+        assert!(src.contains(declared), "{file} declares {declared}");
+        for (name, rows, invocations) in entries {
+            let specialised = match rows {
+                Some(r) => src.replace(declared, &format!("const TILE_ROWS: u32 = {r}u;")),
+                None => src.replace(declared, "const TILE_ROWS: u32 = 64u;"),
+            };
+            let module = naga::front::wgsl::parse_str(&specialised).unwrap_or_else(|e| {
+                panic!("{file} ({rows:?}): {}", e.emit_to_string(&specialised))
+            });
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::default(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{file} ({rows:?}): {}", e.emit_to_string(&specialised)));
             let ep = module
                 .entry_points
                 .iter()
                 .find(|e| e.name == name)
                 .unwrap_or_else(|| panic!("{file} has no entry point {name}"));
             assert_eq!(ep.stage, naga::ShaderStage::Compute, "{name}");
-            assert_eq!(ep.workgroup_size.iter().product::<u32>(), 256, "{name}");
+            assert_eq!(
+                ep.workgroup_size.iter().product::<u32>(),
+                invocations,
+                "{name} with TILE_ROWS {rows:?}"
+            );
         }
     }
 }

@@ -47,12 +47,27 @@ impl Tile {
     fn from_index(i: usize) -> Tile {
         [Tile::Thin, Tile::Small, Tile::Large][i]
     }
-    /// The entry point of this tile in a shader whose 64x64 one is `base`.
-    fn entry(self, base: &str) -> String {
+    /// The kernel's name in timing reports, for a shader whose 64x64 entry point is `base`.
+    fn kernel(self, base: &str) -> String {
         match self {
             Tile::Thin => format!("{base}_thin"),
             Tile::Small => base.to_string(),
             Tile::Large => format!("{base}_large"),
+        }
+    }
+    /// The shader entry point: the 64x64 and the 16x64 tiles are one entry point specialised
+    /// by its `TILE_ROWS` override, the 128x128 tile has its own.
+    fn entry_point(self, base: &str) -> String {
+        match self {
+            Tile::Large => format!("{base}_large"),
+            _ => base.to_string(),
+        }
+    }
+    /// The `TILE_ROWS` override of the entry point (none for the 128x128 one).
+    fn rows_constant(self) -> Option<(&'static str, f64)> {
+        match self {
+            Tile::Large => None,
+            t => Some(("TILE_ROWS", t.edges().0 as f64)),
         }
     }
 }
@@ -266,19 +281,22 @@ impl Pipelines {
             }
         };
         let names = std::cell::RefCell::new(std::collections::HashMap::new());
-        let pipeline = |layout: &wgpu::PipelineLayout,
-                        m: &wgpu::ShaderModule,
-                        entry: &str,
-                        constants: &[(&str, f64)]| {
+        // `kernel` names the pipeline in timing reports, followed by the boolean
+        // specialisations that are on (numeric ones, such as a tile size, are in `kernel`).
+        let named_pipeline = |layout: &wgpu::PipelineLayout,
+                              m: &wgpu::ShaderModule,
+                              entry: &str,
+                              kernel: &str,
+                              constants: &[(&str, f64)]| {
             let on: Vec<&str> = constants
                 .iter()
-                .filter(|c| c.1 != 0.0)
+                .filter(|c| c.1 == 1.0)
                 .map(|c| c.0)
                 .collect();
             let name = if on.is_empty() {
-                entry.to_string()
+                kernel.to_string()
             } else {
-                format!("{entry}[{}]", on.join(","))
+                format!("{kernel}[{}]", on.join(","))
             };
             let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
@@ -295,21 +313,38 @@ impl Pipelines {
             names.borrow_mut().insert(p.clone(), name);
             p
         };
+        let pipeline = |layout: &wgpu::PipelineLayout,
+                        m: &wgpu::ShaderModule,
+                        entry: &str,
+                        constants: &[(&str, f64)]| {
+            named_pipeline(layout, m, entry, entry, constants)
+        };
         let conv_m = module("conv", CONV);
+        // A tiled GEMM pipeline of the shader entry `base` (conv2d, conv_transpose) for `tile`
+        // with its boolean specialisations.
+        let gemm = |m: &wgpu::ShaderModule, base: &str, tile: Tile, flags: [(&str, bool); 3]| {
+            let mut constants: Vec<(&str, f64)> = flags
+                .iter()
+                .map(|&(k, on)| (k, if on { 1.0 } else { 0.0 }))
+                .collect();
+            constants.extend(tile.rows_constant());
+            named_pipeline(
+                &conv_pl,
+                m,
+                &tile.entry_point(base),
+                &tile.kernel(base),
+                &constants,
+            )
+        };
         let conv = (0..ConvVariant::COUNT)
             .map(|i| {
                 let v = ConvVariant::from_index(i);
-                let b = |x: bool| if x { 1.0 } else { 0.0 };
-                pipeline(
-                    &conv_pl,
-                    &conv_m,
-                    &v.tile.entry("conv2d"),
-                    &[
-                        ("A_VEC4", b(v.a_vec4)),
-                        ("B_VEC4", b(v.b_vec4)),
-                        ("PLAIN_GEMM", b(v.plain_gemm)),
-                    ],
-                )
+                let flags = [
+                    ("A_VEC4", v.a_vec4),
+                    ("B_VEC4", v.b_vec4),
+                    ("PLAIN_GEMM", v.plain_gemm),
+                ];
+                gemm(&conv_m, "conv2d", v.tile, flags)
             })
             .collect();
         let conv_narrow = [0.0, 1.0].map(|b_vec4| {
@@ -324,17 +359,12 @@ impl Pipelines {
         let conv_transpose = (0..ConvTransposeVariant::COUNT)
             .map(|i| {
                 let v = ConvTransposeVariant::from_index(i);
-                let b = |x: bool| if x { 1.0 } else { 0.0 };
-                pipeline(
-                    &conv_pl,
-                    &convt_m,
-                    &v.tile.entry("conv_transpose"),
-                    &[
-                        ("K_VEC4", b(v.k_vec4)),
-                        ("N_VEC4", b(v.n_vec4)),
-                        ("PLAIN_GEMM", b(v.plain_gemm)),
-                    ],
-                )
+                let flags = [
+                    ("K_VEC4", v.k_vec4),
+                    ("N_VEC4", v.n_vec4),
+                    ("PLAIN_GEMM", v.plain_gemm),
+                ];
+                gemm(&convt_m, "conv_transpose", v.tile, flags)
             })
             .collect();
         let conv_transpose_narrow = [0.0, 1.0].map(|k_vec4| {
