@@ -72,11 +72,13 @@ const BN: u32 = 64u;
 const BK: u32 = 16u;
 
 // conv_transpose keeps both operands as they are loaded, vec4 over k: At[m][k/4] (4 vec4 per
-// row) and Bt[n][k/4] (rows padded to 5 vec4 so that threads reading different columns hit
-// different banks), and forms the products as dot products over k. Staging then needs no
+// row) and Bt[n][k/4], and forms the products as dot products over k. Staging then needs no
 // transpose: one vec4 store per load (B arrives as vec4 over co for one input channel; a
 // [k][n] layout needed 4 scalar stores per vec4, 17% of the time of the 16-row tile on
-// lavapipe).
+// lavapipe). Bt's rows are padded to 5 vec4: a thread reads columns tx*4..+4, so with 4 vec4
+// per row the threads of a quarter-warp would all hit one group of 4 banks (8-way conflict
+// on NVIDIA); with 5 it is 4-way. Reading columns tx + 16j instead would be conflict-free but
+// needs a strided epilogue; to weigh on a real GPU (not measured yet).
 var<workgroup> At: array<vec4<f32>, 256>;
 const BT_ROW: u32 = 5u;
 var<workgroup> Bt: array<vec4<f32>, 320>;
