@@ -19,6 +19,61 @@ fn report(op: &str, worst: f64, cases: usize) {
     eprintln!("{op}: {cases} cases, worst max rel err {worst:e}");
 }
 
+/// An epilogue of the transposed conv under test: (with mul, scale, with acc, element offsets
+/// of the relevance, mul and acc views).
+type Epilogue = (bool, f32, bool, [usize; 3]);
+
+/// The epilogues most tests run: plain, mul + acc with a negative scale, mul only, acc only;
+/// views at offset 0, aligned (4, 8) and unaligned (1, 3) offsets.
+const EPILOGUES: [Epilogue; 4] = [
+    (false, 1.0, false, [0, 0, 0]),
+    (true, -2.0, true, [4, 3, 1]),
+    (true, 0.5, false, [1, 4, 0]),
+    (false, 1.5, true, [8, 0, 4]),
+];
+
+/// `layer`'s transposed conv on both backends for `n` images of `h`x`w` (relevance, mul and acc
+/// drawn from `seed`), once per epilogue; asserts parity and returns the worst error.
+fn conv_transpose_cases(
+    g: &mut Gpu,
+    c: &mut Cpu,
+    layer: &lafam_gpu::model::ConvLayer,
+    (n, h, w): (usize, usize, usize),
+    epilogues: &[Epilogue],
+    seed: u64,
+    what: &str,
+) -> f64 {
+    let cg = g.prepare_conv(layer).unwrap();
+    let cc = c.prepare_conv(layer).unwrap();
+    let (ho, wo) = layer.out_size(h, w);
+    let s = random_tensor(Shape::new(n, ho, wo, layer.cout), -1.0, 1.0, seed);
+    let xs = Shape::new(n, h, w, layer.cin);
+    let mul = random_tensor(xs, -1.0, 2.0, seed + 1);
+    let acc = random_tensor(xs, -1.0, 1.0, seed + 2);
+    let (sc, mc, ac) = (
+        c.upload(&s).unwrap(),
+        c.upload(&mul).unwrap(),
+        c.upload(&acc).unwrap(),
+    );
+    let mut worst = 0f64;
+    for &(with_mul, scale, with_acc, offs) in epilogues {
+        let label = format!(
+            "{what}{} {n}x{h}x{w} mul={with_mul} scale={scale} acc={with_acc} offsets={offs:?}",
+            layer.name
+        );
+        let sg = gpu_view(g, &s, offs[0]);
+        let mg = gpu_view(g, &mul, offs[1]);
+        let ag = gpu_view(g, &acc, offs[2]);
+        let (mg, ag) = (with_mul.then_some(&mg), with_acc.then_some(&ag));
+        let yg = g.conv_transpose(&sg, &cg, h, w, mg, scale, ag).unwrap();
+        let (mc, ac) = (with_mul.then_some(&mc), with_acc.then_some(&ac));
+        let yc = c.conv_transpose(&sc, &cc, h, w, mc, scale, ac).unwrap();
+        let err = check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+        worst = worst.max(err);
+    }
+    worst
+}
+
 #[test]
 fn conv_transpose_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
@@ -38,71 +93,22 @@ fn conv_transpose_matches_cpu() {
     for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
         for (ci, &(cin, cout)) in channels.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, (ki * 10 + ci) as u64);
-            let cg = g.prepare_conv(&layer).unwrap();
-            let cc = c.prepare_conv(&layer).unwrap();
             for &(h, w) in &[(13usize, 9usize), (16, 16)] {
-                let (ho, wo) = layer.out_size(h, w);
                 for n in [1usize, 3] {
                     cases += 1;
-                    let seed = cases as u64 * 7;
-                    let s = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, seed);
-                    let xs = Shape::new(n, h, w, cin);
-                    let mul = random_tensor(xs, -1.0, 2.0, seed + 1);
-                    let acc = random_tensor(xs, -1.0, 1.0, seed + 2);
-                    let (sc, mc, ac) = (
-                        c.upload(&s).unwrap(),
-                        c.upload(&mul).unwrap(),
-                        c.upload(&acc).unwrap(),
+                    // Keep lavapipe time down: two epilogues per shape, rotating (mul + acc at
+                    // unaligned offsets always).
+                    let epilogues = [EPILOGUES[1], EPILOGUES[if cases % 2 == 0 { 0 } else { 2 }]];
+                    let err = conv_transpose_cases(
+                        &mut g,
+                        &mut c,
+                        &layer,
+                        (n, h, w),
+                        &epilogues,
+                        cases as u64 * 7,
+                        "",
                     );
-                    // Epilogues: plain, mul + acc with a negative scale, mul only, acc only;
-                    // views at offset 0, aligned (4) and unaligned (1, 3) offsets.
-                    let variants: [(bool, f32, bool, [usize; 3]); 4] = [
-                        (false, 1.0, false, [0, 0, 0]),
-                        (true, -2.0, true, [4, 3, 1]),
-                        (true, 0.5, false, [1, 4, 0]),
-                        (false, 1.5, true, [8, 0, 4]),
-                    ];
-                    for (vi, &(with_mul, scale, with_acc, offs)) in variants.iter().enumerate() {
-                        // Keep lavapipe time down: two epilogue variants per shape, rotating.
-                        if vi % 2 != cases % 2 && vi != 1 {
-                            continue;
-                        }
-                        let label = format!(
-                            "{} {h}x{w} n={n} mul={with_mul} scale={scale} acc={with_acc} offsets={offs:?}",
-                            layer.name
-                        );
-                        let sg = gpu_view(&mut g, &s, offs[0]);
-                        let mg = gpu_view(&mut g, &mul, offs[1]);
-                        let ag = gpu_view(&mut g, &acc, offs[2]);
-                        let yg = g
-                            .conv_transpose(
-                                &sg,
-                                &cg,
-                                h,
-                                w,
-                                with_mul.then_some(&mg),
-                                scale,
-                                with_acc.then_some(&ag),
-                            )
-                            .unwrap();
-                        let yc = c
-                            .conv_transpose(
-                                &sc,
-                                &cc,
-                                h,
-                                w,
-                                with_mul.then_some(&mc),
-                                scale,
-                                with_acc.then_some(&ac),
-                            )
-                            .unwrap();
-                        let err = check_parity(
-                            &label,
-                            &g.download(&yg).unwrap(),
-                            &c.download(&yc).unwrap(),
-                        );
-                        worst = worst.max(err);
-                    }
+                    worst = worst.max(err);
                 }
             }
         }
@@ -118,64 +124,29 @@ fn conv_transpose_thin_tiles_match_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
     g.set_conv_tiles(ConvTiles::Auto);
     let mut worst = 0f64;
-    let mut cases = 0u64;
+    let mut cases = 0usize;
     let channels = [(5usize, 3usize), (37, 64), (64, 37), (136, 40)];
     for (ci, &(cin, cout)) in channels.iter().enumerate() {
         for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, 2600 + (ci * 10 + ki) as u64);
-            let cg = g.prepare_conv(&layer).unwrap();
-            let cc = c.prepare_conv(&layer).unwrap();
             for &(n, h, w) in &[(1usize, 4usize, 4usize), (1, 5, 6), (2, 4, 4)] {
                 let xs = Shape::new(n, h, w, cin);
                 assert_eq!(g.conv_transpose_tile(xs, stride), 16, "{xs} /{stride}");
-                let (ho, wo) = layer.out_size(h, w);
-                let s = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 2700 + cases);
-                let mul = random_tensor(xs, -1.0, 2.0, 2800 + cases);
-                let acc = random_tensor(xs, -1.0, 1.0, 2900 + cases);
-                for (with_epi, offs) in [(false, [0, 0, 0]), (true, [1, 3, 4])] {
-                    cases += 1;
-                    let label = format!(
-                        "thin conv_transpose {k}x{k}/{stride} {cin}<-{cout} {xs} \
-                         epilogue={with_epi} offsets={offs:?}"
-                    );
-                    let sg = gpu_view(&mut g, &s, offs[0]);
-                    let mg = gpu_view(&mut g, &mul, offs[1]);
-                    let ag = gpu_view(&mut g, &acc, offs[2]);
-                    let yg = g
-                        .conv_transpose(
-                            &sg,
-                            &cg,
-                            h,
-                            w,
-                            with_epi.then_some(&mg),
-                            -1.5,
-                            with_epi.then_some(&ag),
-                        )
-                        .unwrap();
-                    let (sc, mc, ac) = (
-                        c.upload(&s).unwrap(),
-                        c.upload(&mul).unwrap(),
-                        c.upload(&acc).unwrap(),
-                    );
-                    let yc = c
-                        .conv_transpose(
-                            &sc,
-                            &cc,
-                            h,
-                            w,
-                            with_epi.then_some(&mc),
-                            -1.5,
-                            with_epi.then_some(&ac),
-                        )
-                        .unwrap();
-                    let err =
-                        check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
-                    worst = worst.max(err);
-                }
+                cases += 2;
+                let err = conv_transpose_cases(
+                    &mut g,
+                    &mut c,
+                    &layer,
+                    (n, h, w),
+                    &EPILOGUES[..2],
+                    2700 + cases as u64,
+                    "16x64 tiles: ",
+                );
+                worst = worst.max(err);
             }
         }
     }
-    report("conv_transpose (16x64 tiles)", worst, cases as usize);
+    report("conv_transpose (16x64 tiles)", worst, cases);
 }
 
 /// The ratio epilogue of the 16x64-tile conv (`conv2d_thin`): outputs of 4-32 pixels.
@@ -207,37 +178,17 @@ fn conv_transpose_multi_tile_phases_match_cpu() {
         {
             g.set_conv_tiles(tiles);
             let layer = random_conv(cin, cout, k, stride, pad, 300 + i as u64);
-            let cg = g.prepare_conv(&layer).unwrap();
-            let cc = c.prepare_conv(&layer).unwrap();
-            let (h, w) = (17, 19);
-            let (ho, wo) = layer.out_size(h, w);
-            let s = random_tensor(Shape::new(2, ho, wo, cout), -1.0, 1.0, 310 + i as u64);
-            let xs = Shape::new(2, h, w, cin);
-            let mul = random_tensor(xs, 0.0, 1.0, 320 + i as u64);
-            let acc = random_tensor(xs, -1.0, 1.0, 330 + i as u64);
-            let (sg, mg, ag) = (
-                g.upload(&s).unwrap(),
-                g.upload(&mul).unwrap(),
-                g.upload(&acc).unwrap(),
-            );
-            let (sc, mc, ac) = (
-                c.upload(&s).unwrap(),
-                c.upload(&mul).unwrap(),
-                c.upload(&acc).unwrap(),
-            );
-            let yg = g
-                .conv_transpose(&sg, &cg, h, w, Some(&mg), -0.5, Some(&ag))
-                .unwrap();
-            let yc = c
-                .conv_transpose(&sc, &cc, h, w, Some(&mc), -0.5, Some(&ac))
-                .unwrap();
-            let label = format!("{} {h}x{w} n=2 tiles={tiles}", layer.name);
             cases += 1;
-            worst = worst.max(check_parity(
-                &label,
-                &g.download(&yg).unwrap(),
-                &c.download(&yc).unwrap(),
-            ));
+            let err = conv_transpose_cases(
+                &mut g,
+                &mut c,
+                &layer,
+                (2, 17, 19),
+                &[(true, -0.5, true, [0, 0, 0])],
+                310 + i as u64,
+                &format!("tiles={tiles}: "),
+            );
+            worst = worst.max(err);
         }
     }
     report("conv_transpose (multi-tile phases)", worst, cases);
@@ -265,74 +216,23 @@ fn conv_transpose_large_tiles_match_cpu() {
         (200, 36),
         (200, 64),
     ];
-    // (mul, scale, acc, offsets of s, mul, acc): as conv_transpose_matches_cpu.
-    let variants: [(bool, f32, bool, [usize; 3]); 4] = [
-        (false, 1.0, false, [0, 0, 0]),
-        (true, -2.0, true, [4, 3, 1]),
-        (true, 0.5, false, [1, 4, 0]),
-        (false, 1.5, true, [8, 0, 4]),
-    ];
     let mut run = |g: &mut Gpu,
                    c: &mut Cpu,
                    layer: &lafam_gpu::model::ConvLayer,
                    (n, h, w): (usize, usize, usize),
-                   variants: &[(bool, f32, bool, [usize; 3])],
+                   epilogues: &[Epilogue],
                    seed: u64| {
-        let cg = g.prepare_conv(layer).unwrap();
-        let cc = c.prepare_conv(layer).unwrap();
         let in_shape = Shape::new(n, h, w, layer.cin);
         assert_eq!(g.conv_transpose_tile(in_shape, layer.stride), 128);
-        let (ho, wo) = layer.out_size(h, w);
-        let s = random_tensor(Shape::new(n, ho, wo, layer.cout), -1.0, 1.0, seed);
-        let xs = Shape::new(n, h, w, layer.cin);
-        let mul = random_tensor(xs, -1.0, 2.0, seed + 1);
-        let acc = random_tensor(xs, -1.0, 1.0, seed + 2);
-        let (sc, mc, ac) = (
-            c.upload(&s).unwrap(),
-            c.upload(&mul).unwrap(),
-            c.upload(&acc).unwrap(),
-        );
-        for &(with_mul, scale, with_acc, offs) in variants {
-            let label = format!(
-                "large tiles: {} {n}x{h}x{w} mul={with_mul} scale={scale} acc={with_acc} \
-                 offsets={offs:?}",
-                layer.name
-            );
-            let sg = gpu_view(g, &s, offs[0]);
-            let mg = gpu_view(g, &mul, offs[1]);
-            let ag = gpu_view(g, &acc, offs[2]);
-            let yg = g
-                .conv_transpose(
-                    &sg,
-                    &cg,
-                    h,
-                    w,
-                    with_mul.then_some(&mg),
-                    scale,
-                    with_acc.then_some(&ag),
-                )
-                .unwrap();
-            let yc = c
-                .conv_transpose(
-                    &sc,
-                    &cc,
-                    h,
-                    w,
-                    with_mul.then_some(&mc),
-                    scale,
-                    with_acc.then_some(&ac),
-                )
-                .unwrap();
-            let err = check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
-            worst = worst.max(err);
-            cases += 1;
-        }
+        let err = conv_transpose_cases(g, c, layer, (n, h, w), epilogues, seed, "large tiles: ");
+        worst = worst.max(err);
+        cases += epilogues.len();
     };
     for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
         for (ci, &(cin, cout)) in channels.iter().enumerate() {
             let seed = 2000 + (ki * 10 + ci) as u64;
             let layer = random_conv(cin, cout, k, stride, pad, seed);
-            run(&mut g, &mut c, &layer, (2, 15, 17), &variants, seed * 3);
+            run(&mut g, &mut c, &layer, (2, 15, 17), &EPILOGUES, seed * 3);
         }
     }
     for &(k, pad) in &[(3usize, 1usize), (1, 0)] {
@@ -342,7 +242,7 @@ fn conv_transpose_large_tiles_match_cpu() {
             &mut c,
             &layer,
             (2, 14, 14),
-            &variants[..2],
+            &EPILOGUES[..2],
             2200 + k as u64,
         );
     }
