@@ -235,6 +235,15 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     });
     let pipelines = Pipelines::new(&device, cache.as_ref())
         .with_context(|| format!("compiling the WGSL kernels on '{}'", info.name))?;
+    // Pipelines built on worker threads report to the uncaptured-error handler (wgpu's error
+    // scopes are per thread).
+    let failed = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+    anyhow::ensure!(
+        failed.is_empty(),
+        "compiling the WGSL kernels on '{}': {}",
+        info.name,
+        failed.join("; ")
+    );
     if let (Some(c), Some(f)) = (&cache, &cache_file) {
         save_pipeline_cache(c, f, cached.as_deref());
     }

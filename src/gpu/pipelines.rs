@@ -3,6 +3,7 @@
 //! ran 37x slower, DESIGN.md section 4), and one pipeline per specialisation.
 
 use anyhow::{anyhow, Result};
+use rayon::prelude::*;
 
 /// Size of every kernel's uniform parameter block (16 u32), bound at a dynamic offset.
 pub(crate) const PARAMS_BYTES: u64 = 64;
@@ -193,7 +194,9 @@ fn params_entry() -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Pipelines {
-    /// Compiles every kernel, through `cache` where the device has a pipeline cache.
+    /// Compiles every kernel, through `cache` where the device has a pipeline cache. Errors of
+    /// the pipelines built on this thread come back here; those built on rayon's workers (the
+    /// GEMM variants) go to the device's uncaptured-error handler, which the caller checks.
     pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let built = Self::build(device, cache);
@@ -280,7 +283,7 @@ impl Pipelines {
                 )
             }
         };
-        let names = std::cell::RefCell::new(std::collections::HashMap::new());
+        let names = std::sync::Mutex::new(std::collections::HashMap::new());
         // `kernel` names the pipeline in timing reports, followed by the boolean
         // specialisations that are on (numeric ones, such as a tile size, are in `kernel`).
         let named_pipeline = |layout: &wgpu::PipelineLayout,
@@ -310,7 +313,10 @@ impl Pipelines {
                 },
                 cache,
             });
-            names.borrow_mut().insert(p.clone(), name);
+            names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(p.clone(), name);
             p
         };
         let pipeline = |layout: &wgpu::PipelineLayout,
@@ -336,7 +342,9 @@ impl Pipelines {
                 &constants,
             )
         };
+        // The GEMM variants are most of the start-up: the driver compiles them on all cores.
         let conv = (0..ConvVariant::COUNT)
+            .into_par_iter()
             .map(|i| {
                 let v = ConvVariant::from_index(i);
                 let flags = [
@@ -357,6 +365,7 @@ impl Pipelines {
         });
         let convt_m = module("conv_backward", CONV_BACKWARD);
         let conv_transpose = (0..ConvTransposeVariant::COUNT)
+            .into_par_iter()
             .map(|i| {
                 let v = ConvTransposeVariant::from_index(i);
                 let flags = [
@@ -416,7 +425,7 @@ impl Pipelines {
             unary_layout,
             conv_layout,
             // Last: the initialisers above still register their names.
-            names: names.take(),
+            names: names.into_inner().unwrap_or_else(|e| e.into_inner()),
         }
     }
 }
