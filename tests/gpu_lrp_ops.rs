@@ -7,7 +7,8 @@
 mod common;
 
 use common::{
-    check_parity, gpu, gpu_view, random_conv, random_tensor, PARITY_TOL as TOL, RESNET_CONVS,
+    check_parity, gpu, gpu_view, random_conv, random_tensor, time_tiles, PARITY_TOL as TOL,
+    RESNET_CONVS,
 };
 use lafam_gpu::backend::{GateSign, LrpBackend, Pool};
 use lafam_gpu::cpu::Cpu;
@@ -98,7 +99,10 @@ fn conv_transpose_matches_cpu() {
                     cases += 1;
                     // Keep lavapipe time down: two epilogues per shape, rotating (mul + acc at
                     // unaligned offsets always).
-                    let epilogues = [EPILOGUES[1], EPILOGUES[if cases % 2 == 0 { 0 } else { 2 }]];
+                    let epilogues = [
+                        EPILOGUES[1],
+                        EPILOGUES[if cases.is_multiple_of(2) { 0 } else { 2 }],
+                    ];
                     let err = conv_transpose_cases(
                         &mut g,
                         &mut c,
@@ -877,7 +881,7 @@ fn lrp_vs_lafam_timing() {
     );
 }
 
-/// GFLOP/s of the 64x64 and 128x128 transposed-conv tiles, runs interleaved, median of 5: a
+/// GFLOP/s of the 64x64 and 128x128 transposed-conv tiles and of `Auto`, runs interleaved, median of 5: a
 /// square plain GEMM (1x1, M = N = K = 1024), a 3x3 (M = 1024, N = 256, K = 2304) and
 /// ResNet-50 backward shapes at 64x64, batch 8 (layer2's 3x3/2, layer1's 1x1 256->64 and
 /// 64->256, layer4's 1x1/2 downsample and 3x3), M = input pixels, N = cin:
@@ -906,25 +910,11 @@ fn bench_conv_transpose_tiles() {
         let m = n * side * side;
         let in_shape = Shape::new(n, side, side, cin);
         let gflop = 2.0 * (n * ho * wo * cout * k * k * cin) as f64 / 1e9;
-        let tiles = [ConvTiles::Small, ConvTiles::Large];
-        let mut secs = [vec![], vec![]];
-        for rep in 0..6 {
-            for (i, &t) in tiles.iter().enumerate() {
-                g.set_conv_tiles(t);
-                let start = std::time::Instant::now();
-                let y = g
-                    .conv_transpose(&s, &cg, side, side, None, 1.0, None)
-                    .unwrap();
-                g.download(&y).unwrap();
-                if rep > 0 {
-                    secs[i].push(start.elapsed().as_secs_f64());
-                }
-            }
-        }
-        g.set_conv_tiles(ConvTiles::Auto);
-        for (i, t) in tiles.iter().enumerate() {
-            secs[i].sort_by(f64::total_cmp);
-            let med = secs[i][secs[i].len() / 2];
+        let timed = time_tiles(&mut g, |g| {
+            g.conv_transpose(&s, &cg, side, side, None, 1.0, None)
+                .unwrap()
+        });
+        for (t, med) in timed {
             eprintln!(
                 "conv_transpose {k}x{k}/{stride} {cin}<-{cout} M={m} N={cin} ({gflop:.3} GFLOP), \
                  tiles {t}: median {:.1} ms = {:.2} GFLOP/s (auto: {})",

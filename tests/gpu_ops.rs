@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_parity, gpu, gpu_view, random_conv, random_tensor, RESNET_CONVS};
+use common::{check_parity, gpu, gpu_view, random_conv, random_tensor, time_tiles, RESNET_CONVS};
 use lafam_gpu::backend::Pool;
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::lafam::ImageBatch;
@@ -32,6 +32,87 @@ fn parity(
     check_parity(label, &got, &want)
 }
 
+/// How a conv case feeds its operands.
+#[derive(Clone, Copy, Debug)]
+enum ConvCase {
+    /// The whole batch, with or without a residual and a ReLU.
+    Batch { residual: bool, relu: bool },
+    /// Image 1 of the input batch and image 2 of the residual batch (per-image views at
+    /// element offsets), ReLU on.
+    Images,
+    /// Input and residual uploaded at these element offsets (unaligned views), ReLU on.
+    Offsets([usize; 2]),
+}
+
+/// Every epilogue on the whole batch.
+const EPILOGUES: [ConvCase; 4] = [
+    ConvCase::Batch {
+        residual: false,
+        relu: false,
+    },
+    ConvCase::Batch {
+        residual: false,
+        relu: true,
+    },
+    ConvCase::Batch {
+        residual: true,
+        relu: false,
+    },
+    ConvCase::Batch {
+        residual: true,
+        relu: true,
+    },
+];
+
+/// `layer` on both backends for `n` images of `h`x`w` (input and residual drawn from `seed`),
+/// once per case; asserts parity and returns the worst error.
+fn conv_cases(
+    g: &mut Gpu,
+    c: &mut Cpu,
+    layer: &ConvLayer,
+    (n, h, w): (usize, usize, usize),
+    cases: &[ConvCase],
+    seed: u64,
+    what: &str,
+) -> f64 {
+    let cg = g.prepare_conv(layer).unwrap();
+    let cc = c.prepare_conv(layer).unwrap();
+    let (ho, wo) = layer.out_size(h, w);
+    let x = random_tensor(Shape::new(n, h, w, layer.cin), -1.0, 1.0, seed);
+    let r = random_tensor(Shape::new(n, ho, wo, layer.cout), -1.0, 1.0, seed + 1);
+    let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
+    let mut worst = 0f64;
+    for &case in cases {
+        let label = format!("{what}{} {n}x{h}x{w} {case:?}", layer.name);
+        let (yg, yc) = match case {
+            ConvCase::Batch { residual, relu } => {
+                let (xg, rg) = (g.upload(&x).unwrap(), g.upload(&r).unwrap());
+                (
+                    g.conv2d(&xg, &cg, residual.then_some(&rg), relu).unwrap(),
+                    c.conv2d(&xc, &cc, residual.then_some(&rc), relu).unwrap(),
+                )
+            }
+            ConvCase::Images => {
+                let (xg, rg) = (g.upload(&x).unwrap(), g.upload(&r).unwrap());
+                let (xi, ri) = (g.image(&xg, 1), g.image(&rg, 2));
+                let yg = g.conv2d(&xi, &cg, Some(&ri), true).unwrap();
+                let (xi, ri) = (c.image(&xc, 1), c.image(&rc, 2));
+                (yg, c.conv2d(&xi, &cc, Some(&ri), true).unwrap())
+            }
+            ConvCase::Offsets(offs) => {
+                let (xg, rg) = (gpu_view(g, &x, offs[0]), gpu_view(g, &r, offs[1]));
+                (
+                    g.conv2d(&xg, &cg, Some(&rg), true).unwrap(),
+                    c.conv2d(&xc, &cc, Some(&rc), true).unwrap(),
+                )
+            }
+        };
+        let err = check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
+        worst = worst.max(err);
+    }
+    worst
+}
+
 #[test]
 fn conv2d_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
@@ -43,54 +124,27 @@ fn conv2d_matches_cpu() {
     for (ci, &(cin, cout)) in channels.iter().enumerate() {
         for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, (ci * 10 + ki) as u64);
-            let cg = g.prepare_conv(&layer).unwrap();
-            let cc = c.prepare_conv(&layer).unwrap();
             for n in [1usize, 3] {
-                let xs = Shape::new(n, 13, 9, cin);
-                let x = random_tensor(xs, -1.0, 1.0, 100 + cases);
-                let (ho, wo) = layer.out_size(13, 9);
-                let r = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 200 + cases);
-                for (with_res, relu) in [(false, false), (false, true), (true, false), (true, true)]
-                {
-                    let label = format!(
-                        "conv {k}x{k}/{stride} p{pad} {cin}->{cout} n={n} residual={with_res} relu={relu}"
-                    );
-                    let err = parity(
-                        &label,
-                        &mut g,
-                        &mut c,
-                        &[&x, &r],
-                        |g, t| {
-                            g.conv2d(&t[0], &cg, with_res.then_some(&t[1]), relu)
-                                .unwrap()
-                        },
-                        |c, t| {
-                            c.conv2d(&t[0], &cc, with_res.then_some(&t[1]), relu)
-                                .unwrap()
-                        },
-                    );
-                    worst = worst.max(err);
-                    cases += 1;
-                }
+                let err = conv_cases(
+                    &mut g,
+                    &mut c,
+                    &layer,
+                    (n, 13, 9),
+                    &EPILOGUES,
+                    100 + cases,
+                    "",
+                );
+                worst = worst.max(err);
+                cases += 4;
             }
-            // One image of a batch as input and residual (views at element offsets).
-            let x = random_tensor(Shape::new(3, 13, 9, cin), -1.0, 1.0, 300 + cases);
-            let (ho, wo) = layer.out_size(13, 9);
-            let r = random_tensor(Shape::new(3, ho, wo, cout), -1.0, 1.0, 400 + cases);
-            let label = format!("conv {k}x{k}/{stride} p{pad} {cin}->{cout} on image 1 of 3");
-            let err = parity(
-                &label,
+            let err = conv_cases(
                 &mut g,
                 &mut c,
-                &[&x, &r],
-                |g, t| {
-                    let (xi, ri) = (g.image(&t[0], 1), g.image(&t[1], 2));
-                    g.conv2d(&xi, &cg, Some(&ri), true).unwrap()
-                },
-                |c, t| {
-                    let (xi, ri) = (c.image(&t[0], 1), c.image(&t[1], 2));
-                    c.conv2d(&xi, &cc, Some(&ri), true).unwrap()
-                },
+                &layer,
+                (3, 13, 9),
+                &[ConvCase::Images],
+                300 + cases,
+                "",
             );
             worst = worst.max(err);
             cases += 1;
@@ -99,16 +153,14 @@ fn conv2d_matches_cpu() {
     // Several M, N and K tiles on the vec4 and plain-GEMM paths.
     for &(k, stride, pad) in &[(3, 1, 1), (1, 1, 0)] {
         let layer = random_conv(64, 96, k, stride, pad, 77);
-        let cg = g.prepare_conv(&layer).unwrap();
-        let cc = c.prepare_conv(&layer).unwrap();
-        let x = random_tensor(Shape::new(2, 17, 11, 64), -1.0, 1.0, 78);
-        let err = parity(
-            &format!("conv {k}x{k} 64->96 2x17x11"),
+        let err = conv_cases(
             &mut g,
             &mut c,
-            &[&x],
-            |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
-            |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+            &layer,
+            (2, 17, 11),
+            &EPILOGUES[1..2],
+            78,
+            "",
         );
         worst = worst.max(err);
         cases += 1;
@@ -131,71 +183,44 @@ fn conv2d_large_tiles_match_cpu() {
     for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
         for (ci, &(cin, cout)) in channels.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, 900 + (ki * 10 + ci) as u64);
-            let cg = g.prepare_conv(&layer).unwrap();
-            let cc = c.prepare_conv(&layer).unwrap();
             let (h, w) = (17, 23);
             let (ho, wo) = layer.out_size(h, w);
             assert_eq!(g.conv_tile(2 * ho * wo, cout), 128);
-            let x = random_tensor(Shape::new(2, h, w, cin), -1.0, 1.0, 1000 + cases);
-            let r = random_tensor(Shape::new(2, ho, wo, cout), -1.0, 1.0, 1100 + cases);
-            for (with_res, relu) in [(false, false), (false, true), (true, false), (true, true)] {
-                let label = format!(
-                    "large tiles: conv {k}x{k}/{stride} p{pad} {cin}->{cout} 2x{h}x{w} \
-                     residual={with_res} relu={relu}"
-                );
-                let err = parity(
-                    &label,
-                    &mut g,
-                    &mut c,
-                    &[&x, &r],
-                    |g, t| {
-                        g.conv2d(&t[0], &cg, with_res.then_some(&t[1]), relu)
-                            .unwrap()
-                    },
-                    |c, t| {
-                        c.conv2d(&t[0], &cc, with_res.then_some(&t[1]), relu)
-                            .unwrap()
-                    },
-                );
-                worst = worst.max(err);
-                cases += 1;
-            }
-            let x = random_tensor(Shape::new(3, h, w, cin), -1.0, 1.0, 1200 + cases);
-            let r = random_tensor(Shape::new(3, ho, wo, cout), -1.0, 1.0, 1300 + cases);
-            let label = format!(
-                "large tiles: conv {k}x{k}/{stride} p{pad} {cin}->{cout} on image 1 of 3x{h}x{w}"
-            );
-            let err = parity(
-                &label,
+            let what = "large tiles: ";
+            let seed = 1000 + cases;
+            worst = worst.max(conv_cases(
                 &mut g,
                 &mut c,
-                &[&x, &r],
-                |g, t| {
-                    let (xi, ri) = (g.image(&t[0], 1), g.image(&t[1], 2));
-                    g.conv2d(&xi, &cg, Some(&ri), true).unwrap()
-                },
-                |c, t| {
-                    let (xi, ri) = (c.image(&t[0], 1), c.image(&t[1], 2));
-                    c.conv2d(&xi, &cc, Some(&ri), true).unwrap()
-                },
-            );
-            worst = worst.max(err);
-            cases += 1;
+                &layer,
+                (2, h, w),
+                &EPILOGUES,
+                seed,
+                what,
+            ));
+            let images = [ConvCase::Images];
+            worst = worst.max(conv_cases(
+                &mut g,
+                &mut c,
+                &layer,
+                (3, h, w),
+                &images,
+                seed + 2,
+                what,
+            ));
+            cases += 5;
         }
     }
     // A long reduction (K = 2304, 288 K tiles) over 4 M and 2 N tiles, im2col and plain GEMM.
     for &(k, pad) in &[(3usize, 1usize), (1, 0)] {
         let layer = random_conv(256, 256, k, 1, pad, 1400);
-        let cg = g.prepare_conv(&layer).unwrap();
-        let cc = c.prepare_conv(&layer).unwrap();
-        let x = random_tensor(Shape::new(2, 14, 14, 256), -1.0, 1.0, 1401);
-        let err = parity(
-            &format!("large tiles: conv {k}x{k} 256->256 2x14x14"),
+        let err = conv_cases(
             &mut g,
             &mut c,
-            &[&x],
-            |g, t| g.conv2d(&t[0], &cg, None, true).unwrap(),
-            |c, t| c.conv2d(&t[0], &cc, None, true).unwrap(),
+            &layer,
+            (2, 14, 14),
+            &EPILOGUES[1..2],
+            1401,
+            "large tiles: ",
         );
         worst = worst.max(err);
         cases += 1;
@@ -213,31 +238,26 @@ fn conv2d_thin_tiles_match_cpu() {
     let mut worst = 0f64;
     let mut cases = 0u64;
     let channels = [(3usize, 5usize), (37, 70), (16, 12), (64, 136)];
+    let thin_cases = [EPILOGUES[0], EPILOGUES[3], ConvCase::Offsets([3, 1])];
     for (ci, &(cin, cout)) in channels.iter().enumerate() {
         for (ki, &(k, stride, pad)) in RESNET_CONVS.iter().enumerate() {
             let layer = random_conv(cin, cout, k, stride, pad, 1700 + (ci * 10 + ki) as u64);
-            let cg = g.prepare_conv(&layer).unwrap();
-            let cc = c.prepare_conv(&layer).unwrap();
             for &(n, h, w) in &[(1usize, 4usize, 4usize), (1, 5, 6), (2, 4, 4)] {
                 let (ho, wo) = layer.out_size(h, w);
                 let m = n * ho * wo;
                 assert_eq!(g.conv_tile(m, cout), 16, "{m} rows take the thin tile");
-                let x = random_tensor(Shape::new(n, h, w, cin), -1.0, 1.0, 1800 + cases);
-                let r = random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 1900 + cases);
-                for (with_res, relu, offs) in [(false, false, [0, 0]), (true, true, [3, 1])] {
-                    cases += 1;
-                    let label = format!(
-                        "thin conv {k}x{k}/{stride} {cin}->{cout} {n}x{h}x{w} residual={with_res} \
-                         relu={relu} offsets={offs:?}"
-                    );
-                    let (xg, rg) = (gpu_view(&mut g, &x, offs[0]), gpu_view(&mut g, &r, offs[1]));
-                    let yg = g.conv2d(&xg, &cg, with_res.then_some(&rg), relu).unwrap();
-                    let (xc, rc) = (c.upload(&x).unwrap(), c.upload(&r).unwrap());
-                    let yc = c.conv2d(&xc, &cc, with_res.then_some(&rc), relu).unwrap();
-                    let err =
-                        check_parity(&label, &g.download(&yg).unwrap(), &c.download(&yc).unwrap());
-                    worst = worst.max(err);
-                }
+                let seed = 1800 + cases;
+                let err = conv_cases(
+                    &mut g,
+                    &mut c,
+                    &layer,
+                    (n, h, w),
+                    &thin_cases,
+                    seed,
+                    "16x64: ",
+                );
+                worst = worst.max(err);
+                cases += thin_cases.len() as u64;
             }
         }
     }
@@ -908,7 +928,7 @@ fn bench_resnet50_forward() {
     );
 }
 
-/// GFLOP/s of the 64x64 and 128x128 conv tiles, runs interleaved, median of 5: a square plain
+/// GFLOP/s of the 64x64 and 128x128 conv tiles and of `Auto`, runs interleaved, median of 5: a square plain
 /// GEMM (1x1 conv, M = N = K = 1024), a 3x3 conv (M = 1024, N = 256, K = 2304) and ResNet-50
 /// shapes at 64x64, batch 8 (stem, layer1 expand, layer3 3x3, layer4 expand):
 /// `cargo test --release --test gpu_ops -- --ignored --nocapture bench_conv_tiles`.
@@ -939,23 +959,8 @@ fn bench_conv_tiles() {
         let (ho, wo) = layer.out_size(side, side);
         let m = n * ho * wo;
         let gflop = 2.0 * (m * cout * k * k * cin) as f64 / 1e9;
-        let tiles = [ConvTiles::Small, ConvTiles::Large];
-        let mut secs = [vec![], vec![]];
-        for rep in 0..6 {
-            for (i, &t) in tiles.iter().enumerate() {
-                g.set_conv_tiles(t);
-                let start = std::time::Instant::now();
-                let y = g.conv2d(&x, &cg, None, false).unwrap();
-                g.download(&y).unwrap();
-                if rep > 0 {
-                    secs[i].push(start.elapsed().as_secs_f64());
-                }
-            }
-        }
-        g.set_conv_tiles(ConvTiles::Auto);
-        for (i, t) in tiles.iter().enumerate() {
-            secs[i].sort_by(f64::total_cmp);
-            let med = secs[i][secs[i].len() / 2];
+        let timed = time_tiles(&mut g, |g| g.conv2d(&x, &cg, None, false).unwrap());
+        for (t, med) in timed {
             eprintln!(
                 "conv {k}x{k}/{stride} {cin}->{cout} M={m} ({gflop:.3} GFLOP), tiles {t}: \
                  median {:.1} ms = {:.2} GFLOP/s (auto: {})",
