@@ -6,10 +6,12 @@
 //!
 //! - importance `R = Σ_n s_n m_n / Σ_n m_n` (the paper's `R̄`, a mask-weighted mean of
 //!   the similarities);
-//! - uncertainty `U = Σ_n m_n (s_n - R)² / (Σ_n m_n - 1)` (the paper's `Ū`, the mask-weighted
-//!   variance of the similarities around `R`; the denominator is the one of the authors' code,
-//!   whose Welford update `U += (s - R_new)(s - R_old) m` sums exactly `Σ m (s - R)²`).
-//!   Pixels with `Σ m <= 1` (possible only with very few masks) get `U = 0`.
+//! - uncertainty `U = Σ_n m_n (s_n - R)²`, exactly what the authors' code returns
+//!   (`RELAX.uncertainty` in github.com/Wickstrom/RELAX, `relax_xai/relax.py`): its Welford
+//!   update `U += (s - R_new)(s - R_old) m` sums `Σ m (s - R)²` and is never divided (a
+//!   weighted variance would divide by about `Σ m`, i.e. N/2 for N masks). It therefore grows
+//!   with the number of masks; its per-pixel ranking, which the uncertainty-filtered map
+//!   `R · [U <= median U]` uses, does not depend on that scale.
 //!
 //! The sums are accumulated on the device in f32 with the similarities shifted by the mean
 //! similarity of the first mask batch (a constant: it changes neither quantity but keeps the
@@ -242,12 +244,8 @@ fn finish(sums: &HostTensor, shift: f32) -> (HostTensor, HostTensor) {
         }
         let mean = s1 / w;
         r.push((shift as f64 + mean) as f32);
-        let m2 = (s2 - s1 * mean).max(0.0);
-        u.push(if w > 1.0 {
-            (m2 / (w - 1.0)) as f32
-        } else {
-            0.0
-        });
+        // Σ m t² - (Σ m t)² / Σ m = Σ m (t - mean)² = Σ m (s - R)².
+        u.push((s2 - s1 * mean).max(0.0) as f32);
     }
     (HostTensor::new(shape, r), HostTensor::new(shape, u))
 }
