@@ -926,3 +926,136 @@ fn bench_conv_transpose_tiles() {
     }
     eprintln!("adapter: {}", g.adapter_summary());
 }
+
+/// Both backends check shapes through the same rules (`backend::shapes`): every bad input
+/// below is an error (never a panic) on the CPU and the GPU, with the same message.
+#[test]
+fn backends_refuse_the_same_shapes_with_the_same_message() {
+    use lafam_gpu::backend::CamBackend;
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let layer = random_conv(4, 8, 3, 2, 1, 1);
+    let (cg, cc) = (
+        g.prepare_conv(&layer).unwrap(),
+        c.prepare_conv(&layer).unwrap(),
+    );
+    let t = |s: Shape| HostTensor::zeros(s);
+    let both =
+        |g: &mut Gpu,
+         c: &mut Cpu,
+         what: &str,
+         op_g: &dyn Fn(&mut Gpu) -> anyhow::Result<GpuTensor>,
+         op_c: &dyn Fn(&mut Cpu) -> anyhow::Result<lafam_gpu::cpu::CpuTensor>| {
+            let eg = op_g(g)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: the GPU accepted it"));
+            let ec = op_c(c)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: the CPU accepted it"));
+            assert_eq!(eg.to_string(), ec.to_string(), "{what}");
+        };
+    let x_bad_c = t(Shape::new(1, 5, 5, 3));
+    let (xg, xc) = (g.upload(&x_bad_c).unwrap(), c.upload(&x_bad_c).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "conv channels",
+        &|g| g.conv2d(&xg, &cg, None, true),
+        &|c| c.conv2d(&xc, &cc, None, true),
+    );
+    let x = t(Shape::new(1, 5, 5, 4));
+    let (xg, xc) = (g.upload(&x).unwrap(), c.upload(&x).unwrap());
+    let r_bad = t(Shape::new(1, 3, 2, 8));
+    let (rg, rc) = (g.upload(&r_bad).unwrap(), c.upload(&r_bad).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "conv residual",
+        &|g| g.conv2d(&xg, &cg, Some(&rg), true),
+        &|c| c.conv2d(&xc, &cc, Some(&rc), true),
+    );
+    let big = random_conv(4, 8, 9, 1, 0, 2);
+    let (bg, bc) = (g.prepare_conv(&big).unwrap(), c.prepare_conv(&big).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "conv kernel larger than the input",
+        &|g| g.conv2d(&xg, &bg, None, false),
+        &|c| c.conv2d(&xc, &bc, None, false),
+    );
+    // Transposed: relevance of the wrong size, an input too small for the kernel, an operand.
+    let s = t(Shape::new(1, 3, 3, 8));
+    let (sg, sc) = (g.upload(&s).unwrap(), c.upload(&s).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "conv_transpose relevance",
+        &|g| g.conv_transpose(&sg, &cg, 9, 9, None, 1.0, None),
+        &|c| c.conv_transpose(&sc, &cc, 9, 9, None, 1.0, None),
+    );
+    both(
+        &mut g,
+        &mut c,
+        "conv_transpose input below the kernel",
+        &|g| g.conv_transpose(&sg, &bg, 3, 3, None, 1.0, None),
+        &|c| c.conv_transpose(&sc, &bc, 3, 3, None, 1.0, None),
+    );
+    let m_bad = t(Shape::new(1, 5, 4, 4));
+    let (mg, mc) = (g.upload(&m_bad).unwrap(), c.upload(&m_bad).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "conv_transpose mul operand",
+        &|g| g.conv_transpose(&sg, &cg, 5, 5, Some(&mg), 1.0, None),
+        &|c| c.conv_transpose(&sc, &cc, 5, 5, Some(&mc), 1.0, None),
+    );
+    // Max-pool backward: a zero stride (the CPU divided by it before), a wrong relevance.
+    let no_stride = Pool {
+        kernel: 3,
+        stride: 0,
+        pad: 1,
+    };
+    both(
+        &mut g,
+        &mut c,
+        "max-pool stride 0",
+        &|g| g.max_pool_backward(&xg, &sg, no_stride),
+        &|c| c.max_pool_backward(&xc, &sc, no_stride),
+    );
+    both(
+        &mut g,
+        &mut c,
+        "max-pool relevance",
+        &|g| g.max_pool_backward(&xg, &sg, Pool::RESNET_STEM),
+        &|c| c.max_pool_backward(&xc, &sc, Pool::RESNET_STEM),
+    );
+    // Channel projection with weights for another channel count.
+    let w_bad = t(Shape::new(1, 1, 1, 5));
+    let (wg, wc) = (g.upload(&w_bad).unwrap(), c.upload(&w_bad).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "channel_projection weights",
+        &|g| g.channel_projection(&xg, &wg, None, false),
+        &|c| c.channel_projection(&xc, &wc, None, false),
+    );
+    // RELAX: masks for an image below 4x4, masks of another size than the image.
+    both(
+        &mut g,
+        &mut c,
+        "relax_masks size",
+        &|g| g.relax_masks(1, 0, 2, 3, 8),
+        &|c| c.relax_masks(1, 0, 2, 3, 8),
+    );
+    let masks = t(Shape::new(2, 4, 5, 1));
+    let (mg, mc) = (g.upload(&masks).unwrap(), c.upload(&masks).unwrap());
+    both(
+        &mut g,
+        &mut c,
+        "mask_images size",
+        &|g| g.mask_images(&xg, &mg),
+        &|c| c.mask_images(&xc, &mc),
+    );
+    // Both backends are still usable.
+    let y = g.conv2d(&xg, &cg, None, true).unwrap();
+    assert_eq!(g.download(&y).unwrap().shape, Shape::new(1, 3, 3, 8));
+}

@@ -2,20 +2,16 @@
 //! the WGSL kernels in `shaders/cam.wgsl` so the two backends round alike.
 
 use super::{Cpu, CpuTensor};
-use crate::backend::{CamBackend, GramOver};
+use crate::backend::{shapes, CamBackend, GramOver};
 use crate::explain::relax::{mask_value, MaskStream};
 use crate::tensor::Shape;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
-
-fn is_vector(s: Shape) -> bool {
-    s.h == 1 && s.w == 1
-}
 
 impl CamBackend for Cpu {
     fn spatial_mean(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
         let s = x.shape;
-        ensure!(!s.is_empty(), "spatial mean of an empty tensor {s}");
+        shapes::spatial_mean(s)?;
         let hw = s.h * s.w;
         let xs = x.as_slice();
         let out = (0..s.n * s.c)
@@ -40,8 +36,7 @@ impl CamBackend for Cpu {
         scale: f32,
     ) -> Result<CpuTensor> {
         let s = v.shape;
-        ensure!(is_vector(s), "broadcast_spatial: {s} is not [n, 1, 1, c]");
-        let out_shape = Shape::new(s.n, h, w, s.c);
+        let out_shape = shapes::broadcast_spatial(s, h, w)?;
         let vs = v.as_slice();
         let per = h * w * s.c;
         let out = (0..out_shape.len())
@@ -64,19 +59,7 @@ impl CamBackend for Cpu {
         relu: bool,
     ) -> Result<CpuTensor> {
         let s = x.shape;
-        let want = Shape::new(s.n, 1, 1, s.c);
-        ensure!(
-            w.shape == want,
-            "channel_projection: weights {} for input {s}",
-            w.shape
-        );
-        if let Some(m) = mean {
-            ensure!(
-                m.shape == want,
-                "channel_projection: mean {} for input {s}",
-                m.shape
-            );
-        }
+        let out_shape = shapes::channel_projection(s, w.shape, mean.map(|m| m.shape))?;
         let (xs, ws, ms) = (x.as_slice(), w.as_slice(), mean.map(|m| m.as_slice()));
         let hw = s.h * s.w;
         let out = (0..s.n * hw)
@@ -95,7 +78,7 @@ impl CamBackend for Cpu {
                 }
             })
             .collect();
-        Ok(CpuTensor::new(Shape::new(s.n, s.h, s.w, 1), out))
+        Ok(CpuTensor::new(out_shape, out))
     }
 
     fn centred_gram(
@@ -105,16 +88,8 @@ impl CamBackend for Cpu {
         over: GramOver,
     ) -> Result<CpuTensor> {
         let s = x.shape;
-        ensure!(
-            mean.shape == Shape::new(s.n, 1, 1, s.c),
-            "centred_gram: mean {} for input {s}",
-            mean.shape
-        );
-        let hw = s.h * s.w;
-        let d = match over {
-            GramOver::Pixels => hw,
-            GramOver::Channels => s.c,
-        };
+        let out_shape = shapes::centred_gram(s, mean.shape, over)?;
+        let (hw, d) = (s.h * s.w, out_shape.h);
         let (xs, ms) = (x.as_slice(), mean.as_slice());
         let out = (0..s.n * d * d)
             .into_par_iter()
@@ -141,7 +116,7 @@ impl CamBackend for Cpu {
                 acc
             })
             .collect();
-        Ok(CpuTensor::new(Shape::new(s.n, d, d, 1), out))
+        Ok(CpuTensor::new(out_shape, out))
     }
 
     fn relax_masks(
@@ -152,14 +127,7 @@ impl CamBackend for Cpu {
         h: usize,
         w: usize,
     ) -> Result<CpuTensor> {
-        ensure!(
-            h >= 4 && w >= 4,
-            "RELAX masks need an image of at least 4x4, got {h}x{w}"
-        );
-        ensure!(
-            (start as u64) + (count as u64) <= u32::MAX as u64,
-            "RELAX mask index beyond 2^32"
-        );
+        let shape = shapes::relax_masks(start, count, h, w)?;
         let stream = MaskStream::new(seed, h, w);
         let out = (0..count * h * w)
             .into_par_iter()
@@ -169,18 +137,14 @@ impl CamBackend for Cpu {
                 mask_value(&stream, start + b as u32, y, x)
             })
             .collect();
-        Ok(CpuTensor::new(Shape::new(count, h, w, 1), out))
+        Ok(CpuTensor::new(shape, out))
     }
 
     fn mask_images(&mut self, x: &CpuTensor, m: &CpuTensor) -> Result<CpuTensor> {
         let (s, ms) = (x.shape, m.shape);
-        ensure!(
-            s.n == 1 && (ms.h, ms.w, ms.c) == (s.h, s.w, 1),
-            "mask_images: image {s} and masks {ms}"
-        );
+        let out_shape = shapes::mask_images(s, ms)?;
         let (xs, mv) = (x.as_slice(), m.as_slice());
         let hw = s.h * s.w;
-        let out_shape = Shape::new(ms.n, s.h, s.w, s.c);
         let out = (0..out_shape.len())
             .into_par_iter()
             .map(|i| {
@@ -193,10 +157,7 @@ impl CamBackend for Cpu {
 
     fn cosine_similarity(&mut self, e: &CpuTensor, r: &CpuTensor) -> Result<CpuTensor> {
         let (es, rs) = (e.shape, r.shape);
-        ensure!(
-            is_vector(es) && rs == Shape::new(1, 1, 1, es.c),
-            "cosine_similarity: embeddings {es} and reference {rs}"
-        );
+        let out_shape = shapes::cosine_similarity(es, rs)?;
         let (ev, rv) = (e.as_slice(), r.as_slice());
         let out = (0..es.n)
             .map(|b| {
@@ -210,7 +171,7 @@ impl CamBackend for Cpu {
                 dot / (ne.sqrt() * nr.sqrt()).max(1e-8)
             })
             .collect();
-        Ok(CpuTensor::new(Shape::new(es.n, 1, 1, 1), out))
+        Ok(CpuTensor::new(out_shape, out))
     }
 
     fn relax_accumulate(
@@ -221,19 +182,7 @@ impl CamBackend for Cpu {
         shift: f32,
     ) -> Result<CpuTensor> {
         let ms = masks.shape;
-        ensure!(
-            ms.c == 1 && sims.shape == Shape::new(ms.n, 1, 1, 1),
-            "relax_accumulate: masks {ms} and similarities {}",
-            sims.shape
-        );
-        let out_shape = Shape::new(1, ms.h, ms.w, 3);
-        if let Some(a) = acc {
-            ensure!(
-                a.shape == out_shape,
-                "relax_accumulate: sums {} for masks {ms}",
-                a.shape
-            );
-        }
+        let out_shape = shapes::relax_accumulate(ms, sims.shape, acc.map(|a| a.shape))?;
         let hw = ms.h * ms.w;
         let (mv, sv, av) = (masks.as_slice(), sims.as_slice(), acc.map(|a| a.as_slice()));
         let mut out = vec![0f32; out_shape.len()];

@@ -2,7 +2,7 @@
 //! crate for the convolution's matrix product). It is the reference every GPU kernel is
 //! tested against, and the fallback on machines without an adapter.
 
-use crate::backend::{Backend, GateSign, Pool, Upsample};
+use crate::backend::{shapes, Backend, GateSign, Pool, Upsample};
 use crate::model::ConvLayer;
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{ensure, Result};
@@ -153,31 +153,8 @@ impl Cpu {
     ) -> Result<(Shape, Vec<f32>)> {
         let c = &conv.layer;
         let s = x.shape;
-        ensure!(
-            s.c == c.cin,
-            "conv {}: input has {} channels, expected {}",
-            c.name,
-            s.c,
-            c.cin
-        );
-        ensure!(
-            s.h + 2 * c.pad >= c.kh && s.w + 2 * c.pad >= c.kw,
-            "conv {}: input {}x{} smaller than the kernel",
-            c.name,
-            s.h,
-            s.w
-        );
-        let (ho, wo) = c.out_size(s.h, s.w);
-        let out_shape = Shape::new(s.n, ho, wo, c.cout);
-        if let Some(r) = residual {
-            ensure!(
-                r.shape == out_shape,
-                "conv {}: residual {} does not match output {}",
-                c.name,
-                r.shape,
-                out_shape
-            );
-        }
+        let out_shape = shapes::conv2d(&c.geometry(), s, residual.map(|r| r.shape))?;
+        let (ho, wo) = (out_shape.h, out_shape.w);
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
         let mut out = vec![0f32; out_shape.len()];
@@ -481,13 +458,7 @@ fn stabilise(z: f32) -> f32 {
 
 impl Cpu {
     fn same_shape(&self, what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
-        ensure!(
-            a.shape == b.shape,
-            "{what}: shapes {} and {} differ",
-            a.shape,
-            b.shape
-        );
-        Ok(())
+        shapes::same(what, a.shape, b.shape)
     }
 
     /// Two outputs of `f(a, b, c)` elementwise, in one pass.
@@ -545,23 +516,10 @@ impl crate::backend::LrpBackend for Cpu {
         acc: Option<&CpuTensor>,
     ) -> Result<CpuTensor> {
         let c = &conv.layer;
-        let (ho, wo) = c.out_size(in_h, in_w);
         let ss = s.shape;
-        ensure!(
-            (ss.h, ss.w, ss.c) == (ho, wo, c.cout),
-            "conv_transpose {}: relevance {} does not come from a {in_h}x{in_w} input",
-            c.name,
-            ss
-        );
-        let in_shape = Shape::new(ss.n, in_h, in_w, c.cin);
-        for t in mul.iter().chain(acc.iter()) {
-            ensure!(
-                t.shape == in_shape,
-                "conv_transpose {}: operand {} is not {in_shape}",
-                c.name,
-                t.shape
-            );
-        }
+        let operands = [("mul", mul.map(|t| t.shape)), ("acc", acc.map(|t| t.shape))];
+        let in_shape = shapes::conv_transpose(&c.geometry(), ss, in_h, in_w, operands)?;
+        let (ho, wo) = (ss.h, ss.w);
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
         let mut out = vec![0f32; in_shape.len()];
@@ -683,12 +641,8 @@ impl crate::backend::LrpBackend for Cpu {
 
     fn max_pool_backward(&mut self, x: &CpuTensor, r: &CpuTensor, pool: Pool) -> Result<CpuTensor> {
         let s = x.shape;
-        let (ho, wo) = pool.out_size(s.h, s.w);
-        ensure!(
-            r.shape == Shape::new(s.n, ho, wo, s.c),
-            "max_pool_backward: relevance {} for input {s}",
-            r.shape
-        );
+        shapes::max_pool_backward(s, r.shape, pool)?;
+        let (ho, wo) = (r.shape.h, r.shape.w);
         let (xs, rs) = (x.as_slice(), r.as_slice());
         // Scatter per image (windows overlap), images in parallel.
         let mut out = vec![0f32; s.len()];

@@ -3,10 +3,9 @@
 //! recorded (the kernels run without runtime bounds checks).
 
 use super::{u32_of, Gpu, GpuTensor};
-use crate::backend::{CamBackend, GramOver};
+use crate::backend::{shapes, CamBackend, GramOver};
 use crate::explain::relax::seed_key;
-use crate::tensor::Shape;
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 /// The pipelines of `shaders/cam.wgsl`.
 pub(crate) struct CamPipelines {
@@ -60,10 +59,6 @@ impl P {
     }
 }
 
-fn vector(s: Shape) -> bool {
-    s.h == 1 && s.w == 1
-}
-
 impl Gpu {
     fn cam_dispatch(
         &mut self,
@@ -83,8 +78,7 @@ impl Gpu {
 impl CamBackend for Gpu {
     fn spatial_mean(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(!s.is_empty(), "spatial mean of an empty tensor {s}");
-        let out = self.alloc(Shape::new(s.n, 1, 1, s.c))?;
+        let out = self.alloc(shapes::spatial_mean(s)?)?;
         let p = P {
             total: s.n * s.c,
             c: s.c,
@@ -104,8 +98,7 @@ impl CamBackend for Gpu {
         scale: f32,
     ) -> Result<GpuTensor> {
         let s = v.shape;
-        ensure!(vector(s), "broadcast_spatial: {s} is not [n, 1, 1, c]");
-        let shape = Shape::new(s.n, h, w, s.c);
+        let shape = shapes::broadcast_spatial(s, h, w)?;
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -144,20 +137,8 @@ impl CamBackend for Gpu {
         relu: bool,
     ) -> Result<GpuTensor> {
         let s = x.shape;
-        let want = Shape::new(s.n, 1, 1, s.c);
-        ensure!(
-            w.shape == want,
-            "channel_projection: weights {} for input {s}",
-            w.shape
-        );
-        if let Some(m) = mean {
-            ensure!(
-                m.shape == want,
-                "channel_projection: mean {} for input {s}",
-                m.shape
-            );
-        }
-        let out = self.alloc(Shape::new(s.n, s.h, s.w, 1))?;
+        let out_shape = shapes::channel_projection(s, w.shape, mean.map(|m| m.shape))?;
+        let out = self.alloc(out_shape)?;
         let p = P {
             total: s.n * s.h * s.w,
             c: s.c,
@@ -182,17 +163,8 @@ impl CamBackend for Gpu {
         over: GramOver,
     ) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(
-            mean.shape == Shape::new(s.n, 1, 1, s.c),
-            "centred_gram: mean {} for input {s}",
-            mean.shape
-        );
-        let hw = s.h * s.w;
-        let d = match over {
-            GramOver::Pixels => hw,
-            GramOver::Channels => s.c,
-        };
-        let shape = Shape::new(s.n, d, d, 1);
+        let shape = shapes::centred_gram(s, mean.shape, over)?;
+        let (hw, d) = (s.h * s.w, shape.h);
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -220,15 +192,7 @@ impl CamBackend for Gpu {
         h: usize,
         w: usize,
     ) -> Result<GpuTensor> {
-        ensure!(
-            h >= 4 && w >= 4,
-            "RELAX masks need an image of at least 4x4, got {h}x{w}"
-        );
-        ensure!(
-            (start as u64) + (count as u64) <= u32::MAX as u64,
-            "RELAX mask index beyond 2^32"
-        );
-        let shape = Shape::new(count, h, w, 1);
+        let shape = shapes::relax_masks(start, count, h, w)?;
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -245,11 +209,7 @@ impl CamBackend for Gpu {
 
     fn mask_images(&mut self, x: &GpuTensor, m: &GpuTensor) -> Result<GpuTensor> {
         let (s, ms) = (x.shape, m.shape);
-        ensure!(
-            s.n == 1 && (ms.h, ms.w, ms.c) == (s.h, s.w, 1),
-            "mask_images: image {s} and masks {ms}"
-        );
-        let shape = Shape::new(ms.n, s.h, s.w, s.c);
+        let shape = shapes::mask_images(s, ms)?;
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -264,11 +224,7 @@ impl CamBackend for Gpu {
 
     fn cosine_similarity(&mut self, e: &GpuTensor, r: &GpuTensor) -> Result<GpuTensor> {
         let (es, rs) = (e.shape, r.shape);
-        ensure!(
-            vector(es) && rs == Shape::new(1, 1, 1, es.c),
-            "cosine_similarity: embeddings {es} and reference {rs}"
-        );
-        let out = self.alloc(Shape::new(es.n, 1, 1, 1))?;
+        let out = self.alloc(shapes::cosine_similarity(es, rs)?)?;
         let p = P {
             total: es.n,
             c: es.c,
@@ -292,19 +248,7 @@ impl CamBackend for Gpu {
         shift: f32,
     ) -> Result<GpuTensor> {
         let ms = masks.shape;
-        ensure!(
-            ms.c == 1 && sims.shape == Shape::new(ms.n, 1, 1, 1),
-            "relax_accumulate: masks {ms} and similarities {}",
-            sims.shape
-        );
-        let shape = Shape::new(1, ms.h, ms.w, 3);
-        if let Some(a) = acc {
-            ensure!(
-                a.shape == shape,
-                "relax_accumulate: sums {} for masks {ms}",
-                a.shape
-            );
-        }
+        let shape = shapes::relax_accumulate(ms, sims.shape, acc.map(|a| a.shape))?;
         let out = self.alloc(shape)?;
         let p = P {
             total: ms.h * ms.w,

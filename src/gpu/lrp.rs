@@ -5,7 +5,7 @@
 
 use super::pipelines::{ConvTransposeVariant, Pipelines, Tile};
 use super::{u32_of, Gpu, GpuConv, GpuTensor, WG};
-use crate::backend::{GateSign, LrpBackend, Pool};
+use crate::backend::{shapes, GateSign, LrpBackend, Pool};
 use crate::tensor::Shape;
 use anyhow::{ensure, Result};
 
@@ -28,13 +28,7 @@ impl Gpu {
     }
 
     pub(super) fn same_shape(&self, what: &str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
-        ensure!(
-            a.shape == b.shape,
-            "{what}: shapes {} and {} differ",
-            a.shape,
-            b.shape
-        );
-        Ok(())
+        shapes::same(what, a.shape, b.shape)
     }
 
     /// Records one kernel of `shaders/lrp.wgsl` over `total` elements. `inputs` are bound to
@@ -135,39 +129,14 @@ impl LrpBackend for Gpu {
         scale: f32,
         acc: Option<&GpuTensor>,
     ) -> Result<GpuTensor> {
-        ensure!(
-            in_h + 2 * conv.pad >= conv.kh && in_w + 2 * conv.pad >= conv.kw,
-            "conv_transpose {}: input {in_h}x{in_w} smaller than its {}x{} kernel (padding {})",
-            conv.name,
-            conv.kh,
-            conv.kw,
-            conv.pad
-        );
-        let (ho, wo) = (
-            (in_h + 2 * conv.pad - conv.kh) / conv.stride + 1,
-            (in_w + 2 * conv.pad - conv.kw) / conv.stride + 1,
-        );
         let ss = s.shape;
-        ensure!(
-            (ss.h, ss.w, ss.c) == (ho, wo, conv.cout) && ss.n > 0,
-            "conv_transpose {}: relevance {ss} does not come from a {in_h}x{in_w} input \
-             (expected [n, {ho}, {wo}, {}])",
-            conv.name,
-            conv.cout
-        );
+        let operands = [("mul", mul.map(|t| t.shape)), ("acc", acc.map(|t| t.shape))];
+        let in_shape = shapes::conv_transpose(&conv.geometry(), ss, in_h, in_w, operands)?;
+        let (ho, wo) = (ss.h, ss.w);
         self.check_view("conv_transpose relevance", s)?;
-        let in_shape = Shape::new(ss.n, in_h, in_w, conv.cin);
         self.check_bytes("conv_transpose output", in_shape)?;
-        for (what, t) in [("mul", mul), ("acc", acc)] {
-            if let Some(t) = t {
-                ensure!(
-                    t.shape == in_shape,
-                    "conv_transpose {}: {what} operand {} is not {in_shape}",
-                    conv.name,
-                    t.shape
-                );
-                self.check_view("conv_transpose operand", t)?;
-            }
+        for t in mul.iter().chain(acc.iter()) {
+            self.check_view("conv_transpose operand", t)?;
         }
         let m = in_shape.len() / conv.cin;
         u32_of(m, "input pixels")?;
@@ -292,23 +261,8 @@ impl LrpBackend for Gpu {
 
     fn max_pool_backward(&mut self, x: &GpuTensor, r: &GpuTensor, pool: Pool) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(
-            pool.kernel > 0 && pool.stride > 0 && 2 * pool.pad <= pool.kernel,
-            "max-pool backward {pool:?}: kernel and stride must be positive and padding at \
-             most half the kernel"
-        );
-        ensure!(
-            s.h + 2 * pool.pad >= pool.kernel && s.w + 2 * pool.pad >= pool.kernel && !s.is_empty(),
-            "max-pool backward {pool:?} on input {s}: input smaller than the window"
-        );
-        let (ho, wo) = pool.out_size(s.h, s.w);
-        ensure!(
-            r.shape == Shape::new(s.n, ho, wo, s.c),
-            "max_pool_backward: relevance {} for input {s} (expected [{}, {ho}, {wo}, {}])",
-            r.shape,
-            s.n,
-            s.c
-        );
+        shapes::max_pool_backward(s, r.shape, pool)?;
+        let (ho, wo) = (r.shape.h, r.shape.w);
         self.check_view("max-pool backward input", x)?;
         self.check_view("max-pool backward relevance", r)?;
         u32_of(s.h + pool.pad + pool.kernel, "padded height")?;

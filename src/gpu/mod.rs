@@ -20,7 +20,7 @@ mod tiles;
 pub use context::GpuOptions;
 pub use tiles::{ConvTiles, TILES_ENV};
 
-use crate::backend::{Backend, Pool, Upsample};
+use crate::backend::{shapes, Backend, Pool, Upsample};
 use crate::model::ConvLayer;
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
@@ -52,6 +52,21 @@ pub struct GpuConv {
     pub pad: usize,
     weight: Arc<wgpu::Buffer>,
     bias: Arc<wgpu::Buffer>,
+}
+
+impl GpuConv {
+    /// The conv's shapes, for the shape rules shared with the CPU backend.
+    pub fn geometry(&self) -> shapes::ConvGeometry<'_> {
+        shapes::ConvGeometry {
+            name: &self.name,
+            cin: self.cin,
+            cout: self.cout,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
 }
 
 /// Parameter slots in the uniform ring (a full ring submits the pending work and restarts).
@@ -431,34 +446,8 @@ impl Gpu {
         flags: u32,
     ) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(
-            s.c == conv.cin,
-            "conv {}: input {s} has {} channels, the conv expects {}",
-            conv.name,
-            s.c,
-            conv.cin
-        );
-        ensure!(
-            s.n > 0 && s.h + 2 * conv.pad >= conv.kh && s.w + 2 * conv.pad >= conv.kw,
-            "conv {}: input {s} smaller than its {}x{} kernel (padding {})",
-            conv.name,
-            conv.kh,
-            conv.kw,
-            conv.pad
-        );
-        let (ho, wo) = (
-            (s.h + 2 * conv.pad - conv.kh) / conv.stride + 1,
-            (s.w + 2 * conv.pad - conv.kw) / conv.stride + 1,
-        );
-        let oshape = Shape::new(s.n, ho, wo, conv.cout);
-        if let Some(r) = residual {
-            ensure!(
-                r.shape == oshape,
-                "conv {}: residual {} does not match the output {oshape}",
-                conv.name,
-                r.shape
-            );
-        }
+        let oshape = shapes::conv2d(&conv.geometry(), s, residual.map(|r| r.shape))?;
+        let (ho, wo) = (oshape.h, oshape.w);
         self.check_bytes("conv input", s)?;
         let m = s.n * ho * wo;
         let k = conv.kh * conv.kw * conv.cin;

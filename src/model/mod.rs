@@ -29,6 +29,18 @@ pub struct ConvLayer {
 }
 
 impl ConvLayer {
+    /// The conv's shapes, for the backends' shape rules ([`crate::backend::shapes`]).
+    pub fn geometry(&self) -> crate::backend::shapes::ConvGeometry<'_> {
+        crate::backend::shapes::ConvGeometry {
+            name: &self.name,
+            cin: self.cin,
+            cout: self.cout,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
         (
             (h + 2 * self.pad - self.kh) / self.stride + 1,
