@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one device call (about 4 minutes on an H100): parity of the GPU against the CPU backend
+# The one device call (about 5 minutes on an H100): parity of the GPU against the CPU backend
 # at 224 px (both conv tile sizes), then lafam-gpu's benches and the PyTorch/zennit baseline
 # side by side on the same card. Results go to $OUT (JSON lines + logs). Prepared by
 # benches/device/prepare.sh; run as `bash benches/device/check.sh` with carry [".gl", ".dev"].
@@ -43,6 +43,10 @@ for m in lafam lrp; do
     LAFAM_GPU_TILES=$t timeout 90 $BIN bench --arch resnet50 --backend gpu --method $m --size $SIZE --batch $BATCHES --iters $ITERS --json --profile \
       >>"$OUT/bench_tiles$t.jsonl" 2>>"$OUT/bench.err"
   done
+done
+log "LRP/LaFAM cost ratio (3 interleaved pairs each)"
+for b in 1 $BIG; do
+  BIN=$BIN timeout 90 bash benches/ratio.sh gpu $SIZE $b 3 $ITERS 2>&1 | tee -a "$OUT/ratio.txt"
 done
 timeout 60 $BIN bench --arch resnet50 --backend gpu --method gradcam --size $SIZE --batch 1,$BIG --iters 5 --json --no-peak >>"$OUT/bench_tilesauto.jsonl" 2>>"$OUT/bench.err"
 timeout 60 $BIN bench --arch resnet50 --backend gpu --method relax --masks $MASKS --mask-batch 250 --size $SIZE --batch 1 --iters 2 --json --no-peak >>"$OUT/bench_tilesauto.jsonl" 2>>"$OUT/bench.err"
