@@ -111,6 +111,57 @@ struct Tape<T> {
 #[derive(Clone, Debug, Default)]
 pub struct RelevanceTrace {
     pub sums: Vec<(String, f64)>,
+    /// With `keep_tensors`, the relevance tensors themselves (to find where two engines part).
+    pub keep_tensors: bool,
+    pub tensors: Vec<(String, HostTensor)>,
+    /// Records the forward pass's tensors, or replays another engine's in their place (see
+    /// [`super::ties`]).
+    pub forward: Option<ForwardTap>,
+}
+
+/// The forward tensors of an LRP pass (stem output, pooled stem, and per block the skip,
+/// every inner conv output and the block output), in the order they are made.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardTap {
+    /// Replay `tensors` instead of recording them.
+    pub replay: bool,
+    pub tensors: Vec<HostTensor>,
+    next: usize,
+}
+
+impl ForwardTap {
+    /// A tap that records.
+    pub fn record() -> Self {
+        ForwardTap::default()
+    }
+    /// A tap that replays what another engine recorded.
+    pub fn replay(recorded: ForwardTap) -> Self {
+        ForwardTap {
+            replay: true,
+            tensors: recorded.tensors,
+            next: 0,
+        }
+    }
+    /// Records `t`, or returns the next recorded tensor in its place (the shapes must agree).
+    fn tap<B: Backend>(&mut self, b: &mut B, t: B::Tensor) -> Result<B::Tensor> {
+        if !self.replay {
+            self.tensors.push(b.download(&t)?);
+            return Ok(t);
+        }
+        let recorded = self
+            .tensors
+            .get(self.next)
+            .context("the replayed forward pass has fewer tensors")?;
+        ensure!(
+            recorded.shape == b.shape(&t),
+            "replayed forward tensor {} is {}, this pass made {}",
+            self.next,
+            recorded.shape,
+            b.shape(&t)
+        );
+        self.next += 1;
+        b.upload(recorded)
+    }
 }
 
 impl<B: LrpBackend> Explainer<B> {
@@ -146,14 +197,24 @@ impl<B: LrpBackend> Explainer<B> {
         x: B::Tensor,
         upto: Stage,
         keep_branch: bool,
+        mut tap: Option<&mut ForwardTap>,
     ) -> Result<Tape<B::Tensor>> {
         let b = &mut self.backend;
+        let mut tap = |b: &mut B, t: B::Tensor| match tap.as_deref_mut() {
+            Some(tap) => tap.tap(b, t),
+            None => Ok(t),
+        };
         let stem_out = b.conv2d(&x, &self.net.stem, None, true)?;
+        let stem_out = tap(b, stem_out)?;
         let mut h = b.max_pool(&stem_out, Pool::RESNET_STEM)?;
+        h = tap(b, h)?;
         let mut blocks = Vec::new();
         for block in self.net.stages[..=upto.index()].iter().flatten() {
             let skip = match &block.downsample {
-                Some(ds) => b.conv2d(&h, ds, None, false)?,
+                Some(ds) => {
+                    let skip = b.conv2d(&h, ds, None, false)?;
+                    tap(b, skip)?
+                }
                 None => h.clone(),
             };
             let (last, inner) = block.convs.split_last().expect("a block has convs");
@@ -161,10 +222,12 @@ impl<B: LrpBackend> Explainer<B> {
             let mut y = h;
             for conv in inner {
                 y = b.conv2d(&y, conv, None, true)?;
+                y = tap(b, y)?;
                 conv_inputs.push(y.clone());
             }
             let branch = if keep_branch {
                 let branch = b.conv2d(&y, last, None, false)?;
+                let branch = tap(b, branch)?;
                 h = b.add_relu(&branch, &skip)?;
                 Some(branch)
             } else {
@@ -172,6 +235,7 @@ impl<B: LrpBackend> Explainer<B> {
                 h = b.conv2d(&y, last, Some(&skip), true)?;
                 None
             };
+            h = tap(b, h)?;
             blocks.push(BlockTape {
                 conv_inputs,
                 skip,
@@ -205,7 +269,11 @@ impl<B: LrpBackend> Explainer<B> {
                 InputMod::Identity | InputMod::Positive | InputMod::Negative
             )
         });
-        let tape = self.forward_tape(x, stage, !zero_where_input_zero)?;
+        let mut tap = trace.as_deref_mut().and_then(|t| t.forward.take());
+        let tape = self.forward_tape(x, stage, !zero_where_input_zero, tap.as_mut())?;
+        if let Some(t) = trace.as_deref_mut() {
+            t.forward = tap;
+        }
         let Explainer {
             backend: b,
             net,
@@ -217,7 +285,10 @@ impl<B: LrpBackend> Explainer<B> {
             if let Some(tr) = trace.as_deref_mut() {
                 let host = b.download(t)?;
                 tr.sums
-                    .push((name, host.data.iter().map(|&v| v as f64).sum()));
+                    .push((name.clone(), host.data.iter().map(|&v| v as f64).sum()));
+                if tr.keep_tensors {
+                    tr.tensors.push((name, host));
+                }
             }
             Ok(())
         };

@@ -5,5 +5,6 @@ pub mod lafam;
 pub mod lrp;
 pub mod relax;
 pub mod rules;
+pub mod ties;
 pub use lafam::Explainer;
 pub use rules::Composite;
