@@ -44,10 +44,6 @@ fn unchecked() -> BoundsCheckPolicies {
     }
 }
 
-fn validate(module: &Module) -> Result<ModuleInfo, naga::WithSpan<naga::valid::ValidationError>> {
-    Validator::new(ValidationFlags::all(), Capabilities::default()).validate(module)
-}
-
 /// `MODULE.wgsl:ENTRY{K=V,...}`, naming a specialisation in failures.
 fn describe(s: &Specialisation) -> String {
     let constants: Vec<String> = s
@@ -80,12 +76,23 @@ fn resources(module: &Module) -> Vec<(naga::ResourceBinding, bool, bool)> {
         .collect()
 }
 
-/// The WebGPU limits `module` (specialised, for entry point `entry`) must fit; `declared` is
-/// the module before compaction, whose bound buffers all are in the pipeline layout.
-fn check_limits(module: &Module, info: &ModuleInfo, entry: &str, declared: &Module) -> Vec<String> {
+/// What a specialisation uses of the limits: invocations per workgroup, bytes of workgroup
+/// memory, storage buffers.
+type Usage = [u32; 3];
+
+/// The WebGPU limits `module` (specialised, for entry point `entry`) must fit, and what it
+/// uses of them; `declared` is the module before compaction, whose bound buffers all are in
+/// the pipeline layout.
+fn check_limits(
+    module: &Module,
+    info: &ModuleInfo,
+    entry: &str,
+    declared: &Module,
+) -> (Vec<String>, Usage) {
     let mut errors = Vec::new();
     let Some(index) = module.entry_points.iter().position(|e| e.name == entry) else {
-        return vec![format!("entry point {entry} missing after specialisation")];
+        let e = format!("entry point {entry} missing after specialisation");
+        return (vec![e], [0; 3]);
     };
     let ep = &module.entry_points[index];
     let size = ep.workgroup_size;
@@ -126,7 +133,7 @@ fn check_limits(module: &Module, info: &ModuleInfo, entry: &str, declared: &Modu
             "{uniform} uniform buffers, over {MAX_UNIFORM_BUFFERS}"
         ));
     }
-    errors
+    (errors, [invocations, bytes, storage as u32])
 }
 
 /// Metal: buffers in slots 0.. in binding order, plus the runtime-array sizes buffer, as
@@ -323,6 +330,8 @@ fn every_specialisation_translates_to_every_backend() {
     let mut failures = Vec::new();
     let mut times = [Duration::ZERO; 4];
     let mut bytes_out = [0usize; 4];
+    // The most any specialisation uses of each limit (`Usage`), and which.
+    let mut most: [(u32, String); 3] = Default::default();
     for (n, s) in specs.iter().enumerate() {
         let name = describe(s);
         if !parsed.contains_key(s.module) {
@@ -333,7 +342,8 @@ fn every_specialisation_translates_to_every_backend() {
                     continue;
                 }
             };
-            let info = match validate(&module) {
+            let mut validator = Validator::new(ValidationFlags::all(), Capabilities::default());
+            let info = match validator.validate(&module) {
                 Ok(i) => i,
                 Err(e) => {
                     failures.push(format!("{name}: validate: {}", e.emit_to_string(s.source)));
@@ -367,8 +377,14 @@ fn every_specialisation_translates_to_every_backend() {
                 ));
             }
         }
-        for e in check_limits(&module_s, &info_s, entry, module) {
+        let (errors, usage) = check_limits(&module_s, &info_s, entry, module);
+        for e in errors {
             failures.push(format!("{name}: WebGPU default limits: {e}"));
+        }
+        for (max, used) in most.iter_mut().zip(usage) {
+            if used > max.0 {
+                *max = (used, name.clone());
+            }
         }
         let mut run = |target: usize, result: Result<usize, String>, t: Instant| {
             times[target] += t.elapsed();
@@ -405,6 +421,18 @@ fn every_specialisation_translates_to_every_backend() {
             bytes_out[i] / 1024
         );
     }
+    let limits = [
+        MAX_INVOCATIONS,
+        MAX_WORKGROUP_BYTES,
+        MAX_STORAGE_BUFFERS as u32,
+    ];
+    for (((used, name), limit), what) in most.iter().zip(limits).zip([
+        "invocations per workgroup",
+        "bytes of workgroup memory",
+        "storage buffers per stage",
+    ]) {
+        println!("  most {what}: {used} of {limit} ({name})");
+    }
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
@@ -434,5 +462,14 @@ fn specialisations_are_the_compiled_pipelines() {
     let gpu = common::gpu();
     let mut listed: Vec<String> = specialisations().into_iter().map(|s| s.kernel).collect();
     listed.sort();
-    assert_eq!(gpu.kernel_names(), listed);
+    let compiled = gpu.kernel_names();
+    let missing: Vec<&String> = compiled.iter().filter(|k| !listed.contains(k)).collect();
+    let extra: Vec<&String> = listed.iter().filter(|k| !compiled.contains(k)).collect();
+    assert!(
+        compiled == listed,
+        "specialisations() differs from the compiled pipelines: compiled but not listed \
+         {missing:?}, listed but not compiled {extra:?} ({} compiled, {} listed)",
+        compiled.len(),
+        listed.len()
+    );
 }
