@@ -18,6 +18,8 @@ mod profile;
 mod tiles;
 
 pub use context::GpuOptions;
+#[doc(hidden)]
+pub use pipelines::{specialisations, Specialisation};
 pub use tiles::{ConvTiles, TILES_ENV};
 
 use crate::backend::{shapes, Backend, Pool, Upsample};
@@ -199,6 +201,12 @@ impl Gpu {
     }
 
     /// The device limits and adapter features that matter to this crate, as (name, value).
+    /// The names of every compiled pipeline, sorted: one per [`specialisations`] entry.
+    #[doc(hidden)]
+    pub fn kernel_names(&self) -> Vec<String> {
+        self.ctx.pipelines.kernel_names()
+    }
+
     pub fn limits_summary(&self) -> Vec<(String, String)> {
         let l = &self.ctx.limits;
         let f = self.ctx.adapter_features;

@@ -17,6 +17,165 @@ const CONV_BACKWARD: &str = include_str!("../../shaders/conv_backward.wgsl");
 const LRP: &str = include_str!("../../shaders/lrp.wgsl");
 const CAM: &str = include_str!("../../shaders/cam.wgsl");
 
+/// Every shader module: its label and its WGSL source (`shaders/<label>.wgsl`).
+const MODULES: [(&str, &str); 8] = [
+    ("preprocess", PREPROCESS),
+    ("conv", CONV),
+    ("pool", POOL),
+    ("reduce", REDUCE),
+    ("resample", RESAMPLE),
+    ("conv_backward", CONV_BACKWARD),
+    ("lrp", LRP),
+    ("cam", CAM),
+];
+
+/// The entry points without override constants, by module: one pipeline each.
+const PLAIN_ENTRY_POINTS: [(&str, &[&str]); 6] = [
+    (
+        "cam",
+        &[
+            "spatial_mean",
+            "broadcast_spatial",
+            "relu_backward",
+            "channel_projection",
+            "centred_gram",
+            "relax_masks",
+            "mask_images",
+            "cosine_similarity",
+            "relax_accumulate",
+        ],
+    ),
+    (
+        "lrp",
+        &[
+            "lrp_ratio",
+            "residual_split",
+            "lincomb",
+            "add_relu",
+            "clamp_range",
+            "fill_channels",
+            "max_pool_argmax",
+            "max_pool_backward",
+        ],
+    ),
+    ("preprocess", &["preprocess"]),
+    ("pool", &["max_pool"]),
+    ("reduce", &["channel_mean", "minmax_normalise"]),
+    ("resample", &["resize_nearest", "resize_bilinear"]),
+];
+
+/// One compute pipeline that [`Pipelines`] creates: the shader module, the entry point and
+/// its override constants. `tests/shaders_translate.rs` translates each through naga.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct Specialisation {
+    /// The module's label, `shaders/<module>.wgsl`.
+    pub module: &'static str,
+    /// The module's WGSL source.
+    pub source: &'static str,
+    pub entry_point: String,
+    /// The kernel's name in timing reports (`Pipelines::name`), unique per pipeline.
+    pub kernel: String,
+    /// The pipeline's override constants.
+    pub constants: Vec<(String, f64)>,
+}
+
+/// Every pipeline specialisation `Pipelines::build` compiles, in no particular order.
+/// `Gpu::kernel_names` (the names of the compiled pipelines) matches their `kernel`s, as
+/// `tests/shaders_translate.rs` checks on a device.
+#[doc(hidden)]
+pub fn specialisations() -> Vec<Specialisation> {
+    let spec = |module: &'static str, entry: &str, kernel: &str, constants: &[(&str, f64)]| {
+        let source = MODULES
+            .iter()
+            .find(|m| m.0 == module)
+            .map(|m| m.1)
+            .expect("a module of MODULES");
+        Specialisation {
+            module,
+            source,
+            entry_point: entry.to_string(),
+            kernel: kernel_name(kernel, constants),
+            constants: constants.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        }
+    };
+    let mut out = Vec::new();
+    for i in 0..ConvVariant::COUNT {
+        let v = ConvVariant::from_index(i);
+        let constants = gemm_constants(v.tile, v.flags());
+        out.push(spec(
+            "conv",
+            &v.tile.entry_point("conv2d"),
+            &v.tile.kernel("conv2d"),
+            &constants,
+        ));
+    }
+    for b_vec4 in [false, true] {
+        let constants = conv_narrow_constants(b_vec4);
+        out.push(spec("conv", "conv2d_narrow", "conv2d_narrow", &constants));
+    }
+    for i in 0..ConvTransposeVariant::COUNT {
+        let v = ConvTransposeVariant::from_index(i);
+        let constants = gemm_constants(v.tile, v.flags());
+        out.push(spec(
+            "conv_backward",
+            &v.tile.entry_point("conv_transpose"),
+            &v.tile.kernel("conv_transpose"),
+            &constants,
+        ));
+    }
+    for k_vec4 in [false, true] {
+        let constants = conv_transpose_narrow_constants(k_vec4);
+        let entry = "conv_transpose_narrow";
+        out.push(spec("conv_backward", entry, entry, &constants));
+    }
+    for (module, entries) in PLAIN_ENTRY_POINTS {
+        for entry in entries {
+            out.push(spec(module, entry, entry, &[]));
+        }
+    }
+    out
+}
+
+/// A kernel's name in timing reports: `kernel` followed by the boolean specialisations that
+/// are on (numeric ones, such as a tile size, are in `kernel`).
+fn kernel_name(kernel: &str, constants: &[(&str, f64)]) -> String {
+    let on: Vec<&str> = constants
+        .iter()
+        .filter(|c| c.1 == 1.0)
+        .map(|c| c.0)
+        .collect();
+    if on.is_empty() {
+        kernel.to_string()
+    } else {
+        format!("{kernel}[{}]", on.join(","))
+    }
+}
+
+/// The override constants of a tiled GEMM pipeline: its boolean flags and the tile's rows.
+fn gemm_constants(tile: Tile, flags: [(&'static str, bool); 3]) -> Vec<(&'static str, f64)> {
+    let mut constants: Vec<(&str, f64)> = flags
+        .iter()
+        .map(|&(k, on)| (k, if on { 1.0 } else { 0.0 }))
+        .collect();
+    constants.extend(tile.rows_constant());
+    constants
+}
+
+/// The override constants of `conv2d_narrow` (only `B_VEC4` varies).
+fn conv_narrow_constants(b_vec4: bool) -> [(&'static str, f64); 3] {
+    [
+        ("A_VEC4", 0.0),
+        ("B_VEC4", if b_vec4 { 1.0 } else { 0.0 }),
+        ("PLAIN_GEMM", 0.0),
+    ]
+}
+
+/// The override constants of `conv_transpose_narrow`.
+fn conv_transpose_narrow_constants(k_vec4: bool) -> [(&'static str, f64); 1] {
+    [("K_VEC4", if k_vec4 { 1.0 } else { 0.0 })]
+}
+
 /// Which tiled entry point of a conv shader: 16x64 (`*_thin`), 64x64 or 128x128 (`*_large`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tile {
@@ -101,6 +260,14 @@ impl ConvVariant {
             narrow: false,
         }
     }
+    /// The boolean override constants of the tiled pipeline.
+    fn flags(self) -> [(&'static str, bool); 3] {
+        [
+            ("A_VEC4", self.a_vec4),
+            ("B_VEC4", self.b_vec4),
+            ("PLAIN_GEMM", self.plain_gemm),
+        ]
+    }
 }
 
 /// Transposed-conv specialisations, see `shaders/conv_backward.wgsl`.
@@ -131,6 +298,14 @@ impl ConvTransposeVariant {
             tile: Tile::from_index(i >> 3),
             narrow: false,
         }
+    }
+    /// The boolean override constants of the tiled pipeline.
+    fn flags(self) -> [(&'static str, bool); 3] {
+        [
+            ("K_VEC4", self.k_vec4),
+            ("N_VEC4", self.n_vec4),
+            ("PLAIN_GEMM", self.plain_gemm),
+        ]
     }
 }
 
@@ -211,6 +386,13 @@ impl Pipelines {
         self.names.get(p).map_or("unnamed kernel", |s| s.as_str())
     }
 
+    /// The names of every compiled pipeline, sorted (one per [`Specialisation`]).
+    pub fn kernel_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.names.values().cloned().collect();
+        names.sort();
+        names
+    }
+
     pub fn conv(&self, v: ConvVariant) -> &wgpu::ComputePipeline {
         if v.narrow {
             &self.conv_narrow[v.b_vec4 as usize]
@@ -284,23 +466,13 @@ impl Pipelines {
             }
         };
         let names = std::sync::Mutex::new(std::collections::HashMap::new());
-        // `kernel` names the pipeline in timing reports, followed by the boolean
-        // specialisations that are on (numeric ones, such as a tile size, are in `kernel`).
+        // `kernel` names the pipeline in timing reports (see `kernel_name`).
         let named_pipeline = |layout: &wgpu::PipelineLayout,
                               m: &wgpu::ShaderModule,
                               entry: &str,
                               kernel: &str,
                               constants: &[(&str, f64)]| {
-            let on: Vec<&str> = constants
-                .iter()
-                .filter(|c| c.1 == 1.0)
-                .map(|c| c.0)
-                .collect();
-            let name = if on.is_empty() {
-                kernel.to_string()
-            } else {
-                format!("{kernel}[{}]", on.join(","))
-            };
+            let name = kernel_name(kernel, constants);
             let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: Some(layout),
@@ -328,61 +500,40 @@ impl Pipelines {
         let conv_m = module("conv", CONV);
         // A tiled GEMM pipeline of the shader entry `base` (conv2d, conv_transpose) for `tile`
         // with its boolean specialisations.
-        let gemm = |m: &wgpu::ShaderModule, base: &str, tile: Tile, flags: [(&str, bool); 3]| {
-            let mut constants: Vec<(&str, f64)> = flags
-                .iter()
-                .map(|&(k, on)| (k, if on { 1.0 } else { 0.0 }))
-                .collect();
-            constants.extend(tile.rows_constant());
-            named_pipeline(
-                &conv_pl,
-                m,
-                &tile.entry_point(base),
-                &tile.kernel(base),
-                &constants,
-            )
-        };
+        let gemm =
+            |m: &wgpu::ShaderModule, base: &str, tile: Tile, flags: [(&'static str, bool); 3]| {
+                let constants = gemm_constants(tile, flags);
+                named_pipeline(
+                    &conv_pl,
+                    m,
+                    &tile.entry_point(base),
+                    &tile.kernel(base),
+                    &constants,
+                )
+            };
         // The GEMM variants are most of the start-up: the driver compiles them on all cores.
         let conv = (0..ConvVariant::COUNT)
             .into_par_iter()
             .map(|i| {
                 let v = ConvVariant::from_index(i);
-                let flags = [
-                    ("A_VEC4", v.a_vec4),
-                    ("B_VEC4", v.b_vec4),
-                    ("PLAIN_GEMM", v.plain_gemm),
-                ];
-                gemm(&conv_m, "conv2d", v.tile, flags)
+                gemm(&conv_m, "conv2d", v.tile, v.flags())
             })
             .collect();
-        let conv_narrow = [0.0, 1.0].map(|b_vec4| {
-            pipeline(
-                &conv_pl,
-                &conv_m,
-                "conv2d_narrow",
-                &[("A_VEC4", 0.0), ("B_VEC4", b_vec4), ("PLAIN_GEMM", 0.0)],
-            )
+        let conv_narrow = [false, true].map(|b_vec4| {
+            let constants = conv_narrow_constants(b_vec4);
+            pipeline(&conv_pl, &conv_m, "conv2d_narrow", &constants)
         });
         let convt_m = module("conv_backward", CONV_BACKWARD);
         let conv_transpose = (0..ConvTransposeVariant::COUNT)
             .into_par_iter()
             .map(|i| {
                 let v = ConvTransposeVariant::from_index(i);
-                let flags = [
-                    ("K_VEC4", v.k_vec4),
-                    ("N_VEC4", v.n_vec4),
-                    ("PLAIN_GEMM", v.plain_gemm),
-                ];
-                gemm(&convt_m, "conv_transpose", v.tile, flags)
+                gemm(&convt_m, "conv_transpose", v.tile, v.flags())
             })
             .collect();
-        let conv_transpose_narrow = [0.0, 1.0].map(|k_vec4| {
-            pipeline(
-                &conv_pl,
-                &convt_m,
-                "conv_transpose_narrow",
-                &[("K_VEC4", k_vec4)],
-            )
+        let conv_transpose_narrow = [false, true].map(|k_vec4| {
+            let constants = conv_transpose_narrow_constants(k_vec4);
+            pipeline(&conv_pl, &convt_m, "conv_transpose_narrow", &constants)
         });
         let lrp_m = module("lrp", LRP);
         let pre_m = module("preprocess", PREPROCESS);
