@@ -139,12 +139,14 @@ pub(crate) struct Pipelines {
     pub unary_layout: wgpu::BindGroupLayout,
     /// uniform params + x, weight, bias, residual (read-only) + output.
     pub conv_layout: wgpu::BindGroupLayout,
-    conv: Vec<wgpu::ComputePipeline>,
+    /// Indexed by [`ConvVariant::index`]; None for tiles that do not fit the device.
+    conv: Vec<Option<wgpu::ComputePipeline>>,
     /// `conv2d_narrow` (cout <= 4), indexed by B_VEC4.
     conv_narrow: [wgpu::ComputePipeline; 2],
     /// uniform params + a, b, c (read-only) + out0, out1 (the LRP elementwise kernels).
     pub lrp_layout: wgpu::BindGroupLayout,
-    conv_transpose: Vec<wgpu::ComputePipeline>,
+    /// Indexed by [`ConvTransposeVariant::index`]; None for tiles that do not fit the device.
+    conv_transpose: Vec<Option<wgpu::ComputePipeline>>,
     /// `conv_transpose_narrow` (cin <= 4), indexed by K_VEC4.
     conv_transpose_narrow: [wgpu::ComputePipeline; 2],
     pub lrp_ratio: wgpu::ComputePipeline,
@@ -197,9 +199,15 @@ impl Pipelines {
     /// Compiles every kernel, through `cache` where the device has a pipeline cache. Errors of
     /// the pipelines built on this thread come back here; those built on rayon's workers (the
     /// GEMM variants) go to the device's uncaptured-error handler, which the caller checks.
-    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Result<Self> {
+    /// Of the tiled GEMM kernels, only those of `tiles` (the ones that fit the device's
+    /// limits, src/gpu/limits.rs) are built.
+    pub fn new(
+        device: &wgpu::Device,
+        cache: Option<&wgpu::PipelineCache>,
+        tiles: &[Tile],
+    ) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(device, cache);
+        let built = Self::build(device, cache, tiles);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(anyhow!("pipeline creation failed: {e}"));
         }
@@ -211,23 +219,33 @@ impl Pipelines {
         self.names.get(p).map_or("unnamed kernel", |s| s.as_str())
     }
 
-    pub fn conv(&self, v: ConvVariant) -> &wgpu::ComputePipeline {
+    /// The pipeline of `v`; an error for a tile that does not fit the device (the tile
+    /// policy never picks one).
+    pub fn conv(&self, v: ConvVariant) -> Result<&wgpu::ComputePipeline> {
         if v.narrow {
-            &self.conv_narrow[v.b_vec4 as usize]
+            Ok(&self.conv_narrow[v.b_vec4 as usize])
         } else {
-            &self.conv[v.index()]
+            self.conv[v.index()]
+                .as_ref()
+                .ok_or_else(|| anyhow!("the conv tile {:?} does not fit this device", v.tile))
         }
     }
 
-    pub fn conv_transpose(&self, v: ConvTransposeVariant) -> &wgpu::ComputePipeline {
+    /// The pipeline of `v`; an error for a tile that does not fit the device.
+    pub fn conv_transpose(&self, v: ConvTransposeVariant) -> Result<&wgpu::ComputePipeline> {
         if v.narrow {
-            &self.conv_transpose_narrow[v.k_vec4 as usize]
+            Ok(&self.conv_transpose_narrow[v.k_vec4 as usize])
         } else {
-            &self.conv_transpose[v.index()]
+            self.conv_transpose[v.index()].as_ref().ok_or_else(|| {
+                anyhow!(
+                    "the transposed-conv tile {:?} does not fit this device",
+                    v.tile
+                )
+            })
         }
     }
 
-    fn build(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
+    fn build(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>, tiles: &[Tile]) -> Self {
         let unary_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("unary"),
             entries: &[params_entry(), storage(1, true), storage(2, false)],
@@ -347,12 +365,15 @@ impl Pipelines {
             .into_par_iter()
             .map(|i| {
                 let v = ConvVariant::from_index(i);
+                if !tiles.contains(&v.tile) {
+                    return None;
+                }
                 let flags = [
                     ("A_VEC4", v.a_vec4),
                     ("B_VEC4", v.b_vec4),
                     ("PLAIN_GEMM", v.plain_gemm),
                 ];
-                gemm(&conv_m, "conv2d", v.tile, flags)
+                Some(gemm(&conv_m, "conv2d", v.tile, flags))
             })
             .collect();
         let conv_narrow = [0.0, 1.0].map(|b_vec4| {
@@ -368,12 +389,15 @@ impl Pipelines {
             .into_par_iter()
             .map(|i| {
                 let v = ConvTransposeVariant::from_index(i);
+                if !tiles.contains(&v.tile) {
+                    return None;
+                }
                 let flags = [
                     ("K_VEC4", v.k_vec4),
                     ("N_VEC4", v.n_vec4),
                     ("PLAIN_GEMM", v.plain_gemm),
                 ];
-                gemm(&convt_m, "conv_transpose", v.tile, flags)
+                Some(gemm(&convt_m, "conv_transpose", v.tile, flags))
             })
             .collect();
         let conv_transpose_narrow = [0.0, 1.0].map(|k_vec4| {
