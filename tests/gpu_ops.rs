@@ -866,13 +866,13 @@ fn large_tile_grids_are_tiled() {
 fn missing_adapter_is_an_error() {
     let opts = lafam_gpu::gpu::GpuOptions {
         adapter_name: Some("no-such-adapter-xyz".into()),
-        backends: None,
+        ..Default::default()
     };
     let err = Gpu::new(&opts).err().expect("no adapter has that name");
     assert!(err.to_string().contains("no GPU adapter found"), "{err}");
     let opts = lafam_gpu::gpu::GpuOptions {
-        adapter_name: None,
         backends: Some(wgpu::Backends::empty()),
+        ..Default::default()
     };
     let err = Gpu::new(&opts).err().expect("no backend, no adapter");
     assert!(err.to_string().contains("no GPU adapter found"), "{err}");
