@@ -186,9 +186,28 @@ fn wanted_limits(adapter: &wgpu::Limits, mode: GpuLimits) -> wgpu::Limits {
     mode.wanted(adapter)
 }
 
+/// Refuses adapters of wgpu's GL backend. Their results match the CPU (llvmpipe GL: LaFAM
+/// and LaFAM-LRP maps within 5e-6), but wgpu-hal's GLES backend runs every GL call under one
+/// context lock that it gives up on after 6 s (`Could not lock adapter context. This is
+/// most-likely a deadlock.`, a panic, inside a `Drop` an abort): a kernel running longer
+/// than that while another thread uses the device kills the process. `cargo test --test
+/// gpu_ops` on llvmpipe GL did so in `large_grids_are_tiled` (it passes single-threaded).
+fn refuse_gl(info: &wgpu::AdapterInfo) -> Result<()> {
+    anyhow::ensure!(
+        info.backend != wgpu::Backend::Gl,
+        "the GL backend is not supported (adapter '{}'): wgpu's GL backend serialises every GL \
+         call through one context lock and panics after waiting 6 s for it, so a kernel running \
+         longer while another thread uses the device aborts the process; use Vulkan, Metal or \
+         DX12",
+        info.name
+    );
+    Ok(())
+}
+
 async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let adapter = choose_adapter(opts).await?;
     let info = adapter.get_info();
+    refuse_gl(&info)?;
     let adapter_limits = adapter.limits();
     let limits_mode = opts.limits.unwrap_or_default();
     let required_limits = wanted_limits(&adapter_limits, limits_mode);
