@@ -69,6 +69,19 @@ fn device_has_the_webgpu_default_limits() {
     );
 }
 
+/// `common::gpu()`, which every GPU test opens, follows `LAFAM_GPU_LIMITS`, so CI can run the
+/// whole GPU suite with `LAFAM_GPU_LIMITS=webgpu`.
+#[test]
+fn the_tests_gpu_follows_the_environment() {
+    let g = common::gpu();
+    let mode = GpuLimits::from_env().unwrap();
+    assert_eq!(g.limits_mode(), mode);
+    if mode == GpuLimits::WebGpu {
+        let want = wgpu::Limits::default().or_worse_values_from(g.adapter_limits());
+        assert_eq!(*g.device_limits(), want);
+    }
+}
+
 /// Every tile the policy can choose under WebGPU's limits (16x64 under `Auto` for small GEMMs,
 /// 64x64 and 128x128 forced), forward conv and transposed conv, every ResNet conv shape.
 #[test]
