@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// How to choose the GPU. Unset fields follow wgpu's environment variables:
 /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`; default: the primary backends
 /// Vulkan/Metal/DX12), `WGPU_ADAPTER_NAME` (case-insensitive substring of the adapter name)
-/// and `WGPU_POWER_PREF` (`high`/`low`; default: high performance).
+/// and `WGPU_POWER_PREF` (`high`/`low`; default: high performance); and this crate's
+/// `LAFAM_GPU_LIMITS` (`adapter`/`webgpu`, see [`GpuLimits`]). GL adapters are refused
+/// (`refuse_gl`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GpuOptions {
     /// Case-insensitive substring of the adapter name; overrides `WGPU_ADAPTER_NAME`.

@@ -169,6 +169,44 @@ pub(crate) fn tile_needs(tile: Tile) -> KernelNeeds {
 /// and the first limit the kernels every run needs (the elementwise kernels and the 16x64 and
 /// 64x64 tiles) exceed. The 128x128 tile is an optional extra.
 pub(crate) fn usable_tiles(adapter: &str, l: &wgpu::Limits) -> Result<Vec<Tile>> {
+    // What every dispatch needs: one bind group of a 64-byte uniform block at a dynamic
+    // offset in 256-byte slots (src/gpu/mod.rs) and 6 bindings.
+    let device_wide = [
+        ("max_bind_groups", l.max_bind_groups, 1, true),
+        (
+            "max_bindings_per_bind_group",
+            l.max_bindings_per_bind_group,
+            6,
+            true,
+        ),
+        (
+            "max_dynamic_uniform_buffers_per_pipeline_layout",
+            l.max_dynamic_uniform_buffers_per_pipeline_layout,
+            1,
+            true,
+        ),
+        (
+            "max_uniform_buffer_binding_size",
+            l.max_uniform_buffer_binding_size.min(u32::MAX as u64) as u32,
+            64,
+            true,
+        ),
+        (
+            "min_uniform_buffer_offset_alignment",
+            l.min_uniform_buffer_offset_alignment,
+            256,
+            false,
+        ),
+    ];
+    for (name, have, need, at_least) in device_wide {
+        if (at_least && have < need) || (!at_least && have > need) {
+            let bound = if at_least { "at least" } else { "at most" };
+            bail!(
+                "GPU adapter '{adapter}' is too limited for lafam-gpu: {name} is {have}, \
+                 the kernels' parameters need {bound} {need}"
+            );
+        }
+    }
     let required = [
         (ELEMENTWISE, "every elementwise kernel"),
         (tile_needs(Tile::Thin), "the 16x64 conv tile"),
@@ -276,7 +314,7 @@ mod tests {
         ));
         let l = wgpu::Limits {
             max_storage_buffers_per_shader_stage: 4,
-            ..d
+            ..d.clone()
         };
         assert!(usable_tiles("a", &l).unwrap_err().to_string().ends_with(
             "max_storage_buffers_per_shader_stage is 4, every elementwise kernel needs 5"

@@ -1,8 +1,10 @@
 //! GPU backend over wgpu: WGSL kernels in `shaders/`, lazy command recording.
 //!
-//! - [`Gpu::new`] picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`), opens a
-//!   device with the adapter's own size limits, and compiles every kernel once per process and
-//!   device (modules without runtime bounds checks; the host validates every dispatch).
+//! - [`Gpu::new`] picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`; GL
+//!   adapters are refused), opens a device with the adapter's own size limits or WebGPU's
+//!   defaults (`LAFAM_GPU_LIMITS`, [`GpuLimits`]), and compiles every kernel that fits those
+//!   limits once per process and device (modules without runtime bounds checks; the host
+//!   validates every dispatch).
 //! - Ops record compute passes into one pending command encoder; their parameters go to a
 //!   uniform ring bound at dynamic offsets, uploaded once per submission. [`Backend::download`]
 //!   is the only synchronisation point: it submits, copies to a staging buffer and maps it.
