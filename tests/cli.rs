@@ -553,3 +553,38 @@ fn run_timings_break_down_start_up() {
         }
     }
 }
+
+/// `info` names the limits mode; `LAFAM_GPU_LIMITS=webgpu` opens the device with WebGPU's
+/// defaults, and a value other than `adapter` or `webgpu` is a usage error naming both.
+#[test]
+fn info_reports_the_limits_mode() {
+    let info = |value: &str| {
+        Command::new(BIN)
+            .args(["info", "--backend", "gpu"])
+            .env("LAFAM_GPU_LIMITS", value)
+            .output()
+            .unwrap()
+    };
+    let o = info("webgpu");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    for want in [
+        "limits (LAFAM_GPU_LIMITS): webgpu",
+        "max_compute_workgroup_storage_size: 16 KiB",
+        "max_compute_invocations_per_workgroup: 256",
+        "max_storage_buffers_per_shader_stage: 8",
+    ] {
+        assert!(s.contains(want), "'{want}' missing from info:\n{s}");
+    }
+    let o = info("adapter");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("limits (LAFAM_GPU_LIMITS): adapter"));
+    let o = info("tiny");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("LAFAM_GPU_LIMITS=\"tiny\" is not a limits mode (accepted: adapter, webgpu)"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -866,16 +866,45 @@ fn large_tile_grids_are_tiled() {
 fn missing_adapter_is_an_error() {
     let opts = lafam_gpu::gpu::GpuOptions {
         adapter_name: Some("no-such-adapter-xyz".into()),
-        backends: None,
+        ..Default::default()
     };
     let err = Gpu::new(&opts).err().expect("no adapter has that name");
     assert!(err.to_string().contains("no GPU adapter found"), "{err}");
     let opts = lafam_gpu::gpu::GpuOptions {
-        adapter_name: None,
         backends: Some(wgpu::Backends::empty()),
+        ..Default::default()
     };
     let err = Gpu::new(&opts).err().expect("no backend, no adapter");
     assert!(err.to_string().contains("no GPU adapter found"), "{err}");
+}
+
+/// wgpu's GL backend is refused with one line saying why (src/gpu/context.rs, `refuse_gl`);
+/// without a GL adapter the error is the missing adapter's.
+#[test]
+fn gl_backend_is_refused() {
+    let opts = lafam_gpu::gpu::GpuOptions {
+        backends: Some(wgpu::Backends::GL),
+        ..Default::default()
+    };
+    let err = Gpu::new(&opts)
+        .err()
+        .expect("the GL backend is refused")
+        .to_string();
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::GL;
+    let gl_adapters =
+        pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(wgpu::Backends::GL));
+    if gl_adapters.is_empty() {
+        assert!(err.contains("no GPU adapter found"), "{err}");
+    } else {
+        assert!(
+            err.starts_with("the GL backend is not supported (adapter '")
+                && err.ends_with("; use Vulkan, Metal or DX12")
+                && err.contains("panics after waiting 6 s")
+                && !err.contains('\n'),
+            "{err}"
+        );
+    }
 }
 
 /// One timed ResNet-50-shaped forward (random weights, 224x224, batch 1) on both backends:

@@ -1,20 +1,40 @@
 //! Adapter and device selection, device limits, error capture, and the process-wide cache of
 //! devices (so that pipelines are compiled once per process and device).
 
-use super::pipelines::Pipelines;
+use super::limits::GpuLimits;
+use super::pipelines::{Pipelines, Tile};
 use anyhow::{anyhow, Context as _, Result};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// How to choose the GPU. Unset fields follow wgpu's environment variables:
 /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`; default: the primary backends
 /// Vulkan/Metal/DX12), `WGPU_ADAPTER_NAME` (case-insensitive substring of the adapter name)
-/// and `WGPU_POWER_PREF` (`high`/`low`; default: high performance).
+/// and `WGPU_POWER_PREF` (`high`/`low`; default: high performance); and this crate's
+/// `LAFAM_GPU_LIMITS` (`adapter`/`webgpu`, see [`GpuLimits`]). GL adapters are refused
+/// (`refuse_gl`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GpuOptions {
     /// Case-insensitive substring of the adapter name; overrides `WGPU_ADAPTER_NAME`.
     pub adapter_name: Option<String>,
     /// Backends to consider; overrides `WGPU_BACKEND`.
     pub backends: Option<wgpu::Backends>,
+    /// The limits the device is opened with; overrides `LAFAM_GPU_LIMITS` (default:
+    /// [`GpuLimits::Adapter`]).
+    pub limits: Option<GpuLimits>,
+}
+
+impl GpuOptions {
+    /// These options with the limits mode resolved (`LAFAM_GPU_LIMITS` where unset): the
+    /// device cache's key.
+    pub(crate) fn resolved(&self) -> Result<GpuOptions> {
+        Ok(GpuOptions {
+            limits: Some(match self.limits {
+                Some(l) => l,
+                None => GpuLimits::from_env()?,
+            }),
+            ..self.clone()
+        })
+    }
 }
 
 /// A device with its compiled pipelines, shared by every [`Gpu`](super::Gpu) created with the
@@ -24,6 +44,12 @@ pub(crate) struct Context {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// How `limits` were chosen.
+    pub limits_mode: GpuLimits,
+    /// The adapter's own limits.
+    pub adapter_limits: wgpu::Limits,
+    /// The conv tiles whose kernels fit `limits` (and were compiled), smallest first.
+    pub tiles: Vec<Tile>,
     /// What the adapter offers (the device is opened with [`OPTIONAL_FEATURES`] among them).
     pub adapter_features: wgpu::Features,
     /// Where the compiled pipelines are persisted, and whether they were found there.
@@ -155,37 +181,41 @@ fn save_pipeline_cache(cache: &wgpu::PipelineCache, path: &std::path::Path, load
     let _ = crate::io::output::write_atomic(path, |w| Ok(w.write_all(&data)?));
 }
 
-/// The limits requested from the device: wgpu's defaults, raised to what the adapter offers
-/// for the limits that bound batch size and kernel shapes.
-fn wanted_limits(adapter: &wgpu::Limits) -> wgpu::Limits {
-    wgpu::Limits {
-        max_storage_buffer_binding_size: adapter.max_storage_buffer_binding_size,
-        max_buffer_size: adapter.max_buffer_size,
-        max_compute_workgroup_storage_size: adapter.max_compute_workgroup_storage_size,
-        max_compute_invocations_per_workgroup: adapter.max_compute_invocations_per_workgroup,
-        max_compute_workgroup_size_x: adapter.max_compute_workgroup_size_x,
-        max_compute_workgroup_size_y: adapter.max_compute_workgroup_size_y,
-        max_compute_workgroup_size_z: adapter.max_compute_workgroup_size_z,
-        max_compute_workgroups_per_dimension: adapter.max_compute_workgroups_per_dimension,
-        max_storage_buffers_per_shader_stage: adapter.max_storage_buffers_per_shader_stage,
-        max_bind_groups: adapter.max_bind_groups,
-        ..wgpu::Limits::default()
-    }
+/// The limits requested from the device in mode `mode` (never above the adapter's): in
+/// `Adapter` mode wgpu's defaults raised to what the adapter offers for the limits that bound
+/// batch size and kernel shapes; in `WebGpu` mode WebGPU's defaults.
+fn wanted_limits(adapter: &wgpu::Limits, mode: GpuLimits) -> wgpu::Limits {
+    mode.wanted(adapter)
+}
+
+/// Refuses adapters of wgpu's GL backend. Their results match the CPU (llvmpipe GL: LaFAM
+/// and LaFAM-LRP maps within 5e-6), but wgpu-hal's GLES backend runs every GL call under one
+/// context lock that it gives up on after 6 s (`Could not lock adapter context. This is
+/// most-likely a deadlock.`, a panic, inside a `Drop` an abort): a kernel running longer
+/// than that while another thread uses the device kills the process. `cargo test --test
+/// gpu_ops` on llvmpipe GL did so in `large_grids_are_tiled` (it passes single-threaded).
+fn refuse_gl(info: &wgpu::AdapterInfo) -> Result<()> {
+    anyhow::ensure!(
+        info.backend != wgpu::Backend::Gl,
+        "the GL backend is not supported (adapter '{}'): wgpu's GL backend serialises every GL \
+         call through one context lock and panics after waiting 6 s for it, so a kernel running \
+         longer while another thread uses the device aborts the process; use Vulkan, Metal or \
+         DX12",
+        info.name
+    );
+    Ok(())
 }
 
 async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let adapter = choose_adapter(opts).await?;
     let info = adapter.get_info();
+    refuse_gl(&info)?;
     let adapter_limits = adapter.limits();
-    let required_limits = wanted_limits(&adapter_limits);
-    anyhow::ensure!(
-        adapter_limits.max_compute_invocations_per_workgroup >= 256
-            && adapter_limits.max_compute_workgroup_storage_size >= 16384
-            && adapter_limits.max_storage_buffers_per_shader_stage >= 6,
-        "GPU adapter '{}' is too limited for lafam-gpu (needs 256 invocations per workgroup, \
-         16 KiB workgroup memory, 6 storage buffers per stage)",
-        info.name
-    );
+    let limits_mode = opts.limits.unwrap_or_default();
+    let required_limits = wanted_limits(&adapter_limits, limits_mode);
+    // Every kernel is checked against the limits the device will have; the tile policy only
+    // picks among `tiles`, and only their pipelines are compiled.
+    let tiles = super::limits::usable_tiles(&info.name, &required_limits)?;
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("lafam-gpu"),
@@ -233,7 +263,7 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
             })
         }
     });
-    let pipelines = Pipelines::new(&device, cache.as_ref())
+    let pipelines = Pipelines::new(&device, cache.as_ref(), &tiles)
         .with_context(|| format!("compiling the WGSL kernels on '{}'", info.name))?;
     // Pipelines built on worker threads report to the uncaptured-error handler (wgpu's error
     // scopes are per thread).
@@ -253,6 +283,9 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
         queue,
         info,
         limits,
+        limits_mode,
+        adapter_limits,
+        tiles,
         adapter_features,
         pipeline_cache,
         pipelines,

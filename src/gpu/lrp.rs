@@ -190,7 +190,7 @@ impl LrpBackend for Gpu {
         let mul_buf = mul.map_or(&self.dummy, |t| &*t.buffer).clone();
         let acc_buf = acc.map_or(&self.dummy, |t| &*t.buffer).clone();
         self.dispatch(
-            ctx.pipelines.conv_transpose(variant),
+            ctx.pipelines.conv_transpose(variant)?,
             &ctx.pipelines.conv_layout,
             &params,
             &[&s.buffer, &conv.weight, &mul_buf, &acc_buf, &out.buffer],

@@ -1,8 +1,10 @@
 //! GPU backend over wgpu: WGSL kernels in `shaders/`, lazy command recording.
 //!
-//! - [`Gpu::new`] picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`), opens a
-//!   device with the adapter's own size limits, and compiles every kernel once per process and
-//!   device (modules without runtime bounds checks; the host validates every dispatch).
+//! - [`Gpu::new`] picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`; GL
+//!   adapters are refused), opens a device with the adapter's own size limits or WebGPU's
+//!   defaults (`LAFAM_GPU_LIMITS`, [`GpuLimits`]), and compiles every kernel that fits those
+//!   limits once per process and device (modules without runtime bounds checks; the host
+//!   validates every dispatch).
 //! - Ops record compute passes into one pending command encoder; their parameters go to a
 //!   uniform ring bound at dynamic offsets, uploaded once per submission. [`Backend::download`]
 //!   is the only synchronisation point: it submits, copies to a staging buffer and maps it.
@@ -11,6 +13,7 @@
 
 mod cam;
 mod context;
+mod limits;
 mod lrp;
 mod pipelines;
 mod pool;
@@ -18,6 +21,7 @@ mod profile;
 mod tiles;
 
 pub use context::GpuOptions;
+pub use limits::{GpuLimits, LIMITS_ENV};
 #[doc(hidden)]
 pub use pipelines::{specialisations, Specialisation};
 pub use tiles::{ConvTiles, TILES_ENV};
@@ -109,11 +113,14 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens the GPU chosen by `opts` (and the environment, see [`GpuOptions`]). Fails with
-    /// "no GPU adapter found (...)" when there is none, and when `LAFAM_GPU_TILES` is set to
-    /// something other than `auto`, `64` or `128` (see [`ConvTiles`]).
+    /// "no GPU adapter found (...)" when there is none, when `LAFAM_GPU_TILES` is set to
+    /// something other than `auto`, `64` or `128` (see [`ConvTiles`]), when
+    /// `LAFAM_GPU_LIMITS` (read where `opts.limits` is unset) is other than `adapter` or
+    /// `webgpu` (see [`GpuLimits`]), and when the device's limits fit not even the smallest
+    /// conv tile.
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
         let conv_tiles = ConvTiles::from_env()?;
-        let ctx = context::shared_context(opts)?;
+        let ctx = context::shared_context(&opts.resolved()?)?;
         let l = &ctx.limits;
         let max_tensor_bytes = l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 16 * 16;
         let device = &ctx.device;
@@ -167,7 +174,32 @@ impl Gpu {
     /// The output tile's M edge (16 for the 16x64 tile, 64 or 128) the forward conv uses on
     /// this adapter for `m` output pixels and `n` output channels under the current policy.
     pub fn conv_tile(&self, m: usize, n: usize) -> u64 {
-        self.conv_tiles.tile(self.ctx.info.device_type, m, n)
+        self.conv_tiles
+            .tile_within(self.ctx.info.device_type, m, n, 1, self.largest_conv_tile())
+    }
+
+    /// The M edge of the largest conv tile whose kernels fit this device's limits (128 under
+    /// WebGPU's defaults; src/gpu/limits.rs); the tile policy picks none larger.
+    pub fn largest_conv_tile(&self) -> u64 {
+        self.ctx
+            .tiles
+            .last()
+            .map_or(tiles::THIN_TILE, |t| t.edges().0)
+    }
+
+    /// How the device's limits were chosen (`LAFAM_GPU_LIMITS`, [`GpuOptions::limits`]).
+    pub fn limits_mode(&self) -> GpuLimits {
+        self.ctx.limits_mode
+    }
+
+    /// The limits the device was opened with.
+    pub fn device_limits(&self) -> &wgpu::Limits {
+        &self.ctx.limits
+    }
+
+    /// The adapter's own limits (at least the device's).
+    pub fn adapter_limits(&self) -> &wgpu::Limits {
+        &self.ctx.adapter_limits
     }
 
     /// The output tile's M edge (16, 64 or 128) the transposed conv uses on this adapter for a result
@@ -176,8 +208,13 @@ impl Gpu {
     /// n*ceil(h/stride)*ceil(w/stride) rows (the grid's M tiles, src/gpu/lrp.rs) and cin.
     pub fn conv_transpose_tile(&self, in_shape: Shape, stride: usize) -> u64 {
         let rows = in_shape.n * in_shape.h.div_ceil(stride) * in_shape.w.div_ceil(stride);
-        self.conv_tiles
-            .tile_in_phases(self.ctx.info.device_type, rows, in_shape.c, stride * stride)
+        self.conv_tiles.tile_within(
+            self.ctx.info.device_type,
+            rows,
+            in_shape.c,
+            stride * stride,
+            self.largest_conv_tile(),
+        )
     }
 
     /// Adapter name, backend, device type and driver, e.g. for an `info` command.
@@ -214,6 +251,13 @@ impl Gpu {
         let yes = |x: bool| if x { "yes" } else { "no" }.to_string();
         let (bufs, bytes) = self.pool.stats();
         vec![
+            (
+                format!("limits ({LIMITS_ENV})"),
+                match self.ctx.limits_mode {
+                    GpuLimits::Adapter => "adapter (the adapter's own)".to_string(),
+                    GpuLimits::WebGpu => "webgpu (WebGPU's defaults)".to_string(),
+                },
+            ),
             ("max tensor bytes".into(), mib(self.max_tensor_bytes)),
             (
                 "max_storage_buffer_binding_size".into(),
@@ -259,6 +303,10 @@ impl Gpu {
             (
                 format!("conv tiles ({TILES_ENV})"),
                 self.conv_tiles.to_string(),
+            ),
+            (
+                "largest conv tile the limits fit".into(),
+                format!("{0}x{0}", self.largest_conv_tile()),
             ),
             (
                 "buffer pool".into(),
@@ -507,7 +555,7 @@ impl Gpu {
         let ctx = self.ctx.clone();
         let res_buf = residual.map_or(&self.dummy, |r| &*r.buffer).clone();
         self.dispatch(
-            ctx.pipelines.conv(variant),
+            ctx.pipelines.conv(variant)?,
             &ctx.pipelines.conv_layout,
             &params,
             &[&x.buffer, &conv.weight, &conv.bias, &res_buf, &out.buffer],

@@ -314,12 +314,14 @@ pub(crate) struct Pipelines {
     pub unary_layout: wgpu::BindGroupLayout,
     /// uniform params + x, weight, bias, residual (read-only) + output.
     pub conv_layout: wgpu::BindGroupLayout,
-    conv: Vec<wgpu::ComputePipeline>,
+    /// Indexed by [`ConvVariant::index`]; None for tiles that do not fit the device.
+    conv: Vec<Option<wgpu::ComputePipeline>>,
     /// `conv2d_narrow` (cout <= 4), indexed by B_VEC4.
     conv_narrow: [wgpu::ComputePipeline; 2],
     /// uniform params + a, b, c (read-only) + out0, out1 (the LRP elementwise kernels).
     pub lrp_layout: wgpu::BindGroupLayout,
-    conv_transpose: Vec<wgpu::ComputePipeline>,
+    /// Indexed by [`ConvTransposeVariant::index`]; None for tiles that do not fit the device.
+    conv_transpose: Vec<Option<wgpu::ComputePipeline>>,
     /// `conv_transpose_narrow` (cin <= 4), indexed by K_VEC4.
     conv_transpose_narrow: [wgpu::ComputePipeline; 2],
     pub lrp_ratio: wgpu::ComputePipeline,
@@ -372,9 +374,15 @@ impl Pipelines {
     /// Compiles every kernel, through `cache` where the device has a pipeline cache. Errors of
     /// the pipelines built on this thread come back here; those built on rayon's workers (the
     /// GEMM variants) go to the device's uncaptured-error handler, which the caller checks.
-    pub fn new(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Result<Self> {
+    /// Of the tiled GEMM kernels, only those of `tiles` (the ones that fit the device's
+    /// limits, src/gpu/limits.rs) are built.
+    pub fn new(
+        device: &wgpu::Device,
+        cache: Option<&wgpu::PipelineCache>,
+        tiles: &[Tile],
+    ) -> Result<Self> {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let built = Self::build(device, cache);
+        let built = Self::build(device, cache, tiles);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(anyhow!("pipeline creation failed: {e}"));
         }
@@ -386,30 +394,41 @@ impl Pipelines {
         self.names.get(p).map_or("unnamed kernel", |s| s.as_str())
     }
 
-    /// The names of every compiled pipeline, sorted (one per [`Specialisation`]).
+    /// The names of every compiled pipeline, sorted (one per [`Specialisation`] whose tile
+    /// fits the device).
     pub fn kernel_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.names.values().cloned().collect();
         names.sort();
         names
     }
 
-    pub fn conv(&self, v: ConvVariant) -> &wgpu::ComputePipeline {
+    /// The pipeline of `v`; an error for a tile that does not fit the device (the tile
+    /// policy never picks one).
+    pub fn conv(&self, v: ConvVariant) -> Result<&wgpu::ComputePipeline> {
         if v.narrow {
-            &self.conv_narrow[v.b_vec4 as usize]
+            Ok(&self.conv_narrow[v.b_vec4 as usize])
         } else {
-            &self.conv[v.index()]
+            self.conv[v.index()]
+                .as_ref()
+                .ok_or_else(|| anyhow!("the conv tile {:?} does not fit this device", v.tile))
         }
     }
 
-    pub fn conv_transpose(&self, v: ConvTransposeVariant) -> &wgpu::ComputePipeline {
+    /// The pipeline of `v`; an error for a tile that does not fit the device.
+    pub fn conv_transpose(&self, v: ConvTransposeVariant) -> Result<&wgpu::ComputePipeline> {
         if v.narrow {
-            &self.conv_transpose_narrow[v.k_vec4 as usize]
+            Ok(&self.conv_transpose_narrow[v.k_vec4 as usize])
         } else {
-            &self.conv_transpose[v.index()]
+            self.conv_transpose[v.index()].as_ref().ok_or_else(|| {
+                anyhow!(
+                    "the transposed-conv tile {:?} does not fit this device",
+                    v.tile
+                )
+            })
         }
     }
 
-    fn build(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>) -> Self {
+    fn build(device: &wgpu::Device, cache: Option<&wgpu::PipelineCache>, tiles: &[Tile]) -> Self {
         let unary_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("unary"),
             entries: &[params_entry(), storage(1, true), storage(2, false)],
@@ -516,7 +535,10 @@ impl Pipelines {
             .into_par_iter()
             .map(|i| {
                 let v = ConvVariant::from_index(i);
-                gemm(&conv_m, "conv2d", v.tile, v.flags())
+                if !tiles.contains(&v.tile) {
+                    return None;
+                }
+                Some(gemm(&conv_m, "conv2d", v.tile, v.flags()))
             })
             .collect();
         let conv_narrow = [false, true].map(|b_vec4| {
@@ -528,7 +550,10 @@ impl Pipelines {
             .into_par_iter()
             .map(|i| {
                 let v = ConvTransposeVariant::from_index(i);
-                gemm(&convt_m, "conv_transpose", v.tile, v.flags())
+                if !tiles.contains(&v.tile) {
+                    return None;
+                }
+                Some(gemm(&convt_m, "conv_transpose", v.tile, v.flags()))
             })
             .collect();
         let conv_transpose_narrow = [false, true].map(|k_vec4| {

@@ -114,6 +114,30 @@ impl ConvTiles {
         n: usize,
         phases: usize,
     ) -> u64 {
+        self.tile_within(device, m, n, phases, LARGE_TILE)
+    }
+
+    /// [`ConvTiles::tile_in_phases`] on a device whose limits fit tiles of M edge at most
+    /// `largest` (16, 64 or 128; src/gpu/limits.rs): a tile that does not fit, chosen by
+    /// `Auto` or forced, gives way to the next smaller one (128 to 64; the 16x64 and 64x64
+    /// tiles fit every device the engine opens).
+    pub fn tile_within(
+        self,
+        device: wgpu::DeviceType,
+        m: usize,
+        n: usize,
+        phases: usize,
+        largest: u64,
+    ) -> u64 {
+        let edge = self.policy_edge(device, m, n, phases);
+        [LARGE_TILE, SMALL_TILE, THIN_TILE]
+            .into_iter()
+            .find(|&e| e <= edge && e <= largest)
+            .unwrap_or(THIN_TILE)
+    }
+
+    /// The policy's tile on a device that fits every tile.
+    fn policy_edge(self, device: wgpu::DeviceType, m: usize, n: usize, phases: usize) -> u64 {
         match self {
             ConvTiles::Small => SMALL_TILE,
             ConvTiles::Large => LARGE_TILE,
