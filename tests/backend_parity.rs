@@ -17,6 +17,7 @@ use lafam_gpu::explain::gradcam::CamRequest;
 use lafam_gpu::explain::lafam::ImageBatch;
 use lafam_gpu::explain::ties::{compare_lrp, rel_l2_err_excluding, NEAR_TIE_BUDGET};
 use lafam_gpu::explain::{Composite, Explainer};
+use lafam_gpu::gpu::{Gpu, GpuOptions};
 use lafam_gpu::model::{load_weights, Stage};
 use lafam_gpu::tensor::rel_l2_err;
 
@@ -133,4 +134,48 @@ fn every_method_matches_cpu_on_sample_images() {
         }
     }
     assert!(failures.is_empty(), "on {adapter}: {failures:?}");
+}
+
+/// A real race is not mistaken for a near-tie: the GEMM shaders compiled without their
+/// workgroup barriers (a test-only option) fail the forward check, the backward check and the
+/// map comparison, and the exclusion cannot cover them.
+#[test]
+fn a_dropped_barrier_is_caught() {
+    let spec = load_weights(&common::fixtures().join("r50_tv.safetensors"))
+        .unwrap()
+        .net;
+    let racy = Gpu::new(&GpuOptions {
+        drop_barriers: true,
+        ..GpuOptions::default()
+    })
+    .unwrap();
+    let (rgb, h, w) = common::read_rgb("img_64x64.png");
+    let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
+    let mut reference = Explainer::new(Cpu::new(), &spec).unwrap();
+    reference.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let mut other = Explainer::new(racy, &spec).unwrap();
+    other.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let cmp = compare_lrp(
+        &mut reference,
+        &mut other,
+        batch,
+        Stage::Layer4,
+        NEAR_TIE_BUDGET,
+    )
+    .unwrap();
+    let backward = rel_l2_err(&cmp.other, &cmp.reference_on_other_forward);
+    let map = rel_l2_err_excluding(&cmp.other, &cmp.reference, &cmp.excluded);
+    eprintln!(
+        "without barriers: forward {:.2e}, backward {backward:.2e}, map {map:.2e}, {:.1}% \
+         excluded",
+        cmp.forward_err,
+        100.0 * cmp.excluded_share()
+    );
+    assert!(cmp.forward_err > TOL, "forward {:e}", cmp.forward_err);
+    assert!(backward > TOL, "backward {backward:e}");
+    assert!(
+        map > TOL || cmp.excluded_share() > MAX_EXCLUDED,
+        "map {map:e} with {} excluded",
+        cmp.excluded_share()
+    );
 }

@@ -1,4 +1,5 @@
-//! Backend selection for the CLI: `auto` (GPU if an adapter exists, else CPU), `gpu`, `cpu`.
+//! Backend selection for the CLI: `auto` (a hardware GPU if there is one, else the CPU),
+//! `gpu` (any adapter, software ones included), `cpu`.
 //! Every command runs generically over the chosen backend through [`with_backend!`].
 
 use crate::cpu::Cpu;
@@ -9,9 +10,12 @@ use anyhow::{Context, Result};
 /// Which compute backend to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// The GPU if wgpu finds an adapter, otherwise the CPU (the choice is printed).
+    /// A hardware GPU if wgpu finds one, otherwise the CPU (the choice and why are printed).
+    /// Software GPUs (lavapipe, SwiftShader, WARP) are slower than the CPU backend and only
+    /// used when named through WGPU_ADAPTER_NAME.
     Auto,
-    /// The GPU through wgpu (Vulkan, Metal, DX12); an error if there is no adapter.
+    /// The GPU through wgpu (Vulkan, Metal, DX12), software adapters included; an error if
+    /// there is no adapter.
     Gpu,
     /// The CPU backend (multi-threaded; the reference implementation).
     Cpu,
@@ -76,12 +80,26 @@ pub fn open_backend(choice: BackendChoice) -> Result<(AnyBackend, Option<String>
         }
         BackendChoice::Auto => {
             ConvTiles::from_env()?;
-            match Gpu::new(&GpuOptions::default()) {
-                Ok(gpu) => Ok((AnyBackend::Gpu(Box::new(gpu)), None)),
-                Err(e) => Ok((
-                    AnyBackend::Cpu(make_cpu()?),
-                    Some(format!("no usable GPU: {e:#}")),
-                )),
+            let opts = GpuOptions {
+                hardware_only: true,
+                ..GpuOptions::default()
+            };
+            match Gpu::new(&opts) {
+                Ok(gpu) => {
+                    let why = if gpu.is_software() {
+                        "auto: named by WGPU_ADAPTER_NAME"
+                    } else {
+                        "auto: a hardware GPU"
+                    };
+                    Ok((AnyBackend::Gpu(Box::new(gpu)), Some(why.into())))
+                }
+                Err(e) => {
+                    let mut why = format!("auto: {e:#}");
+                    if why.starts_with(&format!("auto: {}", crate::gpu::SOFTWARE_ONLY)) {
+                        why.push_str("; --backend gpu uses one anyway");
+                    }
+                    Ok((AnyBackend::Cpu(make_cpu()?), Some(why)))
+                }
             }
         }
     }

@@ -21,6 +21,15 @@ pub struct GpuOptions {
     /// The limits the device is opened with; overrides `LAFAM_GPU_LIMITS` (default:
     /// [`GpuLimits::Adapter`]).
     pub limits: Option<GpuLimits>,
+    /// Only hardware adapters (discrete, integrated, virtual): software ones (lavapipe,
+    /// SwiftShader, WARP; wgpu's `DeviceType::Cpu`) run our kernels 40-70x slower than the
+    /// CPU backend, so `--backend auto` skips them. An adapter named through `adapter_name`
+    /// or `WGPU_ADAPTER_NAME` is used whatever its type.
+    pub hardware_only: bool,
+    /// Test only: compile the GEMM shaders without their workgroup barriers, a deliberate
+    /// race that the parity tests must catch.
+    #[doc(hidden)]
+    pub drop_barriers: bool,
 }
 
 impl GpuOptions {
@@ -61,9 +70,12 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// Takes (and clears) the errors recorded so far.
+    /// Takes (and clears) the errors recorded so far, the validation layer's among them.
     pub fn take_errors(&self) -> Vec<String> {
-        std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut errors =
+            std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
+        errors.extend(super::validation::take());
+        errors
     }
 }
 
@@ -86,60 +98,125 @@ pub(crate) fn shared_context(opts: &GpuOptions) -> Result<Arc<Context>> {
     Ok(ctx)
 }
 
-async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
+/// On a machine without a desktop session (`XDG_RUNTIME_DIR` unset or not a directory),
+/// turns off Mesa's Vulkan device-select layer (`NODEVICE_SELECT=1`), which otherwise
+/// prints `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` twice while
+/// looking for a Wayland display to rank GPUs by. We rank adapters ourselves. Call it at the
+/// start of `main`, before any other thread exists (it sets an environment variable).
+pub fn quiet_headless_vulkan() {
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR");
+    let headless = runtime_dir.is_none_or(|d| !std::path::Path::new(&d).is_dir());
+    if headless && std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
+/// How the error of a `hardware_only` choice starts when only software adapters exist.
+pub const SOFTWARE_ONLY: &str = "no hardware GPU adapter";
+
+/// How much an adapter of each type is preferred (higher first) under `power`.
+fn preference(kind: wgpu::DeviceType, power: wgpu::PowerPreference) -> u8 {
+    use wgpu::DeviceType::*;
+    match (kind, power) {
+        (DiscreteGpu, wgpu::PowerPreference::LowPower) => 4,
+        (DiscreteGpu, _) => 5,
+        (IntegratedGpu, wgpu::PowerPreference::LowPower) => 5,
+        (IntegratedGpu, _) => 4,
+        (VirtualGpu, _) => 3,
+        (Other, _) => 2,
+        (Cpu, _) => 1,
+    }
+}
+
+/// `name (backend, type)` of each adapter, for messages.
+fn describe(adapters: &[wgpu::Adapter]) -> String {
+    if adapters.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<String> = adapters
+        .iter()
+        .map(|a| {
+            let i = a.get_info();
+            format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        })
+        .collect();
+    names.join(", ")
+}
+
+/// Every adapter wgpu finds for `opts`' backends (`WGPU_BACKEND`, default Vulkan, Metal and
+/// DX12).
+async fn enumerate(opts: &GpuOptions) -> (Vec<wgpu::Adapter>, wgpu::Backends) {
     let backends = opts
         .backends
         .or_else(wgpu::Backends::from_env)
         .unwrap_or(wgpu::Backends::PRIMARY);
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
+    if super::validation::requested(desc.flags) {
+        super::validation::install();
+    }
     let instance = wgpu::Instance::new(desc);
+    (instance.enumerate_adapters(backends).await, backends)
+}
+
+/// The adapters wgpu finds with `opts` (name, backend, type), best first, as [`Gpu::new`]
+/// would choose among them (before `hardware_only` and the name filter).
+///
+/// [`Gpu::new`]: super::Gpu::new
+pub fn adapters(opts: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
+    let (adapters, _) = pollster::block_on(enumerate(opts));
+    let mut infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+    let power = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    infos.sort_by_key(|i| std::cmp::Reverse(rank(i, power)));
+    infos
+}
+
+/// An adapter's rank: its type's preference, and GL last (refused, see [`refuse_gl`]).
+fn rank(info: &wgpu::AdapterInfo, power: wgpu::PowerPreference) -> (bool, u8) {
+    (
+        info.backend != wgpu::Backend::Gl,
+        preference(info.device_type, power),
+    )
+}
+
+async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
+    let (adapters, backends) = enumerate(opts).await;
     let wanted = opts
         .adapter_name
         .clone()
         .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
         .filter(|s| !s.is_empty());
     if let Some(name) = wanted {
-        let adapters = instance.enumerate_adapters(backends).await;
-        let names: Vec<String> = adapters
-            .iter()
-            .map(|a| {
-                let i = a.get_info();
-                format!("{} ({:?})", i.name, i.backend)
-            })
-            .collect();
         let lower = name.to_lowercase();
+        let found = describe(&adapters);
         return adapters
             .into_iter()
             .find(|a| a.get_info().name.to_lowercase().contains(&lower))
             .ok_or_else(|| {
                 anyhow!(
-                    "no GPU adapter found (none named like '{name}' among backends {backends:?}; \
-                     available: {})",
-                    if names.is_empty() {
-                        "none".to_string()
-                    } else {
-                        names.join(", ")
-                    }
+                    "no GPU adapter found (none named like '{name}' among backends \
+                     {backends:?}; available: {found})"
                 )
             });
     }
-    let power_preference =
-        wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
-    instance
-        .request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            apply_limit_buckets: false,
-        })
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "no GPU adapter found (backends {backends:?}: {e}; on Linux without a GPU \
-                 install Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)"
-            )
-        })
+    let power = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    let found = describe(&adapters);
+    let best = adapters
+        .into_iter()
+        .filter(|a| !opts.hardware_only || a.get_info().device_type != wgpu::DeviceType::Cpu)
+        // The first of the best (max_by_key would take the last), as `adapters` lists them.
+        .min_by_key(|a| std::cmp::Reverse(rank(&a.get_info(), power)));
+    match best {
+        Some(a) => Ok(a),
+        None if opts.hardware_only && found != "none" => Err(anyhow!(
+            "{SOFTWARE_ONLY}: only software ones ({found}), which run slower than the CPU \
+             backend"
+        )),
+        None => Err(anyhow!(
+            "no GPU adapter found (backends {backends:?}; on Linux without a GPU install \
+             Mesa's lavapipe: apt-get install mesa-vulkan-drivers libvulkan1)"
+        )),
+    }
 }
 
 /// Features requested where the adapter has them: timestamp queries (kernel timing in
@@ -210,6 +287,9 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let adapter = choose_adapter(opts).await?;
     let info = adapter.get_info();
     refuse_gl(&info)?;
+    // With WGPU_VALIDATION=1, a missing layer has been reported by now.
+    let missing = super::validation::take();
+    anyhow::ensure!(missing.is_empty(), "{}", missing.join("; "));
     let adapter_limits = adapter.limits();
     let limits_mode = opts.limits.unwrap_or_default();
     let required_limits = wanted_limits(&adapter_limits, limits_mode);
@@ -250,7 +330,8 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
         .features()
         .contains(wgpu::Features::PIPELINE_CACHE)
         .then(|| pipeline_cache_file(&info))
-        .flatten();
+        .flatten()
+        .filter(|_| !opts.drop_barriers);
     let cached = cache_file.as_ref().and_then(|f| std::fs::read(f).ok());
     let cache = cache_file.as_ref().map(|_| {
         // SAFETY: the data is what `PipelineCache::get_data` wrote for an adapter with the
@@ -263,7 +344,7 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
             })
         }
     });
-    let pipelines = Pipelines::new(&device, cache.as_ref(), &tiles)
+    let pipelines = Pipelines::new(&device, cache.as_ref(), &tiles, opts.drop_barriers)
         .with_context(|| format!("compiling the WGSL kernels on '{}'", info.name))?;
     // Pipelines built on worker threads report to the uncaptured-error handler (wgpu's error
     // scopes are per thread).

@@ -19,8 +19,9 @@ mod pipelines;
 mod pool;
 mod profile;
 mod tiles;
+mod validation;
 
-pub use context::GpuOptions;
+pub use context::{adapters, quiet_headless_vulkan, GpuOptions, SOFTWARE_ONLY};
 pub use limits::{GpuLimits, LIMITS_ENV};
 #[doc(hidden)]
 pub use pipelines::{specialisations, Specialisation};
@@ -218,6 +219,11 @@ impl Gpu {
     }
 
     /// Adapter name, backend, device type and driver, e.g. for an `info` command.
+    /// Whether the adapter is a software implementation (lavapipe, SwiftShader, WARP).
+    pub fn is_software(&self) -> bool {
+        self.ctx.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn adapter_summary(&self) -> String {
         let i = &self.ctx.info;
         let driver = match (i.driver.is_empty(), i.driver_info.is_empty()) {

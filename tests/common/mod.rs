@@ -13,10 +13,20 @@ pub fn manifest() -> serde_json::Value {
     serde_json::from_str(&text).expect("manifest is JSON")
 }
 
-/// The GPU backend. Tests must FAIL, not skip, when CI has no adapter.
+/// The GPU backend. Tests must FAIL, not skip, when CI has no adapter. With
+/// `LAFAM_TEST_ADAPTER` set (CI's SwiftShader and validation passes), the adapter's name must
+/// contain it: a pass meant for one driver cannot silently run on another.
 pub fn gpu() -> Gpu {
-    Gpu::new(&GpuOptions::default())
-        .expect("no GPU adapter: install mesa-vulkan-drivers + libvulkan1 (lavapipe)")
+    let gpu = Gpu::new(&GpuOptions::default())
+        .expect("no GPU adapter: install mesa-vulkan-drivers + libvulkan1 (lavapipe)");
+    if let Ok(want) = std::env::var("LAFAM_TEST_ADAPTER") {
+        let name = gpu.adapter_summary();
+        assert!(
+            name.to_lowercase().contains(&want.to_lowercase()),
+            "LAFAM_TEST_ADAPTER={want} but the adapter is {name}"
+        );
+    }
+    gpu
 }
 
 /// A float32 .npy file: (shape, data).
