@@ -2,7 +2,7 @@
 //! Vulkan instance loads the layer, and every error it reports becomes an error of the next
 //! GPU call instead of a log line nobody reads.
 //!
-//! wgpu forwards the layer's messages through the `log` crate (target `wgpu_hal::...`), so a
+//! wgpu forwards the layer's messages through the `log` crate (target `wgpu_hal::vulkan::...`), so a
 //! small logger collects the error-level ones here; [`take`] hands them to the device's error
 //! check. A missing layer is an error too: a validation run without the layer would pass
 //! without validating anything.
@@ -21,7 +21,9 @@ fn errors() -> &'static Mutex<Vec<String>> {
 
 impl log::Log for Collector {
     fn enabled(&self, meta: &log::Metadata) -> bool {
-        meta.target().starts_with("wgpu_hal")
+        // Vulkan only: the GL backend's EGL errors (another adapter probed in the same
+        // process) are not the layer's.
+        meta.target().starts_with("wgpu_hal::vulkan")
             && (meta.level() <= log::Level::Error || meta.level() == log::Level::Debug)
     }
 
@@ -104,6 +106,11 @@ mod tests {
         // Not errors: a warning, another crate's error, an unrelated debug line.
         record(log::Level::Warn, "wgpu_hal::vulkan::instance", "slow path");
         record(log::Level::Error, "other_crate", "not ours");
+        record(
+            log::Level::Error,
+            "wgpu_hal::gles::egl",
+            "EGL 'eglInitialize' code 0x3001",
+        );
         record(
             log::Level::Debug,
             "wgpu_hal::vulkan::adapter",
