@@ -1,4 +1,4 @@
-//! Every method, end to end, on the GPU adapter under test against the CPU reference, on the
+//! Every method (LaFAM, LaFAM-LRP, Grad-CAM, EigenCAM, RELAX), end to end, on the GPU adapter under test against the CPU reference, on the
 //! bundled sample images at 128 px with the width-8 ResNet-50 fixture. CI runs this file on
 //! lavapipe and again on SwiftShader (`LAFAM_TEST_ADAPTER` makes `common::gpu()` check which
 //! adapter it got).
@@ -15,6 +15,7 @@ use lafam_gpu::backend::{Backend, CamBackend, LrpBackend, Upsample};
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::gradcam::CamRequest;
 use lafam_gpu::explain::lafam::ImageBatch;
+use lafam_gpu::explain::relax::RelaxConfig;
 use lafam_gpu::explain::ties::{compare_lrp, rel_l2_err_excluding, NEAR_TIE_BUDGET};
 use lafam_gpu::explain::{Composite, Explainer};
 use lafam_gpu::gpu::{Gpu, GpuOptions};
@@ -33,7 +34,16 @@ struct Maps {
     lrp: Vec<f32>,
     gradcam: Vec<f32>,
     eigencam: Vec<f32>,
+    relax: Vec<f32>,
+    relax_uncertainty: Vec<f32>,
 }
+
+/// RELAX with few masks: the same kernels as 3000, in seconds on a software GPU.
+const RELAX: RelaxConfig = RelaxConfig {
+    masks: 20,
+    batch: 20,
+    seed: 7,
+};
 
 fn sample(name: &str) -> (Vec<u8>, usize, usize) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,7 +74,10 @@ fn explain<B: LrpBackend + CamBackend>(backend: B, rgb: &[u8], h: usize, w: usiz
     let cams = ex
         .cams(batch, Stage::Layer4, Upsample::Bilinear, req, &[(h, w)])
         .unwrap();
+    let (relax, relax_uncertainty) = ex.relax(batch, &RELAX, &[(h, w)]).unwrap().remove(0);
     Maps {
+        relax: relax.data,
+        relax_uncertainty: relax_uncertainty.data,
         lafam: lafam.unwrap().data,
         lrp: lrp.data,
         gradcam: cams.gradcam[0].data.clone(),
@@ -103,6 +116,11 @@ fn every_method_matches_cpu_on_sample_images() {
             ("lafam", rel_l2_err(&gpu.lafam, &cpu.lafam)),
             ("gradcam", rel_l2_err(&gpu.gradcam, &cpu.gradcam)),
             ("eigencam", rel_l2_err(&gpu.eigencam, &cpu.eigencam)),
+            ("relax", rel_l2_err(&gpu.relax, &cpu.relax)),
+            (
+                "relax-uncertainty",
+                rel_l2_err(&gpu.relax_uncertainty, &cpu.relax_uncertainty),
+            ),
             ("lrp forward tensors (max)", cmp.forward_err),
             (
                 "lrp backward on the same forward",

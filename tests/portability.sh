@@ -18,7 +18,8 @@ export NODEVICE_SELECT=1
 
 # Every test file that opens a GPU.
 GPU_TESTS=(--test gpu_ops --test gpu_lrp_ops --test gpu_limits --test baselines_gpu_ops
-           --test backend_parity --test reference --test lrp_reference --test baselines_reference)
+           --test backend_parity --test reference --test lrp_reference --test baselines_reference
+           --test adapters --test cli)
 
 swiftshader_icd() {
     local dir=target/swiftshader
