@@ -111,9 +111,6 @@ struct Tape<T> {
 #[derive(Clone, Debug, Default)]
 pub struct RelevanceTrace {
     pub sums: Vec<(String, f64)>,
-    /// With `keep_tensors`, the relevance tensors themselves (to find where two engines part).
-    pub keep_tensors: bool,
-    pub tensors: Vec<(String, HostTensor)>,
     /// Records the forward pass's tensors, or replays another engine's in their place (see
     /// [`super::ties`]).
     pub forward: Option<ForwardTap>,
@@ -285,10 +282,7 @@ impl<B: LrpBackend> Explainer<B> {
             if let Some(tr) = trace.as_deref_mut() {
                 let host = b.download(t)?;
                 tr.sums
-                    .push((name.clone(), host.data.iter().map(|&v| v as f64).sum()));
-                if tr.keep_tensors {
-                    tr.tensors.push((name, host));
-                }
+                    .push((name, host.data.iter().map(|&v| v as f64).sum()));
             }
             Ok(())
         };
