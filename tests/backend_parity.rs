@@ -16,10 +16,10 @@ use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::gradcam::CamRequest;
 use lafam_gpu::explain::lafam::ImageBatch;
 use lafam_gpu::explain::relax::RelaxConfig;
-use lafam_gpu::explain::ties::{compare_lrp, rel_l2_err_excluding, NEAR_TIE_BUDGET};
+use lafam_gpu::explain::ties::{compare_lrp, rel_l2_err_excluding, LrpComparison, NEAR_TIE_BUDGET};
 use lafam_gpu::explain::{Composite, Explainer};
 use lafam_gpu::gpu::{Gpu, GpuOptions};
-use lafam_gpu::model::{load_weights, Stage};
+use lafam_gpu::model::{load_weights, ConvLayer, ResNet, Stage};
 use lafam_gpu::tensor::rel_l2_err;
 
 const TOL: f64 = 1e-4;
@@ -85,6 +85,29 @@ fn explain<B: LrpBackend + CamBackend>(backend: B, rgb: &[u8], h: usize, w: usiz
     }
 }
 
+/// `gpu`'s LaFAM-LRP of one image (layer4, epsilon-plus-flat) taken apart against the CPU's.
+fn lrp_against_cpu(
+    gpu: Gpu,
+    spec: &ResNet<ConvLayer>,
+    rgb: &[u8],
+    h: usize,
+    w: usize,
+) -> LrpComparison {
+    let mut reference = Explainer::new(Cpu::new(), spec).unwrap();
+    reference.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let mut other = Explainer::new(gpu, spec).unwrap();
+    other.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let batch = ImageBatch::new(rgb, 1, h, w).unwrap();
+    compare_lrp(
+        &mut reference,
+        &mut other,
+        batch,
+        Stage::Layer4,
+        NEAR_TIE_BUDGET,
+    )
+    .unwrap()
+}
+
 #[test]
 fn every_method_matches_cpu_on_sample_images() {
     let spec = load_weights(&common::fixtures().join("r50_tv.safetensors"))
@@ -96,19 +119,7 @@ fn every_method_matches_cpu_on_sample_images() {
         let (rgb, h, w) = sample(name);
         let cpu = explain(Cpu::new(), &rgb, h, w);
         let gpu = explain(common::gpu(), &rgb, h, w);
-        let mut reference = Explainer::new(Cpu::new(), &spec).unwrap();
-        reference.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-        let mut other = Explainer::new(common::gpu(), &spec).unwrap();
-        other.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-        let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-        let cmp = compare_lrp(
-            &mut reference,
-            &mut other,
-            batch,
-            Stage::Layer4,
-            NEAR_TIE_BUDGET,
-        )
-        .unwrap();
+        let cmp = lrp_against_cpu(common::gpu(), &spec, &rgb, h, w);
         // The comparison's own maps are the explainer's maps before resampling (the same
         // size here): a check that the two paths agree.
         assert!(rel_l2_err(&cmp.other, &gpu.lrp) < 1e-6);
@@ -168,19 +179,7 @@ fn a_dropped_barrier_is_caught() {
     })
     .unwrap();
     let (rgb, h, w) = common::read_rgb("img_64x64.png");
-    let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-    let mut reference = Explainer::new(Cpu::new(), &spec).unwrap();
-    reference.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-    let mut other = Explainer::new(racy, &spec).unwrap();
-    other.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-    let cmp = compare_lrp(
-        &mut reference,
-        &mut other,
-        batch,
-        Stage::Layer4,
-        NEAR_TIE_BUDGET,
-    )
-    .unwrap();
+    let cmp = lrp_against_cpu(racy, &spec, &rgb, h, w);
     let backward = rel_l2_err(&cmp.other, &cmp.reference_on_other_forward);
     let map = rel_l2_err_excluding(&cmp.other, &cmp.reference, &cmp.excluded);
     eprintln!(
