@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::MAX_EXCLUDED;
 use lafam_gpu::backend::{Backend, CamBackend, LrpBackend, Upsample};
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::gradcam::CamRequest;
@@ -24,10 +25,6 @@ use lafam_gpu::tensor::rel_l2_err;
 
 const TOL: f64 = 1e-4;
 const SIZE: u32 = 128;
-/// At most this share of a map's pixels may be excluded (chelsea on SwiftShader: 5.2%), so
-/// the exclusion cannot hide a broad difference; the backward kernels are compared on every
-/// pixel anyway (on the same forward tensors).
-const MAX_EXCLUDED: f64 = 0.10;
 
 struct Maps {
     lafam: Vec<f32>,

@@ -7,10 +7,11 @@
 
 mod common;
 
-use common::{check_parity, random_conv, random_tensor, RESNET_CONVS};
+use common::{check_lrp_parity, check_parity, random_conv, random_tensor, RESNET_CONVS};
 use lafam_gpu::backend::LrpBackend;
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::lafam::ImageBatch;
+use lafam_gpu::explain::ties::{compare_lrp, NEAR_TIE_BUDGET};
 use lafam_gpu::explain::{Composite, Explainer};
 use lafam_gpu::gpu::{ConvTiles, Gpu, GpuLimits, GpuOptions};
 use lafam_gpu::model::{load_weights, Stage};
@@ -201,8 +202,8 @@ fn all_maps<B: LrpBackend>(
             let out = ex
                 .lrp(images, stage, Upsample::Bilinear, &sizes, true)
                 .unwrap();
-            for (i, (lrp, lafam)) in out.into_iter().enumerate() {
-                maps.push((format!("lrp {composite} {stage} image {i}"), lrp));
+            // The LRP maps themselves are compared by `lrp_matches`.
+            for (i, (_, lafam)) in out.into_iter().enumerate() {
                 let lafam = lafam.expect("with_lafam");
                 maps.push((format!("lrp's lafam {composite} {stage} image {i}"), lafam));
             }
@@ -246,6 +247,21 @@ fn lafam_and_lrp_runs_match_cpu_within_webgpu_limits() {
         } else {
             &[Composite::EpsilonPlusFlat]
         };
+        // LaFAM-LRP, taken apart (common::check_lrp_parity): its maps can differ where the
+        // forward's rounding decides an ill-conditioned place (lafam_gpu::explain::ties).
+        for stage in STAGES {
+            for &composite in composites {
+                eg.enable_lrp(composite).unwrap();
+                ec.enable_lrp(composite).unwrap();
+                let cmp = compare_lrp(&mut ec, &mut eg, batch, stage, NEAR_TIE_BUDGET).unwrap();
+                let label = format!("{name}: lrp {composite} {stage}");
+                let err = check_lrp_parity(&label, &cmp);
+                if err >= worst.0 {
+                    worst = (err, label);
+                }
+                count += 1;
+            }
+        }
         let got = all_maps(&mut eg, batch, composites);
         let want = all_maps(&mut ec, batch, composites);
         assert_eq!(got.len(), want.len());

@@ -106,6 +106,42 @@ pub fn check_parity(label: &str, got: &lafam_gpu::HostTensor, want: &lafam_gpu::
     err
 }
 
+/// At most this share of a map's pixels may be excluded from an LRP comparison (chelsea on
+/// SwiftShader: 1.1%), so the exclusion cannot hide a broad difference.
+pub const MAX_EXCLUDED: f64 = 0.10;
+
+/// An LRP comparison (`lafam_gpu::explain::ties::compare_lrp`) passes: the forward tensors
+/// and, on every pixel, the backward on the same forward within the parity tolerance (max
+/// relative error); the maps too, without the pixels the forward's rounding moves through
+/// LRP's ill-conditioned places. Returns the map's error.
+pub fn check_lrp_parity(label: &str, cmp: &lafam_gpu::explain::ties::LrpComparison) -> f64 {
+    use lafam_gpu::explain::ties::max_rel_err_excluding;
+    use lafam_gpu::tensor::max_rel_err;
+    assert!(
+        cmp.forward_err <= PARITY_TOL,
+        "{label}: forward tensors' max rel err {:e}",
+        cmp.forward_err
+    );
+    let backward = max_rel_err(&cmp.other, &cmp.reference_on_other_forward);
+    assert!(
+        backward <= PARITY_TOL,
+        "{label}: backward on the same forward, max rel err {backward:e}"
+    );
+    let share = cmp.excluded_share();
+    assert!(
+        share <= MAX_EXCLUDED,
+        "{label}: {:.1}% of pixels excluded",
+        100.0 * share
+    );
+    let err = max_rel_err_excluding(&cmp.other, &cmp.reference, &cmp.excluded);
+    assert!(
+        err <= PARITY_TOL,
+        "{label}: max rel err {err:e} ({:.2}% of pixels excluded)",
+        100.0 * share
+    );
+    err
+}
+
 /// `t` uploaded behind `off` junk elements and returned as a view at element offset `off`,
 /// so kernels are exercised on unaligned tensor views.
 pub fn gpu_view(g: &mut Gpu, t: &lafam_gpu::HostTensor, off: usize) -> lafam_gpu::gpu::GpuTensor {
