@@ -114,3 +114,32 @@ fn headless_runs_print_no_xdg_runtime_dir_errors() {
         );
     }
 }
+
+#[test]
+fn info_lists_every_adapter_and_what_auto_does_with_it() {
+    let o = Command::new(BIN)
+        .args(["info", "--weights"])
+        .arg(fixture("r18_swav.safetensors"))
+        .env_remove("WGPU_ADAPTER_NAME")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let all = seen();
+    assert!(!all.is_empty());
+    for a in &all {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&a.name))
+            .unwrap_or_else(|| panic!("{} not listed in\n{out}", a.name));
+        let kind = if is_hardware(a) {
+            "hardware"
+        } else {
+            "--backend gpu only"
+        };
+        if a.backend != wgpu::Backend::Gl {
+            assert!(line.contains(kind), "{line}");
+        }
+    }
+    assert!(out.contains("adapters:"), "{out}");
+}

@@ -70,6 +70,22 @@ pub fn info(args: &InfoArgs) -> Result<u8> {
         println!("dtypes:            {}", list(&lw.dtypes));
         println!("bn eps:            {:e}", lw.bn_eps);
     }
+    // Every adapter wgpu finds, best first, and whether `auto` would take it.
+    for (i, a) in crate::gpu::adapters(&crate::gpu::GpuOptions::default())
+        .iter()
+        .enumerate()
+    {
+        let kind = match (a.device_type, a.backend) {
+            (_, wgpu::Backend::Gl) => "GL: refused",
+            (wgpu::DeviceType::Cpu, _) => "software: --backend gpu only",
+            _ => "hardware",
+        };
+        let label = if i == 0 { "adapters:" } else { "" };
+        println!(
+            "{label:<19}{} ({:?}, {:?}; {kind})",
+            a.name, a.backend, a.device_type
+        );
+    }
     match open_backend(args.backend) {
         Ok((backend, note)) => {
             match note {
