@@ -50,13 +50,7 @@ impl GpuLimits {
 
     /// The mode set by `LAFAM_GPU_LIMITS` in this process's environment.
     pub fn from_env() -> Result<GpuLimits> {
-        match std::env::var(LIMITS_ENV) {
-            Ok(v) => Self::from_env_value(Some(&v)),
-            Err(std::env::VarError::NotPresent) => Ok(GpuLimits::Adapter),
-            Err(std::env::VarError::NotUnicode(v)) => {
-                Self::from_env_value(Some(&v.to_string_lossy()))
-            }
-        }
+        Self::from_env_value(super::tiles::env_value(LIMITS_ENV).as_deref())
     }
 
     /// The limits to request of an adapter offering `adapter`: never above it.

@@ -24,6 +24,11 @@ const BIG_GPU_SMS: u64 = 132;
 /// Large-tile workgroups a GEMM needs before `Auto` picks them: two per SM of the big GPU.
 const MIN_LARGE_WORKGROUPS: u64 = 2 * BIG_GPU_SMS;
 
+/// The value of the environment variable `name` (lossily decoded), `None` when unset.
+pub(crate) fn env_value(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
 /// Tile policy of the conv kernels (forward and transposed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvTiles {
@@ -64,13 +69,7 @@ impl ConvTiles {
 
     /// The policy set by `LAFAM_GPU_TILES` in this process's environment.
     pub fn from_env() -> Result<ConvTiles> {
-        match std::env::var(TILES_ENV) {
-            Ok(v) => Self::from_env_value(Some(&v)),
-            Err(std::env::VarError::NotPresent) => Ok(ConvTiles::Auto),
-            Err(std::env::VarError::NotUnicode(v)) => {
-                Self::from_env_value(Some(&v.to_string_lossy()))
-            }
-        }
+        Self::from_env_value(env_value(TILES_ENV).as_deref())
     }
 
     /// The output tile's M edge (16: the 16x64 thin tile; 64 or 128: square tiles) for an
