@@ -262,6 +262,18 @@ fn hand_written_hostile_pickles_are_refused() {
         let msg = format!("{err:#}");
         assert!(msg.contains(want), "{want}: {msg}");
     }
+    // A DAG through the memo: x = (x, x) sixty times over (BINPUT 0, BINGET 0, TUPLE2), then
+    // an empty storage key list. 2^60 paths, 60 tuples: walked once each.
+    let mut dag = b"\x80\x02N".to_vec();
+    for _ in 0..60 {
+        dag.extend(b"q\x00h\x00\x86");
+    }
+    dag.extend(b".\x80\x02].");
+    let t = std::time::Instant::now();
+    let err = read_checkpoint(&legacy(&dag), "dag").unwrap_err();
+    assert!(format!("{err:#}").contains("tuple"), "{err:#}");
+    // Not a timing test: the unfixed walk never ends, the fixed one takes microseconds.
+    assert!(t.elapsed() < Duration::from_secs(60));
 }
 
 #[test]

@@ -251,7 +251,9 @@ fn collect_storages(
     match v {
         Value::Tensor(t) => out.push(t.storage.clone()),
         Value::Storage(s) => out.push(s.clone()),
-        Value::Tuple(t) => {
+        // Tuples are shared through the memo too: a DAG of `(x, x)` nested 60 deep would
+        // otherwise be walked 2^60 times.
+        Value::Tuple(t) if seen.insert(Rc::as_ptr(t) as *const () as usize) => {
             for x in t.iter() {
                 collect_storages(x, out, seen, depth + 1)?;
             }
