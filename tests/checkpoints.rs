@@ -276,6 +276,44 @@ fn hand_written_hostile_pickles_are_refused() {
     assert!(t.elapsed() < Duration::from_secs(60));
 }
 
+/// A legacy checkpoint whose object pickle is `payload` (then an empty storage key list).
+fn legacy_checkpoint(payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![];
+    v.extend([
+        0x80, 2, 0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
+    ]);
+    v.extend([0x80, 2, b'M', 0xe9, 0x03, b'.']);
+    v.extend([0x80, 2, b'}', b'.']);
+    v.extend(payload);
+    v.extend(b"\x80\x02].");
+    v
+}
+
+/// Lists, tuples and dicts nested 200,000 deep (the first is 400 KB) are refused with an
+/// error, and dropping them does not overflow the stack (a test thread has 2 MiB of it).
+#[test]
+fn deeply_nested_pickles_give_errors_not_stack_overflows() {
+    const DEPTH: usize = 200_000;
+    let mut lists = b"\x80\x02".to_vec();
+    lists.extend(std::iter::repeat_n(b']', DEPTH));
+    lists.extend(std::iter::repeat_n(b'a', DEPTH - 1));
+    lists.push(b'.');
+    let mut tuples = b"\x80\x02)".to_vec();
+    tuples.extend(std::iter::repeat_n(0x85u8, DEPTH));
+    tuples.push(b'.');
+    // x = {}; then x = {"": x} again and again, through memo slot 0.
+    let mut dicts = b"\x80\x02}".to_vec();
+    for _ in 0..DEPTH {
+        dicts.extend(b"q\x000}X\x00\x00\x00\x00h\x00s");
+    }
+    dicts.push(b'.');
+    for (name, payload) in [("lists", lists), ("tuples", tuples), ("dicts", dicts)] {
+        let err = read_checkpoint(&legacy_checkpoint(&payload), name).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("deeper than"), "{name}: {msg}");
+    }
+}
+
 #[test]
 fn truncated_and_corrupt_checkpoints_give_errors_not_panics() {
     for name in [

@@ -202,7 +202,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint> {
     }
     let root = next(Pid::Legacy, "object pickle")?;
     let keys = match next(Pid::None, "storage key list")? {
-        Value::List(l) => l.borrow().clone(),
+        Value::List(l) => l.borrow().to_vec(),
         _ => bail!("corrupt file: the storage key list is not a list"),
     };
     let mut need: Vec<StorageRef> = Vec::new();

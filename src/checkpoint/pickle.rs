@@ -140,8 +140,88 @@ pub enum Global {
     Namespace,
 }
 
-pub type List = Rc<RefCell<Vec<Value>>>;
-pub type Dict = Rc<RefCell<Vec<(Value, Value)>>>;
+pub type List = Rc<RefCell<Items>>;
+pub type Dict = Rc<RefCell<Pairs>>;
+
+/// The items of a tuple or list. Dropped without recursion: a hostile pickle of 400 KB nests
+/// lists 200,000 deep, and a recursive drop overflows the stack long before that.
+#[derive(Clone, Debug, Default)]
+pub struct Items(pub Vec<Value>);
+
+/// The entries of a dict, dropped like [`Items`].
+#[derive(Clone, Debug, Default)]
+pub struct Pairs(pub Vec<(Value, Value)>);
+
+impl std::ops::Deref for Items {
+    type Target = Vec<Value>;
+    fn deref(&self) -> &Vec<Value> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Items {
+    fn deref_mut(&mut self) -> &mut Vec<Value> {
+        &mut self.0
+    }
+}
+
+impl std::ops::Deref for Pairs {
+    type Target = Vec<(Value, Value)>;
+    fn deref(&self) -> &Vec<(Value, Value)> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pairs {
+    fn deref_mut(&mut self) -> &mut Vec<(Value, Value)> {
+        &mut self.0
+    }
+}
+
+/// Drops `work` and everything only it holds, with a work list instead of recursion: a
+/// container held nowhere else gives its items to the list and is dropped empty.
+fn teardown(mut work: Vec<Value>) {
+    while let Some(v) = work.pop() {
+        match v {
+            Value::Tuple(t) => {
+                if let Ok(mut items) = Rc::try_unwrap(t) {
+                    work.append(&mut items.0);
+                }
+            }
+            Value::List(l) => {
+                if let Ok(cell) = Rc::try_unwrap(l) {
+                    work.append(&mut cell.into_inner().0);
+                }
+            }
+            Value::Dict(d) => {
+                if let Ok(cell) = Rc::try_unwrap(d) {
+                    for (k, v) in cell.into_inner().0.drain(..) {
+                        work.push(k);
+                        work.push(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        teardown(std::mem::take(&mut self.0));
+    }
+}
+
+impl Drop for Pairs {
+    fn drop(&mut self) {
+        let mut work = Vec::with_capacity(2 * self.0.len());
+        for (k, v) in self.0.drain(..) {
+            work.push(k);
+            work.push(v);
+        }
+        teardown(work);
+    }
+}
 
 /// What a pickle builds. Lists and dicts are shared (the memo refers to the same object the
 /// stack holds, and `APPENDS`/`SETITEMS` fill it after it was memoised).
@@ -153,7 +233,7 @@ pub enum Value {
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    Tuple(Rc<Vec<Value>>),
+    Tuple(Rc<Items>),
     List(List),
     Dict(Dict),
     Global(Global),
@@ -265,8 +345,8 @@ fn usize_of(v: &Value, what: &str) -> Result<usize> {
 
 fn usizes_of(v: &Value, what: &str) -> Result<Vec<usize>> {
     let items: Vec<Value> = match v {
-        Value::Tuple(t) => t.as_ref().clone(),
-        Value::List(l) => l.borrow().clone(),
+        Value::Tuple(t) => t.to_vec(),
+        Value::List(l) => l.borrow().to_vec(),
         other => bail!("{what}: expected a tuple of ints, found {}", other.kind()),
     };
     items.iter().map(|x| usize_of(x, what)).collect()
@@ -542,10 +622,10 @@ impl<'a> Unpickler<'a> {
                     let s = self.line()?.to_string();
                     self.push(Value::Str(s))?;
                 }
-                b')' => self.push(Value::Tuple(Rc::new(Vec::new())))?,
+                b')' => self.push(Value::Tuple(Rc::default()))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(Rc::new(items)))?;
+                    self.push(Value::Tuple(Rc::new(Items(items))))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -554,12 +634,12 @@ impl<'a> Unpickler<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(Rc::new(items)))?;
+                    self.push(Value::Tuple(Rc::new(Items(items))))?;
                 }
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b']' => self.push(Value::List(List::default()))?,
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                    self.push(Value::List(Rc::new(RefCell::new(Items(items)))))?;
                 }
                 b'a' => {
                     let v = self.pop()?;
@@ -575,7 +655,7 @@ impl<'a> Unpickler<'a> {
                         other => bail!("pickle: APPENDS to a {}", other.kind()),
                     }
                 }
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
+                b'}' => self.push(Value::Dict(Dict::default()))?,
                 b'd' => {
                     let items = self.pop_mark()?;
                     if items.len() % 2 != 0 {
@@ -586,7 +666,7 @@ impl<'a> Unpickler<'a> {
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
                         d.push((k, v));
                     }
-                    self.push(Value::Dict(Rc::new(RefCell::new(d))))?;
+                    self.push(Value::Dict(Rc::new(RefCell::new(Pairs(d)))))?;
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -712,7 +792,7 @@ impl<'a> Unpickler<'a> {
                     "refusing to load: the pickle uses the copyreg extension registry (EXT), \
                      which a weights checkpoint does not need"
                 ),
-                0x8f => self.push(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                0x8f => self.push(Value::List(List::default()))?,
                 0x90 => {
                     // ADDITEMS to a set (kept as a list)
                     let items = self.pop_mark()?;
@@ -723,7 +803,7 @@ impl<'a> Unpickler<'a> {
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.push(Value::List(Rc::new(RefCell::new(items))))?;
+                    self.push(Value::List(Rc::new(RefCell::new(Items(items)))))?;
                 }
                 0x97 | 0x98 => {
                     bail!("pickle: out-of-band buffers (protocol 5) are not used by torch.save")
@@ -745,7 +825,7 @@ impl<'a> Unpickler<'a> {
             );
         };
         let args: Vec<Value> = match args {
-            Value::Tuple(t) => t.as_ref().clone(),
+            Value::Tuple(t) => t.to_vec(),
             other => bail!(
                 "pickle: REDUCE arguments are a {}, not a tuple",
                 other.kind()
@@ -757,7 +837,7 @@ impl<'a> Unpickler<'a> {
                     bail!("pickle: argparse.Namespace called with arguments");
                 }
                 // An empty namespace; its attributes (BUILD) are not weights.
-                Ok(Value::Dict(Rc::new(RefCell::new(Vec::new()))))
+                Ok(Value::Dict(Dict::default()))
             }
             Global::OrderedDict => {
                 let mut d = Vec::new();
@@ -775,7 +855,7 @@ impl<'a> Unpickler<'a> {
                         }
                     }
                 }
-                Ok(Value::Dict(Rc::new(RefCell::new(d))))
+                Ok(Value::Dict(Rc::new(RefCell::new(Pairs(d)))))
             }
             Global::RebuildTensor | Global::RebuildTensorV2 | Global::RebuildTensorV3 => {
                 if args.len() < 4 {
