@@ -684,3 +684,52 @@ fn offline_download_says_where_to_put_the_file() {
     assert!(msg.contains(&want.display().to_string()), "{msg}");
     assert!(!want.exists());
 }
+
+/// A legacy checkpoint holding one float32 tensor `weight` on a 1-element storage, viewed with
+/// `size` and `stride` (hand-written pickle: `_rebuild_tensor_v2` over a storage reference).
+fn legacy_view(size: u64, stride: u8) -> Vec<u8> {
+    let mut obj = b"\x80\x02}X\x06\x00\x00\x00weightctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    obj.extend(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000");
+    obj.extend(b"X\x03\x00\x00\x00cpuK\x01NtQK\x00(\x8a\x08");
+    obj.extend(size.to_le_bytes());
+    obj.extend(b"t(K");
+    obj.push(stride);
+    obj.extend(b"t\x89ccollections\nOrderedDict\n)RtRs.");
+    let mut v = legacy_checkpoint(&obj);
+    // legacy_checkpoint ends with an empty key list: replace it with ['0'] and the storage.
+    v.truncate(v.len() - 4);
+    v.extend(b"\x80\x02]X\x01\x00\x00\x000a.");
+    v.extend(1u64.to_le_bytes());
+    v.extend(1.5f32.to_le_bytes());
+    v
+}
+
+/// A stride-0 view larger than the file's storages allow (twice their bytes plus 64 MiB) is
+/// refused before anything is allocated (a 2^40-element one would abort); the same file with
+/// a plain one-element view loads.
+#[test]
+fn expanded_views_are_refused_not_materialised() {
+    let ok = read_checkpoint(&legacy_view(1, 1), "one").unwrap();
+    assert_eq!(ok.tensors.len(), 1);
+    // 2^40 elements, and 128 MiB from a 4-byte storage (over the 64 MiB allowance).
+    for size in [1u64 << 40, 1 << 25] {
+        let err = read_checkpoint(&legacy_view(size, 0), "expanded")
+            .err()
+            .unwrap_or_else(|| panic!("{size} elements loaded"));
+        let msg = format!("{err:#}");
+        assert!(msg.contains("expanded view"), "{size}: {msg}");
+    }
+}
+
+/// DUP and the memo share a value instead of copying it: 1 MiB of bytes duplicated 20,000
+/// times stays 1 MiB (a copy per DUP asked for 20 GB).
+#[test]
+fn duplicated_bytes_are_shared_not_copied() {
+    let mut p = b"\x80\x04\x8e".to_vec();
+    p.extend((1u64 << 20).to_le_bytes());
+    p.extend(vec![7u8; 1 << 20]);
+    p.extend(std::iter::repeat_n(b'2', 20_000));
+    p.push(b'.');
+    let err = read_checkpoint(&legacy_checkpoint(&p), "dup").unwrap_err();
+    assert!(format!("{err:#}").contains("bytes"), "{err:#}");
+}

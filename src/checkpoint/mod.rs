@@ -195,7 +195,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint> {
     }
     if let Value::Dict(d) = next(Pid::None, "sys info")? {
         for (k, v) in d.borrow().iter() {
-            if matches!((k, v), (Value::Str(k), Value::Bool(false)) if k == "little_endian") {
+            if matches!((k, v), (Value::Str(k), Value::Bool(false)) if &**k == "little_endian") {
                 bail!("big-endian legacy checkpoints are not supported");
             }
         }
@@ -214,7 +214,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint> {
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     for k in keys {
         let key = match k {
-            Value::Str(s) => s,
+            Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
             _ => bail!("corrupt file: a storage key is not a string"),
         };
@@ -275,7 +275,7 @@ fn collect_storages(
 
 fn key_str(k: &Value) -> Option<String> {
     match k {
-        Value::Str(s) => Some(s.clone()),
+        Value::Str(s) => Some(s.to_string()),
         Value::Int(i) => Some(i.to_string()),
         _ => None,
     }
@@ -284,7 +284,7 @@ fn key_str(k: &Value) -> Option<String> {
 fn dict_get(d: &pickle::Dict, key: &str) -> Option<Value> {
     d.borrow()
         .iter()
-        .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+        .find(|(k, _)| matches!(k, Value::Str(s) if &**s == key))
         .map(|(_, v)| v.clone())
 }
 
@@ -335,7 +335,17 @@ fn select(root: Value, storages: &HashMap<String, Vec<u8>>, format: Format) -> R
     let mut tensors = Vec::new();
     let mut dropped = Vec::new();
     let mut seen = HashSet::new();
-    flatten(&cur, "", storages, &mut tensors, &mut dropped, &mut seen, 0)?;
+    let mut budget = tensor_budget(storages);
+    flatten(
+        &cur,
+        "",
+        storages,
+        &mut tensors,
+        &mut dropped,
+        &mut seen,
+        0,
+        &mut budget,
+    )?;
     if !dropped.is_empty() {
         notes.push(format!(
             "dropped non-tensor entries: {}",
@@ -366,6 +376,13 @@ fn select(root: Value, storages: &HashMap<String, Vec<u8>>, format: Format) -> R
     })
 }
 
+/// How many bytes the tensors of a checkpoint may take: twice its storages' bytes plus
+/// 64 MiB (views of a storage take at most its bytes, unless expanded).
+fn tensor_budget(storages: &HashMap<String, Vec<u8>>) -> usize {
+    let stored: usize = storages.values().map(Vec::len).sum();
+    stored.saturating_mul(2).saturating_add(64 << 20)
+}
+
 fn flatten(
     d: &pickle::Dict,
     prefix: &str,
@@ -374,6 +391,7 @@ fn flatten(
     dropped: &mut Vec<String>,
     seen: &mut HashSet<usize>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<()> {
     if depth > 16 || !seen.insert(Rc::as_ptr(d) as usize) {
         return Ok(());
@@ -387,7 +405,7 @@ fn flatten(
         match v {
             Value::Tensor(t) => {
                 let tensor =
-                    materialise(t, storages).with_context(|| format!("tensor '{name}'"))?;
+                    materialise(t, storages, budget).with_context(|| format!("tensor '{name}'"))?;
                 out.push((name, tensor));
             }
             Value::Dict(sub) => {
@@ -401,6 +419,7 @@ fn flatten(
                     &mut sub_dropped,
                     seen,
                     depth + 1,
+                    budget,
                 )?;
                 if out.len() == before {
                     dropped.push(name);
@@ -415,7 +434,13 @@ fn flatten(
 }
 
 /// Copies a tensor view out of its storage in row-major order, checking every bound.
-fn materialise(t: &TensorRef, storages: &HashMap<String, Vec<u8>>) -> Result<Tensor> {
+/// `budget` is what may still be allocated for tensors (see [`tensor_budget`]); a tensor
+/// larger than what is left is refused before it is allocated.
+fn materialise(
+    t: &TensorRef,
+    storages: &HashMap<String, Vec<u8>>,
+    budget: &mut usize,
+) -> Result<Tensor> {
     let es = t.dtype.size();
     let Some(raw) = storages.get(&t.storage.key) else {
         bail!("storage '{}' was not found in the file", t.storage.key);
@@ -479,6 +504,17 @@ fn materialise(t: &TensorRef, storages: &HashMap<String, Vec<u8>>) -> Result<Ten
     let nbytes = numel
         .checked_mul(es)
         .ok_or_else(|| anyhow::anyhow!("tensor too large"))?;
+    // Expanded (stride-0) views hold more elements than their storage: materialised in
+    // full they could turn a 600-byte file into a TiB.
+    if nbytes > *budget {
+        bail!(
+            "tensor of {numel} elements (size {:?}, stride {:?}) would take the tensors past \
+             twice the file's storage bytes plus 64 MiB: an expanded view, not a weight",
+            t.size,
+            t.stride
+        );
+    }
+    *budget -= nbytes;
     // Contiguous (row-major) strides: one copy.
     let mut contiguous = true;
     let mut expect = 1usize;

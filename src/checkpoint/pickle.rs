@@ -231,8 +231,9 @@ pub enum Value {
     Bool(bool),
     Int(i128),
     Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
+    /// Shared, not copied, by DUP and the memo (a 1 MB pickle could otherwise ask for GBs).
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
     Tuple(Rc<Items>),
     List(List),
     Dict(Dict),
@@ -273,7 +274,9 @@ pub enum Pid {
 }
 
 const MAX_STACK: usize = 1 << 20;
-const MAX_MEMO: usize = 1 << 24;
+/// Real checkpoints memoise a few objects per tensor (ResNet-50: ~2,000); a million keeps a
+/// hostile file's memo to ~100 MB.
+const MAX_MEMO: usize = 1 << 20;
 
 /// Resolves a global name, or says why it is refused.
 fn resolve_global(module: &str, name: &str) -> Result<Global> {
@@ -454,9 +457,9 @@ impl<'a> Unpickler<'a> {
     }
 
     fn string(bytes: &[u8]) -> Result<Value> {
-        Ok(Value::Str(String::from_utf8(bytes.to_vec()).map_err(
-            |_| anyhow::anyhow!("pickle: string is not UTF-8"),
-        )?))
+        let s = std::str::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("pickle: string is not UTF-8"))?;
+        Ok(Value::Str(s.into()))
     }
 
     fn global(&mut self, module: &str, name: &str) -> Result<()> {
@@ -604,8 +607,8 @@ impl<'a> Unpickler<'a> {
                     };
                     let s = self.take(n)?;
                     let v = match std::str::from_utf8(s) {
-                        Ok(s) => Value::Str(s.to_string()),
-                        Err(_) => Value::Bytes(s.to_vec()),
+                        Ok(s) => Value::Str(s.into()),
+                        Err(_) => Value::Bytes(s.into()),
                     };
                     self.push(v)?;
                 }
@@ -616,11 +619,11 @@ impl<'a> Unpickler<'a> {
                         _ => self.len_u64()?,
                     };
                     let s = self.take(n)?;
-                    self.push(Value::Bytes(s.to_vec()))?;
+                    self.push(Value::Bytes(s.into()))?;
                 }
                 b'V' => {
                     let s = self.line()?.to_string();
-                    self.push(Value::Str(s))?;
+                    self.push(Value::Str(s.into()))?;
                 }
                 b')' => self.push(Value::Tuple(Rc::default()))?,
                 b't' => {
@@ -901,7 +904,7 @@ impl<'a> Unpickler<'a> {
             },
             Global::CodecsEncode => match (args.first(), args.get(1)) {
                 (Some(Value::Str(s)), Some(Value::Str(enc)))
-                    if enc == "latin1" || enc == "latin-1" =>
+                    if &**enc == "latin1" || &**enc == "latin-1" =>
                 {
                     let mut out = Vec::with_capacity(s.len());
                     for c in s.chars() {
@@ -911,7 +914,7 @@ impl<'a> Unpickler<'a> {
                         }
                         out.push(c as u8);
                     }
-                    Ok(Value::Bytes(out))
+                    Ok(Value::Bytes(out.into()))
                 }
                 _ => bail!("pickle: _codecs.encode with unexpected arguments"),
             },
@@ -927,12 +930,12 @@ impl<'a> Unpickler<'a> {
             bail!("pickle: persistent id is a {}, not a tuple", pid.kind());
         };
         let tag = match t.first() {
-            Some(Value::Str(s)) => s.as_str(),
+            Some(Value::Str(s)) => &**s,
             _ => bail!("pickle: persistent id without a type tag"),
         };
         if tag == "module" {
             let name = match t.get(2) {
-                Some(Value::Str(s)) => s.clone(),
+                Some(Value::Str(s)) => s.to_string(),
                 _ => "an nn.Module".to_string(),
             };
             return Ok(Value::ModuleSource(name));
@@ -956,7 +959,7 @@ impl<'a> Unpickler<'a> {
             other => bail!("pickle: storage type is a {}", other.kind()),
         };
         let key = match &t[2] {
-            Value::Str(s) => s.clone(),
+            Value::Str(s) => s.to_string(),
             Value::Int(i) => i.to_string(),
             other => bail!("pickle: storage key is a {}", other.kind()),
         };
