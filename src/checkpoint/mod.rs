@@ -332,20 +332,15 @@ fn select(root: Value, storages: &HashMap<String, Vec<u8>>, format: Format) -> R
             break;
         }
     }
-    let mut tensors = Vec::new();
     let mut dropped = Vec::new();
-    let mut seen = HashSet::new();
-    let mut budget = tensor_budget(storages);
-    flatten(
-        &cur,
-        "",
+    let mut walk = Flatten {
         storages,
-        &mut tensors,
-        &mut dropped,
-        &mut seen,
-        0,
-        &mut budget,
-    )?;
+        tensors: Vec::new(),
+        seen: HashSet::new(),
+        budget: tensor_budget(storages),
+    };
+    walk.dict(&cur, "", &mut dropped, 0)?;
+    let tensors = walk.tensors;
     if !dropped.is_empty() {
         notes.push(format!(
             "dropped non-tensor entries: {}",
@@ -383,54 +378,55 @@ fn tensor_budget(storages: &HashMap<String, Vec<u8>>) -> usize {
     stored.saturating_mul(2).saturating_add(64 << 20)
 }
 
-fn flatten(
-    d: &pickle::Dict,
-    prefix: &str,
-    storages: &HashMap<String, Vec<u8>>,
-    out: &mut Vec<(String, Tensor)>,
-    dropped: &mut Vec<String>,
-    seen: &mut HashSet<usize>,
-    depth: usize,
-    budget: &mut usize,
-) -> Result<()> {
-    if depth > 16 || !seen.insert(Rc::as_ptr(d) as usize) {
-        return Ok(());
-    }
-    for (k, v) in d.borrow().iter() {
-        let Some(k) = key_str(k) else {
-            dropped.push(format!("{prefix}<{} key>", k.kind()));
-            continue;
-        };
-        let name = format!("{prefix}{k}");
-        match v {
-            Value::Tensor(t) => {
-                let tensor =
-                    materialise(t, storages, budget).with_context(|| format!("tensor '{name}'"))?;
-                out.push((name, tensor));
-            }
-            Value::Dict(sub) => {
-                let before = out.len();
-                let mut sub_dropped = Vec::new();
-                flatten(
-                    sub,
-                    &format!("{name}."),
-                    storages,
-                    out,
-                    &mut sub_dropped,
-                    seen,
-                    depth + 1,
-                    budget,
-                )?;
-                if out.len() == before {
-                    dropped.push(name);
-                } else {
-                    dropped.extend(sub_dropped);
-                }
-            }
-            _ => dropped.push(name),
+/// Walks a state dict's nesting, materialising its tensors.
+struct Flatten<'a> {
+    storages: &'a HashMap<String, Vec<u8>>,
+    tensors: Vec<(String, Tensor)>,
+    /// Dicts already walked (the memo can share them).
+    seen: HashSet<usize>,
+    /// Bytes the tensors may still take ([`tensor_budget`]).
+    budget: usize,
+}
+
+impl Flatten<'_> {
+    /// The tensors of `d`, named `prefix` + key; what is not a tensor goes to `dropped`.
+    fn dict(
+        &mut self,
+        d: &pickle::Dict,
+        prefix: &str,
+        dropped: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > 16 || !self.seen.insert(Rc::as_ptr(d) as usize) {
+            return Ok(());
         }
+        for (k, v) in d.borrow().iter() {
+            let Some(k) = key_str(k) else {
+                dropped.push(format!("{prefix}<{} key>", k.kind()));
+                continue;
+            };
+            let name = format!("{prefix}{k}");
+            match v {
+                Value::Tensor(t) => {
+                    let tensor = materialise(t, self.storages, &mut self.budget)
+                        .with_context(|| format!("tensor '{name}'"))?;
+                    self.tensors.push((name, tensor));
+                }
+                Value::Dict(sub) => {
+                    let before = self.tensors.len();
+                    let mut sub_dropped = Vec::new();
+                    self.dict(sub, &format!("{name}."), &mut sub_dropped, depth + 1)?;
+                    if self.tensors.len() == before {
+                        dropped.push(name);
+                    } else {
+                        dropped.extend(sub_dropped);
+                    }
+                }
+                _ => dropped.push(name),
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Copies a tensor view out of its storage in row-major order, checking every bound.
