@@ -582,3 +582,48 @@ fn info_reports_the_limits_mode() {
         stderr(&o)
     );
 }
+
+/// `--weights` naming a FIFO with no writer or `/dev/zero` is one error line and exit 2, at
+/// once (reading either would block or never end).
+#[cfg(unix)]
+#[test]
+fn weights_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("w.safetensors");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for w in [fifo.as_path(), Path::new("/dev/zero")] {
+        let img = fixtures().join("img_64x64.png");
+        let out = dir.path().join("out");
+        let runs: [Vec<&dyn AsRef<std::ffi::OsStr>>; 2] = [
+            vec![&"info", &"--weights", &w, &"--backend", &"cpu"],
+            vec![
+                &"run",
+                &"--weights",
+                &w,
+                &"--backend",
+                &"cpu",
+                &"--out",
+                &out,
+                &img,
+            ],
+        ];
+        for args in runs {
+            let cmd = "info/run";
+            let o = lafam_gpu(&args);
+            assert_eq!(
+                o.status.code(),
+                Some(2),
+                "{cmd} {}: {}",
+                w.display(),
+                stderr(&o)
+            );
+            let errs = error_lines(&o);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].contains("not a regular file"), "{errs:?}");
+        }
+    }
+}

@@ -254,10 +254,21 @@ fn empty_truncated_and_non_image_files_are_named_errors() {
         let t = dir.path().join(name);
         fs::write(&t, &b[..b.len() / 2]).unwrap();
         let r = load_image(&t);
-        // JPEG decoders may fill a truncated scan; PNG and BMP must fail. Never a panic.
-        if fmt != ImageFormat::Jpeg {
-            let e = format!("{:#}", r.expect_err(name));
-            assert!(e.contains(name), "{e}");
+        // Every format fails, JPEG included (its decoder would fill the scan with grey).
+        let e = format!("{:#}", r.expect_err(name));
+        assert!(e.contains(name), "{e}");
+    }
+    // The bundled JPEGs (EXIF, baseline and progressive as found) load whole and fail cut
+    // anywhere from 30% to 95% of their length.
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    for name in ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"] {
+        let b = fs::read(assets.join(name)).unwrap();
+        load_image(&assets.join(name)).unwrap();
+        for pct in [30, 60, 95] {
+            let t = dir.path().join(format!("{pct}_{name}"));
+            fs::write(&t, &b[..b.len() * pct / 100]).unwrap();
+            let e = format!("{:#}", load_image(&t).expect_err(name));
+            assert!(e.contains("truncated"), "{pct}% of {name}: {e}");
         }
     }
     let t = dir.path().join("header_only.png");
@@ -456,4 +467,22 @@ fn colormaps_and_overlay() {
     assert_eq!(overlay(&a, &b, 0.5).get_pixel(1, 1), &Rgb([100, 100, 100]));
     assert_eq!(overlay(&a, &b, 0.0), a);
     assert_eq!(overlay(&a, &b, 1.0), b);
+}
+
+/// A FIFO with no writer, given as an image, is refused at once (opening it would block
+/// forever), and so is a character device.
+#[cfg(unix)]
+#[test]
+fn non_regular_files_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.png");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let e = err_of(&fifo);
+    assert!(e.contains("pipe.png") && e.contains("FIFO"), "{e}");
+    let e = err_of(Path::new("/dev/zero"));
+    assert!(e.contains("character device"), "{e}");
 }

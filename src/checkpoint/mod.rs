@@ -71,7 +71,7 @@ fn is_tar(bytes: &[u8]) -> bool {
 
 /// Reads a checkpoint file.
 pub fn read_checkpoint_file(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path)
+    let bytes = crate::io::files::read_regular(path)
         .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
     read_checkpoint(&bytes, &path.display().to_string())
 }

@@ -24,7 +24,8 @@ pub fn convert(args: &ConvertArgs) -> Result<u8> {
     if args.input == args.output {
         bail!("{shown}: input and output are the same file");
     }
-    let bytes = std::fs::read(&args.input).with_context(|| format!("{shown}: cannot read"))?;
+    let bytes = crate::io::files::read_regular(&args.input)
+        .with_context(|| format!("{shown}: cannot read"))?;
     let (st, ck) = convert_bytes(&bytes, &shown)?;
     for n in &ck.notes {
         eprintln!("note: {shown}: {n}");

@@ -168,6 +168,7 @@ fn finish(args: &EvalArgs, reports: &[Report]) -> Result<u8> {
 /// Reads an H×W map (also [1,H,W], [H,W,1], [1,H,W,1]) of float32 or float64.
 pub fn read_map(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
     let inner = || -> Result<(usize, usize, Vec<f32>)> {
+        crate::io::files::check_regular(path)?;
         let f = std::fs::File::open(path).context("cannot open")?;
         let npy = npyz::NpyFile::new(std::io::BufReader::new(f)).context("not a .npy file")?;
         ensure!(

@@ -172,6 +172,14 @@ pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
 /// A file: safetensors as is, a PyTorch checkpoint converted in memory.
 fn load_file(path: &Path) -> Result<LoadedWeights> {
     let shown = path.display().to_string();
+    // Not read before it is known to be a regular file (a FIFO would block, /dev/zero never
+    // ends); a missing file or a directory gets load_weights' own message.
+    if let Err(e) = crate::io::files::check_regular(path) {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
+            anyhow::bail!("{shown}: {e}");
+        }
+        return load_weights_or_explain(path);
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(_) => return load_weights_or_explain(path),

@@ -31,6 +31,7 @@ pub struct Labels {
 /// conversion is ever applied.
 pub fn load_labels(path: &Path) -> Result<Labels> {
     let inner = || -> Result<Labels> {
+        crate::io::files::check_regular(path)?;
         let file = std::fs::File::open(path).context("cannot open")?;
         let mut dec = png::Decoder::new(BufReader::new(file));
         dec.set_transformations(png::Transformations::STRIP_16);

@@ -55,17 +55,23 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
     r.map_err(|e| e.context(path.display().to_string()))
 }
 
+/// Whether a JPEG's last scan is followed by its end-of-image marker (`FF D9`). Inside
+/// entropy-coded data a `FF` byte is always followed by `00` or a restart marker, so the last
+/// start-of-scan (`FF DA`) in the file is the main image's last scan (embedded thumbnails
+/// come before it), and a cut file has no `FF D9` after it.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[last_scan + 2..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
 fn open_reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
-    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_problem(&e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| anyhow!("cannot read: {}", io_problem(&e)))?;
-    if meta.is_dir() {
-        bail!("is a directory");
-    }
-    if meta.len() == 0 {
+    // Before opening: a FIFO would block here forever.
+    if super::files::check_regular(path)? == 0 {
         bail!("empty file (0 bytes)");
     }
+    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_problem(&e)))?;
     // No path given to the reader: the format comes from the content only.
     let mut reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()
@@ -99,6 +105,14 @@ fn load_image_inner(path: &Path) -> Result<RgbImage> {
         bail!("{fmt} header claims {w}x{h} pixels, over the limit of {MAX_SIDE} pixels a side");
     }
 
+    // JPEG decoders fill a truncated scan with grey and report success; PIL refuses such
+    // files, and so do we.
+    if format == ImageFormat::Jpeg {
+        let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read: {}", io_problem(&e)))?;
+        if !jpeg_is_complete(&bytes) {
+            bail!("JPEG file ends early (truncated): no end-of-image marker after its last scan");
+        }
+    }
     // Pass 2: decode under the same limits (enforced by the decoders themselves too).
     let mut decoder = reader.into_decoder().map_err(|e| decode_problem(fmt, e))?;
     let total = decoder.total_bytes();

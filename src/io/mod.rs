@@ -1,6 +1,7 @@
-//! Image decoding and resizing, .npy output, colormaps and overlays, atomic writes.
+//! Input files (regular files only), image decoding and resizing, .npy output, colormaps and overlays, atomic writes.
 
 pub mod colormap;
+pub mod files;
 pub mod image;
 pub mod output;
 

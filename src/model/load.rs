@@ -73,6 +73,9 @@ pub fn load_weights(path: &Path) -> Result<LoadedWeights> {
     if meta.is_dir() {
         bail!("{shown}: is a directory, not a safetensors weights file");
     }
+    if let Err(e) = crate::io::files::check_regular(path) {
+        bail!("{shown}: {e}");
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => bail!("{shown}: cannot read weights file: {}", io_reason(&e)),
