@@ -602,6 +602,16 @@ fn download_verifies_and_then_reuses_the_cache() {
     let cache2 = tempfile::tempdir().unwrap();
     let prefix = source(&server.url, Some(sha256_hex(&body)[..8].to_string()));
     fetch(cache2.path(), &prefix, &mut |_, _| {}).unwrap();
+    // Another file at the cache path (put there by hand, or damaged) is checked on use too:
+    // an error naming it, and the file is left for the user to look at.
+    let other = ckpt("views_zip.pth");
+    std::fs::write(got.path(), &other).unwrap();
+    let err = format!(
+        "{:#}",
+        fetch(cache.path(), &closed, &mut |_, _| {}).unwrap_err()
+    );
+    assert!(err.contains("sha256") && err.contains("delete it"), "{err}");
+    assert_eq!(std::fs::read(got.path()).unwrap(), other);
 }
 
 #[test]
