@@ -346,7 +346,19 @@ fn resize_shorter_side_rules() {
 fn collect_inputs_expands_directories_sorted_non_recursive() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for n in ["b.JPG", "a.png", "c.txt", ".hidden.png", "z.webp"] {
+    // Our own outputs (a.lrp.png, a.lafam.overlay.png, a.relax-uncertainty.png) are skipped:
+    // `--out` may be an input directory. A name that only looks similar is not.
+    for n in [
+        "b.JPG",
+        "a.png",
+        "c.txt",
+        ".hidden.png",
+        "z.webp",
+        "a.lrp.png",
+        "a.lafam.overlay.png",
+        "a.relax-uncertainty.png",
+        "lrp.png",
+    ] {
         fs::write(d.join(n), b"x").unwrap();
     }
     fs::create_dir(d.join("sub")).unwrap();
@@ -366,7 +378,7 @@ fn collect_inputs_expands_directories_sorted_non_recursive() {
         .collect();
     // Directory first (sorted, image extensions only, no hidden, no recursion), then the
     // explicit non-image file (always tried); a.png given twice is kept once.
-    assert_eq!(names, ["a.png", "b.JPG", "z.webp", "c.txt"]);
+    assert_eq!(names, ["a.png", "b.JPG", "lrp.png", "z.webp", "c.txt"]);
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].contains("missing.png") && errors[0].contains("no such file"));
     assert!(errors[1].contains("none") && errors[1].contains("no image files"));

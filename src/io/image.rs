@@ -229,6 +229,29 @@ fn has_image_extension(p: &Path) -> bool {
 /// - The same path given twice is kept once.
 ///
 /// Returns the files in command-line order and one `path: problem` string per error.
+/// Whether `name` is one of the files `run` writes (`<stem>.<method>.png`,
+/// `<stem>.<method>.overlay.png`): skipped when a directory is listed, so that `--out` equal
+/// to an input directory does not explain the last run's maps.
+pub fn is_map_output(name: &str) -> bool {
+    const METHODS: [&str; 6] = [
+        "lafam",
+        "lrp",
+        "gradcam",
+        "eigencam",
+        "relax",
+        "relax-uncertainty",
+    ];
+    let lower = name.to_ascii_lowercase();
+    let Some(stem) = lower.strip_suffix(".png") else {
+        return false;
+    };
+    let stem = stem.strip_suffix(".overlay").unwrap_or(stem);
+    METHODS.iter().any(|m| {
+        stem.strip_suffix(m)
+            .is_some_and(|s| s.ends_with('.') && s.len() > 1)
+    })
+}
+
 pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
@@ -263,7 +286,10 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
         };
         let mut found: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                !name.starts_with('.') && !is_map_output(&name)
+            })
             .map(|e| e.path())
             .filter(|p| has_image_extension(p) && p.is_file())
             .collect();

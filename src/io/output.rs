@@ -38,6 +38,11 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
         w.flush()
             .with_context(|| format!("{}: write failed", path.display()))?;
     }
+    // On disk before the rename: a crash then leaves the old file or the new one, never a
+    // renamed file whose data was not written yet.
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("{}: write failed", path.display()))?;
     tmp.persist(path).map_err(|e| {
         anyhow::Error::new(e.error).context(format!("{}: cannot rename into place", path.display()))
     })?;
