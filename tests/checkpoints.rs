@@ -742,4 +742,10 @@ fn duplicated_bytes_are_shared_not_copied() {
     p.push(b'.');
     let err = read_checkpoint(&legacy_checkpoint(&p), "dup").unwrap_err();
     assert!(format!("{err:#}").contains("bytes"), "{err:#}");
+    // MEMOIZE past the memo's bound (2^20 entries, ~100 MB) stops there.
+    let mut m = b"\x80\x04N".to_vec();
+    m.extend(std::iter::repeat_n(0x94u8, (1 << 20) + 1));
+    m.push(b'.');
+    let err = read_checkpoint(&legacy_checkpoint(&m), "memo").unwrap_err();
+    assert!(format!("{err:#}").contains("memo exceeds"), "{err:#}");
 }
