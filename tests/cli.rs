@@ -329,6 +329,60 @@ fn same_stem_twice_is_an_error_not_an_overwrite() {
 }
 
 #[test]
+fn shards_agree_on_duplicate_stems_and_neither_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("dupA"), dir.path().join("dupB"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let first = a.join("same.png");
+    let second = b.join("same.jpg");
+    fs::copy(fixtures().join("img_64x64.png"), &first).unwrap();
+    // Recognised by content: a PNG named .jpg.
+    fs::copy(fixtures().join("img_48x80.png"), &second).unwrap();
+    let out = dir.path().join("out");
+    let npy = out.join("same.lafam.npy");
+    let mut written = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &weights(),
+            &"--backend",
+            &"cpu",
+            &"--shard",
+            &shard,
+            &"--out",
+            &out,
+            &first,
+            &second,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{shard}: {}", stderr(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{shard}: {}", stderr(&o));
+        assert!(
+            errs[0].contains(&*second.to_string_lossy())
+                && errs[0].contains(&*first.to_string_lossy()),
+            "{shard}: {}",
+            errs[0]
+        );
+        written.push(stdout(&o));
+        // dupA/same.png (the first in sorted order) is kept, whichever shard runs last.
+        let (shape, _) = read_npy(&npy);
+        assert_eq!(shape, [64, 64], "{shard}: same.lafam.npy was overwritten");
+    }
+    assert!(
+        written[0].starts_with("1 images explained"),
+        "{}",
+        written[0]
+    );
+    assert!(
+        written[1].starts_with("0 images explained"),
+        "{}",
+        written[1]
+    );
+}
+
+#[test]
 fn info_describes_the_fixture() {
     let o = lafam_gpu(&[&"info", &"--weights", &weights(), &"--backend", &"cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));

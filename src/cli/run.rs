@@ -154,6 +154,7 @@ pub struct RunArgs {
 
     /// Process only shard I of N (0-based): the inputs are sorted and input j goes to shard
     /// j mod N, so N jobs (Slurm array, Kubernetes indexed job) split a set deterministically.
+    /// Duplicate output names are checked over all inputs first: every shard reports them.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::eval::Shard>,
 
@@ -264,9 +265,10 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
         .with_context(|| format!("{}: cannot create the output directory", args.out.display()))?;
 
     let (mut files, errors) = collect_inputs(&args.inputs);
-    if let Some(shard) = args.shard {
+    if args.shard.is_some() {
+        // Every shard sees the same sorted list, so that the checks below give every shard
+        // the same answer.
         files.sort();
-        files = shard.select(files);
     }
     let mut failed = errors.len();
     for e in &errors {
@@ -275,10 +277,13 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
 
     // Output names come from the file stems: a second input with a stem already taken is an
     // error rather than a silent overwrite (compared case-insensitively, for file systems
-    // that are).
+    // that are). Checked over all inputs before sharding: every shard reports the same
+    // duplicates (and none writes them), whichever shard the first of them falls in.
     let mut jobs = Vec::with_capacity(files.len());
     let mut taken: HashMap<String, PathBuf> = HashMap::new();
-    for path in files {
+    // Input j of the (sorted) list belongs to shard j mod N.
+    let mine = |j: usize| args.shard.is_none_or(|s| j % s.count == s.index);
+    for (j, path) in files.into_iter().enumerate() {
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -302,7 +307,9 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
             }
             None => {
                 taken.insert(stem.to_lowercase(), path.clone());
-                jobs.push((path, stem));
+                if mine(j) {
+                    jobs.push((path, stem));
+                }
             }
         }
     }
