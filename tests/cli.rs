@@ -383,6 +383,103 @@ fn shards_agree_on_duplicate_stems_and_neither_overwrites() {
 }
 
 #[test]
+fn class_out_of_range_is_a_usage_error_before_any_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = good_images(dir.path());
+    let out = dir.path().join("out");
+    let r50 = fixtures().join("r50_tv.safetensors"); // a 10-class fc head
+    for method in ["gradcam", "lafam,gradcam"] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &r50,
+            &"--backend",
+            &"cpu",
+            &"--method",
+            &method,
+            &"--class",
+            &"10",
+            &"--out",
+            &out,
+            &imgs[0],
+            &imgs[1],
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", stderr(&o));
+        assert!(
+            errs[0].contains("--class 10") && errs[0].contains("10 classes"),
+            "{}",
+            errs[0]
+        );
+        assert!(!out.exists(), "nothing may be written");
+    }
+    // eval --weights: the same refusal, and --save-maps is not created.
+    let root = dir.path().join("ds");
+    fs::create_dir_all(root.join("images")).unwrap();
+    fs::create_dir_all(root.join("masks")).unwrap();
+    fs::copy(&imgs[0], root.join("images/a.png")).unwrap();
+    let saved = dir.path().join("saved");
+    let o = lafam_gpu(&[
+        &"eval",
+        &"--weights",
+        &r50,
+        &"--dataset",
+        &"folder",
+        &"--root",
+        &root,
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"gradcam",
+        &"--class",
+        &"12",
+        &"--save-maps",
+        &saved,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--class 12"), "{}", stderr(&o));
+    assert!(!saved.exists());
+    // Weights without a classifier: Grad-CAM itself is refused, once.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"gradcam",
+        &"--class",
+        &"3",
+        &"--out",
+        &out,
+        &imgs[0],
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("classifier"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // In range: maps are written.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &r50,
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"gradcam",
+        &"--class",
+        &"9",
+        &"--out",
+        &out,
+        &imgs[0],
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.join("img_64x64.gradcam.npy").is_file());
+}
+
+#[test]
 fn info_describes_the_fixture() {
     let o = lafam_gpu(&[&"info", &"--weights", &weights(), &"--backend", &"cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));

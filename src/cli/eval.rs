@@ -343,12 +343,12 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
     if let Some(s) = args.shard {
         entries = s.select(entries);
     }
+    let weights = resolve_weights(weights_path)?;
+    args.map.check_weights(&weights, weights_path)?;
     if let Some(d) = &args.save_maps {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
     }
-    let weights = resolve_weights(weights_path)?;
-    args.map.check_weights(&weights, weights_path)?;
     let (backend, note) = open_backend(args.map.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),

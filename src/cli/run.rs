@@ -118,7 +118,8 @@ impl MapArgs {
         }
     }
 
-    /// Refuses, before any work, a method the weights cannot serve (Grad-CAM needs `fc`).
+    /// Refuses, before any work, a method the weights cannot serve (Grad-CAM needs `fc`) and
+    /// a `--class` outside the classifier's classes (a usage error, not one per image).
     pub(crate) fn check_weights(
         &self,
         weights: &crate::model::LoadedWeights,
@@ -126,6 +127,15 @@ impl MapArgs {
     ) -> Result<()> {
         if self.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
             bail!("{}: {NEEDS_CLASSIFIER}", path.display());
+        }
+        if let (Some(c), Some((_, _, classes))) = (self.class, &weights.net.heads.fc) {
+            if c >= *classes {
+                bail!(
+                    "--class {c} is out of range: the classifier of {} has {classes} classes (0..{})",
+                    path.display(),
+                    classes.saturating_sub(1)
+                );
+            }
         }
         Ok(())
     }
