@@ -480,6 +480,47 @@ fn class_out_of_range_is_a_usage_error_before_any_image() {
 }
 
 #[test]
+fn newlines_in_file_names_cannot_forge_error_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    fs::create_dir(&inputs).unwrap();
+    // Not an image: one error line for it, with the newline escaped.
+    let bad = inputs.join("a\nerror: forged.png");
+    fs::write(&bad, b"not an image").unwrap();
+    let out = dir.path().join("out");
+    for input in [&inputs, &bad] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &weights(),
+            &"--backend",
+            &"cpu",
+            &"--out",
+            &out,
+            input,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", stderr(&o));
+        assert!(errs[0].contains("a\\nerror: forged.png"), "{}", errs[0]);
+        assert!(!stderr(&o).contains("\nerror: forged"), "{}", stderr(&o));
+    }
+    // A missing input named so: the same.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--out",
+        &out,
+        &dir.path().join("b\r\nerror: x\t.png"),
+    ]);
+    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("b\\r\\nerror: x\\t.png"), "{}", stderr(&o));
+}
+
+#[test]
 fn info_describes_the_fixture() {
     let o = lafam_gpu(&[&"info", &"--weights", &weights(), &"--backend", &"cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -20,6 +20,7 @@ use crate::eval::report::{self, ImageScore, Report, Skipped};
 use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
 use crate::explain::lafam::Explainer;
 use crate::io::write_npy_f32;
+use crate::io::Shown;
 use crate::tensor::HostTensor;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -131,12 +132,12 @@ pub fn eval(args: &EvalArgs) -> Result<u8> {
             .iter()
             .map(|p| {
                 let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                    .with_context(|| format!("{}: cannot read", p.shown()))?;
                 let v: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not JSON", p.display()))?;
+                    .with_context(|| format!("{}: not JSON", p.shown()))?;
                 let r = report::reports_from_json(&v)
-                    .with_context(|| format!("{}: not an eval report", p.display()))?;
-                Ok((p.display().to_string(), r))
+                    .with_context(|| format!("{}: not an eval report", p.shown()))?;
+                Ok((p.shown().to_string(), r))
             })
             .collect::<Result<Vec<_>>>()?;
         report::merge(parts)?
@@ -201,12 +202,12 @@ pub fn read_map(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         };
         Ok((h, w, data))
     };
-    inner().with_context(|| format!("{}: cannot read map", path.display()))
+    inner().with_context(|| format!("{}: cannot read map", path.shown()))
 }
 
 fn npy_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list directory", dir.display()))?
+        .with_context(|| format!("{}: cannot list directory", dir.shown()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
@@ -240,11 +241,7 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
         .into_iter()
         .map(|p| (stem_of(&p), p))
         .collect();
-    ensure!(
-        !maps.is_empty(),
-        "{}: no .npy maps found",
-        maps_dir.display()
-    );
+    ensure!(!maps.is_empty(), "{}: no .npy maps found", maps_dir.shown());
     let methods: Vec<Option<String>> = {
         let mut m: Vec<_> = maps.values().flat_map(|v| v.keys().cloned()).collect();
         m.sort();
@@ -278,7 +275,7 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
                         (None, _) => Err("missing map".to_string()),
                         (Some(_), None) => Err(format!(
                             "missing mask ({})",
-                            masks_dir.join(format!("{stem}.png")).display()
+                            masks_dir.join(format!("{stem}.png")).shown()
                         )),
                         (Some(_), Some(Err(e))) => Err(e.clone()),
                         (Some(p), Some(Ok(l))) => read_map(p)
@@ -322,8 +319,10 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
 
 fn report_skip(rep: &Reporter, stem: &str, method: Option<&str>, reason: &str) {
     let m = method.map(|m| format!(" ({m})")).unwrap_or_default();
-    rep.bar
-        .suspend(|| eprintln!("skipped: {stem}{m}: {reason}"));
+    rep.bar.suspend(|| {
+        let line = format!("{stem}{m}: {reason}");
+        eprintln!("skipped: {}", crate::io::escape_controls(&line));
+    });
 }
 
 fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
@@ -335,7 +334,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
     ensure!(
         !entries.is_empty(),
         "{}: the dataset has no images",
-        root.display()
+        root.shown()
     );
     if let Some(l) = args.limit {
         entries.truncate(l);
@@ -347,7 +346,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
     args.map.check_weights(&weights, weights_path)?;
     if let Some(d) = &args.save_maps {
         std::fs::create_dir_all(d)
-            .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
+            .with_context(|| format!("{}: cannot create the maps directory", d.shown()))?;
     }
     let (backend, note) = open_backend(args.map.backend)?;
     match &note {
@@ -397,7 +396,7 @@ pub fn eval_with<B: CamBackend>(
                 jobs.push((e.image, e.stem));
             }
             None => {
-                sink.skip_all(&e.stem, format!("missing mask for {}", e.image.display()));
+                sink.skip_all(&e.stem, format!("missing mask for {}", e.image.shown()));
                 sink.rep.done(1);
             }
         }
@@ -474,7 +473,7 @@ impl MapSink for ScoreSink<'_> {
                             self.args.void,
                             &self.opts,
                         )
-                        .map_err(|e| format!("{e} (image {})", p.path.display()));
+                        .map_err(|e| format!("{e} (image {})", p.path.shown()));
                         (*m, r)
                     })
                     .collect())

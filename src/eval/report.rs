@@ -205,7 +205,8 @@ pub fn merge(parts: Vec<(String, Vec<Report>)>) -> Result<Vec<Report>> {
             {
                 if let Some(prev) = seen.insert((r.method.clone(), stem.clone()), file.clone()) {
                     bail!(
-                        "{file}: image '{stem}' ({}) is also in {prev} (overlapping shards?)",
+                        "{file}: image '{}' ({}) is also in {prev} (overlapping shards?)",
+                        crate::io::escape_controls(stem),
                         r.method.as_deref().unwrap_or("maps")
                     );
                 }
