@@ -517,7 +517,11 @@ fn newlines_in_file_names_cannot_forge_error_lines() {
         &dir.path().join("b\r\nerror: x\t.png"),
     ]);
     assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
-    assert!(stderr(&o).contains("b\\r\\nerror: x\\t.png"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("b\\r\\nerror: x\\t.png"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

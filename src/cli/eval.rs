@@ -116,12 +116,33 @@ impl EvalArgs {
             ties: self.ties,
         }
     }
+    /// The settings every mode's scores depend on; [`annotate`] adds the mode's own.
     fn settings(&self) -> serde_json::Value {
         json!({
             "top_k": self.top_k,
             "ties": format!("{:?}", self.ties).to_lowercase(),
             "void": format!("{:?}", self.void).to_lowercase(),
+            "limit": self.limit,
+            "version": env!("CARGO_PKG_VERSION"),
         })
+    }
+}
+
+/// Adds a mode's settings (compared by `--merge`), its provenance (recorded only) and the
+/// shard to every report.
+fn annotate(
+    args: &EvalArgs,
+    reports: &mut [Report],
+    settings: serde_json::Value,
+    provenance: serde_json::Value,
+) {
+    for r in reports {
+        if let (Some(s), serde_json::Value::Object(extra)) = (r.settings.as_object_mut(), &settings)
+        {
+            s.extend(extra.clone());
+        }
+        r.provenance = provenance.clone();
+        r.shard = args.shard;
     }
 }
 
@@ -142,7 +163,17 @@ pub fn eval(args: &EvalArgs) -> Result<u8> {
             .collect::<Result<Vec<_>>>()?;
         report::merge(parts)?
     } else if let (Some(maps), Some(masks)) = (&args.maps, &args.masks) {
-        eval_maps(args, maps, masks)?
+        let mut reports = eval_maps(args, maps, masks)?;
+        annotate(
+            args,
+            &mut reports,
+            json!({ "mode": "maps" }),
+            json!({
+                "maps": maps.to_string_lossy(),
+                "masks": masks.to_string_lossy(),
+            }),
+        );
+        reports
     } else if let Some(w) = &args.weights {
         eval_dataset(args, w)?
     } else {
@@ -344,6 +375,9 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
     }
     let weights = resolve_weights(weights_path)?;
     args.map.check_weights(&weights, weights_path)?;
+    // What the weights are, by content (the path may differ between the machines of shards).
+    let size = std::fs::metadata(&weights.source).map(|m| m.len()).ok();
+    let sha256 = crate::checkpoint::download::sha256_file(&weights.source).ok();
     if let Some(d) = &args.save_maps {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the maps directory", d.shown()))?;
@@ -353,13 +387,36 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
         None => eprintln!("backend: {}", backend.describe()),
     }
-    crate::with_backend!(backend, b => {
+    let m = &args.map;
+    let settings = json!({
+        "mode": "dataset",
+        "dataset": format!("{kind:?}").to_lowercase(),
+        "split": args.split,
+        "weights": { "size": size, "sha256": sha256 },
+        "arch": weights.net.arch_name(),
+        "layer": m.layer.to_string(),
+        "rule": m.method.contains(&Method::Lrp).then(|| m.rule.to_string()),
+        "size": m.size,
+        "upsample": format!("{:?}", m.upsample).to_lowercase(),
+        "class": m.class,
+        "relax_masks": m.method.contains(&Method::Relax).then_some(args.relax_masks),
+        "seed": m.method.contains(&Method::Relax).then_some(m.seed),
+        "backend": backend.kind(),
+    });
+    let provenance = json!({
+        "weights": weights.source.to_string_lossy(),
+        "adapter": backend.describe(),
+        "root": root.to_string_lossy(),
+    });
+    let mut reports = crate::with_backend!(backend, b => {
         let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
         if args.map.method.contains(&Method::Lrp) {
             explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
         }
         eval_with(&mut explainer, args, kind, entries)
-    })
+    })?;
+    annotate(args, &mut reports, settings, provenance);
+    Ok(reports)
 }
 
 /// `eval --dataset` over a prepared explainer.
