@@ -523,6 +523,8 @@ fn shards_merge_to_one_run() {
         let e = edited(&|v| v["reports"][0]["images"][0][metric] = bad.into());
         refused(&[p0, &e, p2], &["edited.json", metric, &format!("{bad}")]);
     }
+    let e = edited(&|v| v["reports"][1]["mean"]["pointing_game"] = (-3.0).into());
+    refused(&[p0, &e, p2], &["edited.json", "mean pointing_game", "-3"]);
     // Untouched parts still merge.
     let o = lafam_gpu(&[&"eval", &"--merge", &p2, &p0, &p1, &"--json", &merged]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

@@ -158,6 +158,7 @@ pub fn eval(args: &EvalArgs) -> Result<u8> {
                     .with_context(|| format!("{}: not JSON", p.shown()))?;
                 let r = report::reports_from_json(&v)
                     .with_context(|| format!("{}: not an eval report", p.shown()))?;
+                report::check_means(&v).with_context(|| p.shown().to_string())?;
                 Ok((p.shown().to_string(), r))
             })
             .collect::<Result<Vec<_>>>()?;

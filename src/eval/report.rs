@@ -213,6 +213,37 @@ pub fn in_range(m: usize, v: f64) -> (bool, &'static str) {
     }
 }
 
+/// Refuses a report file whose `mean` values are out of range (the pointing game's mean in
+/// [0, 1], the others as [`in_range`]); the means are recomputed on merge, but a part that
+/// states impossible ones is not trusted.
+pub fn check_means(v: &Value) -> Result<()> {
+    let reports: Vec<&Value> = match v.get("reports").and_then(Value::as_array) {
+        Some(list) => list.iter().collect(),
+        None => vec![v],
+    };
+    for r in reports {
+        for (m, name) in METRICS.iter().enumerate() {
+            let Some(x) = r
+                .get("mean")
+                .and_then(|mean| mean.get(*name))
+                .and_then(Value::as_f64)
+            else {
+                continue;
+            };
+            let (ok, range) = match m {
+                0 => ((0.0..=1.0).contains(&x), "in [0, 1]"),
+                _ => in_range(m, x),
+            };
+            ensure!(
+                ok,
+                "mean {name} = {x} ({}) is not {range}",
+                r["method"].as_str().unwrap_or("maps")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The first setting (a dotted key) where `a` and `b` differ, with both values.
 fn first_difference(a: &Value, b: &Value, key: &str) -> Option<(String, String, String)> {
     match (a, b) {
