@@ -457,3 +457,18 @@ fn colormaps_and_overlay() {
     assert_eq!(overlay(&a, &b, 0.0), a);
     assert_eq!(overlay(&a, &b, 1.0), b);
 }
+
+#[test]
+fn names_in_messages_have_control_characters_escaped() {
+    use lafam_gpu::io::{escape_controls, Shown};
+    assert_eq!(escape_controls("plain é.png"), "plain é.png");
+    assert_eq!(
+        escape_controls("a\nerror: b\r\tc\u{1b}[31m\u{7f}.png"),
+        "a\\nerror: b\\r\\tc\\u{1b}[31m\\u{7f}.png"
+    );
+    // Bidirectional overrides cannot reorder the line either.
+    assert_eq!(escape_controls("x\u{202e}gnp.exe"), "x\\u{202e}gnp.exe");
+    let p = Path::new("dir/a\nerror: forged.png");
+    assert_eq!(p.shown().to_string(), "dir/a\\nerror: forged.png");
+    assert_eq!(Path::new("ok/name.png").shown().to_string(), "ok/name.png");
+}
