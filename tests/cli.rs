@@ -329,6 +329,202 @@ fn same_stem_twice_is_an_error_not_an_overwrite() {
 }
 
 #[test]
+fn shards_agree_on_duplicate_stems_and_neither_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("dupA"), dir.path().join("dupB"));
+    fs::create_dir(&a).unwrap();
+    fs::create_dir(&b).unwrap();
+    let first = a.join("same.png");
+    let second = b.join("same.jpg");
+    fs::copy(fixtures().join("img_64x64.png"), &first).unwrap();
+    // Recognised by content: a PNG named .jpg.
+    fs::copy(fixtures().join("img_48x80.png"), &second).unwrap();
+    let out = dir.path().join("out");
+    let npy = out.join("same.lafam.npy");
+    let mut written = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &weights(),
+            &"--backend",
+            &"cpu",
+            &"--shard",
+            &shard,
+            &"--out",
+            &out,
+            &first,
+            &second,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{shard}: {}", stderr(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{shard}: {}", stderr(&o));
+        assert!(
+            errs[0].contains(&*second.to_string_lossy())
+                && errs[0].contains(&*first.to_string_lossy()),
+            "{shard}: {}",
+            errs[0]
+        );
+        written.push(stdout(&o));
+        // dupA/same.png (the first in sorted order) is kept, whichever shard runs last.
+        let (shape, _) = read_npy(&npy);
+        assert_eq!(shape, [64, 64], "{shard}: same.lafam.npy was overwritten");
+    }
+    assert!(
+        written[0].starts_with("1 images explained"),
+        "{}",
+        written[0]
+    );
+    assert!(
+        written[1].starts_with("0 images explained"),
+        "{}",
+        written[1]
+    );
+}
+
+#[test]
+fn class_out_of_range_is_a_usage_error_before_any_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = good_images(dir.path());
+    let out = dir.path().join("out");
+    let r50 = fixtures().join("r50_tv.safetensors"); // a 10-class fc head
+    for method in ["gradcam", "lafam,gradcam"] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &r50,
+            &"--backend",
+            &"cpu",
+            &"--method",
+            &method,
+            &"--class",
+            &"10",
+            &"--out",
+            &out,
+            &imgs[0],
+            &imgs[1],
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", stderr(&o));
+        assert!(
+            errs[0].contains("--class 10") && errs[0].contains("10 classes"),
+            "{}",
+            errs[0]
+        );
+        assert!(!out.exists(), "nothing may be written");
+    }
+    // eval --weights: the same refusal, and --save-maps is not created.
+    let root = dir.path().join("ds");
+    fs::create_dir_all(root.join("images")).unwrap();
+    fs::create_dir_all(root.join("masks")).unwrap();
+    fs::copy(&imgs[0], root.join("images/a.png")).unwrap();
+    let saved = dir.path().join("saved");
+    let o = lafam_gpu(&[
+        &"eval",
+        &"--weights",
+        &r50,
+        &"--dataset",
+        &"folder",
+        &"--root",
+        &root,
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"gradcam",
+        &"--class",
+        &"12",
+        &"--save-maps",
+        &saved,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--class 12"), "{}", stderr(&o));
+    assert!(!saved.exists());
+    // Weights without a classifier: Grad-CAM itself is refused, once.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"gradcam",
+        &"--class",
+        &"3",
+        &"--out",
+        &out,
+        &imgs[0],
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("classifier"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // In range: maps are written.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &r50,
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"gradcam",
+        &"--class",
+        &"9",
+        &"--out",
+        &out,
+        &imgs[0],
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.join("img_64x64.gradcam.npy").is_file());
+}
+
+#[test]
+fn newlines_in_file_names_cannot_forge_error_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    fs::create_dir(&inputs).unwrap();
+    // Not an image: one error line for it, with the newline escaped.
+    let bad = inputs.join("a\nerror: forged.png");
+    fs::write(&bad, b"not an image").unwrap();
+    let out = dir.path().join("out");
+    for input in [&inputs, &bad] {
+        let o = lafam_gpu(&[
+            &"run",
+            &"--weights",
+            &weights(),
+            &"--backend",
+            &"cpu",
+            &"--out",
+            &out,
+            input,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let errs = error_lines(&o);
+        assert_eq!(errs.len(), 1, "{}", stderr(&o));
+        assert!(errs[0].contains("a\\nerror: forged.png"), "{}", errs[0]);
+        assert!(!stderr(&o).contains("\nerror: forged"), "{}", stderr(&o));
+    }
+    // A missing input named so: the same.
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--out",
+        &out,
+        &dir.path().join("b\r\nerror: x\t.png"),
+    ]);
+    assert_eq!(error_lines(&o).len(), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("b\\r\\nerror: x\\t.png"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn info_describes_the_fixture() {
     let o = lafam_gpu(&[&"info", &"--weights", &weights(), &"--backend", &"cpu"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -440,6 +440,96 @@ fn shards_merge_to_one_run() {
         &"eval", &"--merge", &parts[0], &parts[0], &"--json", &merged,
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // Provenance: what the scores depend on, recorded in every report.
+    let part0: Value = serde_json::from_str(&fs::read_to_string(&parts[0]).unwrap()).unwrap();
+    let r0 = &part0["reports"][0];
+    assert_eq!(r0["shard"], "0/3");
+    let s = &r0["settings"];
+    let bytes = fs::read(weights()).unwrap();
+    assert_eq!(s["weights"]["size"], bytes.len() as u64);
+    let sha = s["weights"]["sha256"].as_str().unwrap();
+    assert!(
+        sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+        "{sha}"
+    );
+    for (k, want) in [
+        ("layer", "layer3"),
+        ("upsample", "nearest"),
+        ("backend", "cpu"),
+        ("ties", "expected"),
+        ("dataset", "folder"),
+        ("version", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert_eq!(s[k].as_str(), Some(want), "settings.{k}: {s}");
+    }
+    assert!(s["arch"].as_str().unwrap().starts_with("ResNet-18"), "{s}");
+    assert_eq!(s["size"], 224);
+    assert_eq!(s["top_k"], 100);
+    assert!(s["rule"].is_string(), "{s}");
+    assert!(r0["provenance"]["weights"]
+        .as_str()
+        .unwrap()
+        .ends_with("r18_swav.safetensors"));
+    assert!(r0["provenance"]["adapter"].is_string());
+    assert_eq!(
+        m["reports"][0]["shard"],
+        Value::Null,
+        "a merged report is whole"
+    );
+
+    // Refusals: one error line, exit 2, naming the file(s) and what is wrong.
+    let refused = |files: &[&Path], words: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"eval", &"--merge"];
+        for f in files {
+            args.push(f);
+        }
+        let o = lafam_gpu(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        for w in words {
+            assert!(lines[0].contains(w), "'{w}' not in: {}", lines[0]);
+        }
+    };
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let (p0, p1, p2) = (parts[0].as_path(), parts[1].as_path(), parts[2].as_path());
+    refused(&[p0, p2], &["1/3", "missing"]);
+    refused(&[p0, p1, p2, p1], &[&name(p1), "both shard 1/3"]);
+    // A part edited to another run's settings, and out-of-range values.
+    let edited = |f: &dyn Fn(&mut Value)| {
+        let mut v: Value = serde_json::from_str(&fs::read_to_string(p1).unwrap()).unwrap();
+        f(&mut v);
+        let p = dir.path().join("edited.json");
+        fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let e = edited(&|v| {
+        for r in v["reports"].as_array_mut().unwrap() {
+            r["settings"]["layer"] = "layer2".into();
+            r["settings"]["arch"] = "resnet50".into();
+        }
+    });
+    refused(
+        &[p0, &e, p2],
+        &["edited.json", &name(p0), "arch", "resnet50"],
+    );
+    let e = edited(&|v| v["reports"][1]["settings"]["weights"]["sha256"] = "00".into());
+    refused(&[p0, &e, p2], &["edited.json", "weights.sha256"]);
+    let e = edited(&|v| v["reports"][0]["shard"] = "1/4".into());
+    refused(&[p0, &e, p2], &["edited.json", "1/4", "0/3"]);
+    for (metric, bad) in [("pointing_game", -3.0), ("auc", 5.0), ("sparseness", 1.5)] {
+        let e = edited(&|v| v["reports"][0]["images"][0][metric] = bad.into());
+        refused(&[p0, &e, p2], &["edited.json", metric, &format!("{bad}")]);
+    }
+    let e = edited(&|v| v["reports"][1]["mean"]["pointing_game"] = (-3.0).into());
+    refused(&[p0, &e, p2], &["edited.json", "mean pointing_game", "-3"]);
+    // Untouched parts still merge.
+    let o = lafam_gpu(&[&"eval", &"--merge", &p2, &p0, &p1, &"--json", &merged]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let again: Value = serde_json::from_str(&fs::read_to_string(&merged).unwrap()).unwrap();
+    assert_eq!(again, all);
 }
 
 #[test]

@@ -498,3 +498,18 @@ fn non_regular_files_are_refused_without_blocking() {
     let e = err_of(Path::new("/dev/zero"));
     assert!(e.contains("character device"), "{e}");
 }
+
+#[test]
+fn names_in_messages_have_control_characters_escaped() {
+    use lafam_gpu::io::{escape_controls, Shown};
+    assert_eq!(escape_controls("plain é.png"), "plain é.png");
+    assert_eq!(
+        escape_controls("a\nerror: b\r\tc\u{1b}[31m\u{7f}.png"),
+        "a\\nerror: b\\r\\tc\\u{1b}[31m\\u{7f}.png"
+    );
+    // Bidirectional overrides cannot reorder the line either.
+    assert_eq!(escape_controls("x\u{202e}gnp.exe"), "x\\u{202e}gnp.exe");
+    let p = Path::new("dir/a\nerror: forged.png");
+    assert_eq!(p.shown().to_string(), "dir/a\\nerror: forged.png");
+    assert_eq!(Path::new("ok/name.png").shown().to_string(), "ok/name.png");
+}

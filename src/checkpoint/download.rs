@@ -10,6 +10,7 @@
 //! Cache directory: `--cache-dir`, else `$LAFAM_GPU_CACHE`, else `$XDG_CACHE_HOME/lafam-gpu`,
 //! else `~/.cache/lafam-gpu` (`%LOCALAPPDATA%\lafam-gpu` on Windows).
 
+use crate::io::Shown;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -95,7 +96,7 @@ pub fn fetch(
                 bail!(
                     "{}: cached file has {have} bytes, {want} expected: delete it to download \
                      it again",
-                    dst.display()
+                    dst.shown()
                 );
             }
         }
@@ -108,7 +109,7 @@ pub fn fetch(
                 bail!(
                     "{}: the cached file's sha256 is {got}, the publisher states {want}{}: it \
                      is not {}; delete it to download it again",
-                    dst.display(),
+                    dst.shown(),
                     if want.len() < 64 { "..." } else { "" },
                     src.name
                 );
@@ -118,7 +119,7 @@ pub fn fetch(
     }
     let dir = dst.parent().expect("cache path has a parent");
     fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+        .with_context(|| format!("cannot create the cache directory {}", dir.shown()))?;
     let part = dir.join(format!("{}.part", src.file_name));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -162,7 +163,7 @@ pub fn fetch(
              run again to resume)",
             src.name,
             src.url,
-            part.display()
+            part.shown()
         )));
     }
     let have = fs::metadata(&part)?.len();
@@ -171,7 +172,7 @@ pub fn fetch(
             bail!(
                 "{}: downloaded {have} bytes, {t} expected ({} kept; run again to resume)",
                 src.name,
-                part.display()
+                part.shown()
             );
         }
     }
@@ -190,7 +191,7 @@ pub fn fetch(
         }
     }
     fs::rename(&part, &dst)
-        .with_context(|| format!("cannot move the download to {}", dst.display()))?;
+        .with_context(|| format!("cannot move the download to {}", dst.shown()))?;
     Ok(Fetched::Downloaded(dst, have, attempts))
 }
 
@@ -221,7 +222,7 @@ fn offline_error(src: &Source, dst: &Path, e: &anyhow::Error) -> anyhow::Error {
          --cache-dir or LAFAM_GPU_CACHE to use another cache directory)",
         src.name,
         src.url,
-        dst.display(),
+        dst.shown(),
         src.file_name
     )
 }
@@ -271,7 +272,7 @@ fn attempt(
             if let Some(l) = length {
                 check_total(total, l, src)?;
             }
-            File::create(part).with_context(|| format!("cannot write {}", part.display()))?
+            File::create(part).with_context(|| format!("cannot write {}", part.shown()))?
         }
         206 if have > 0 => {
             // Content-Range: bytes START-END/TOTAL
@@ -314,7 +315,7 @@ fn attempt(
             }
         };
         file.write_all(&buf[..n])
-            .with_context(|| format!("cannot write {}", part.display()))?;
+            .with_context(|| format!("cannot write {}", part.shown()))?;
         done += n as u64;
         progress(done, *total);
     }

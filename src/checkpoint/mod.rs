@@ -22,6 +22,7 @@ pub mod download;
 pub mod models;
 pub mod pickle;
 
+use crate::io::Shown;
 use anyhow::{bail, Context, Result};
 use pickle::{unpickle, DType, Pid, StorageRef, TensorRef, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -72,8 +73,8 @@ fn is_tar(bytes: &[u8]) -> bool {
 /// Reads a checkpoint file.
 pub fn read_checkpoint_file(path: &Path) -> Result<Checkpoint> {
     let bytes = crate::io::files::read_regular(path)
-        .with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
-    read_checkpoint(&bytes, &path.display().to_string())
+        .with_context(|| format!("{}: cannot read checkpoint", path.shown()))?;
+    read_checkpoint(&bytes, &path.shown().to_string())
 }
 
 /// Reads checkpoint bytes; `source` names them in messages.

@@ -4,6 +4,7 @@
 use super::EXIT_OK;
 use crate::checkpoint::{convert_bytes, dtype_counts, Format};
 use crate::io::output::write_atomic;
+use crate::io::Shown;
 use crate::model::load::load_weights_from_bytes;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -20,7 +21,7 @@ pub struct ConvertArgs {
 }
 
 pub fn convert(args: &ConvertArgs) -> Result<u8> {
-    let shown = args.input.display().to_string();
+    let shown = args.input.shown().to_string();
     if args.input == args.output {
         bail!("{shown}: input and output are the same file");
     }
@@ -51,7 +52,7 @@ pub fn convert(args: &ConvertArgs) -> Result<u8> {
         } else {
             format!(" (under '{}')", ck.path.join("."))
         },
-        args.output.display()
+        args.output.shown()
     );
     match load_weights_from_bytes(&st, &args.output) {
         Ok(lw) => println!(

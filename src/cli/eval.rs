@@ -20,6 +20,7 @@ use crate::eval::report::{self, ImageScore, Report, Skipped};
 use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
 use crate::explain::lafam::Explainer;
 use crate::io::write_npy_f32;
+use crate::io::Shown;
 use crate::tensor::HostTensor;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -115,12 +116,33 @@ impl EvalArgs {
             ties: self.ties,
         }
     }
+    /// The settings every mode's scores depend on; [`annotate`] adds the mode's own.
     fn settings(&self) -> serde_json::Value {
         json!({
             "top_k": self.top_k,
             "ties": format!("{:?}", self.ties).to_lowercase(),
             "void": format!("{:?}", self.void).to_lowercase(),
+            "limit": self.limit,
+            "version": env!("CARGO_PKG_VERSION"),
         })
+    }
+}
+
+/// Adds a mode's settings (compared by `--merge`), its provenance (recorded only) and the
+/// shard to every report.
+fn annotate(
+    args: &EvalArgs,
+    reports: &mut [Report],
+    settings: serde_json::Value,
+    provenance: serde_json::Value,
+) {
+    for r in reports {
+        if let (Some(s), serde_json::Value::Object(extra)) = (r.settings.as_object_mut(), &settings)
+        {
+            s.extend(extra.clone());
+        }
+        r.provenance = provenance.clone();
+        r.shard = args.shard;
     }
 }
 
@@ -131,17 +153,28 @@ pub fn eval(args: &EvalArgs) -> Result<u8> {
             .iter()
             .map(|p| {
                 let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                    .with_context(|| format!("{}: cannot read", p.shown()))?;
                 let v: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not JSON", p.display()))?;
+                    .with_context(|| format!("{}: not JSON", p.shown()))?;
                 let r = report::reports_from_json(&v)
-                    .with_context(|| format!("{}: not an eval report", p.display()))?;
-                Ok((p.display().to_string(), r))
+                    .with_context(|| format!("{}: not an eval report", p.shown()))?;
+                report::check_means(&v).with_context(|| p.shown().to_string())?;
+                Ok((p.shown().to_string(), r))
             })
             .collect::<Result<Vec<_>>>()?;
         report::merge(parts)?
     } else if let (Some(maps), Some(masks)) = (&args.maps, &args.masks) {
-        eval_maps(args, maps, masks)?
+        let mut reports = eval_maps(args, maps, masks)?;
+        annotate(
+            args,
+            &mut reports,
+            json!({ "mode": "maps" }),
+            json!({
+                "maps": maps.to_string_lossy(),
+                "masks": masks.to_string_lossy(),
+            }),
+        );
+        reports
     } else if let Some(w) = &args.weights {
         eval_dataset(args, w)?
     } else {
@@ -202,12 +235,12 @@ pub fn read_map(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         };
         Ok((h, w, data))
     };
-    inner().with_context(|| format!("{}: cannot read map", path.display()))
+    inner().with_context(|| format!("{}: cannot read map", path.shown()))
 }
 
 fn npy_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list directory", dir.display()))?
+        .with_context(|| format!("{}: cannot list directory", dir.shown()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
@@ -241,11 +274,7 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
         .into_iter()
         .map(|p| (stem_of(&p), p))
         .collect();
-    ensure!(
-        !maps.is_empty(),
-        "{}: no .npy maps found",
-        maps_dir.display()
-    );
+    ensure!(!maps.is_empty(), "{}: no .npy maps found", maps_dir.shown());
     let methods: Vec<Option<String>> = {
         let mut m: Vec<_> = maps.values().flat_map(|v| v.keys().cloned()).collect();
         m.sort();
@@ -279,7 +308,7 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
                         (None, _) => Err("missing map".to_string()),
                         (Some(_), None) => Err(format!(
                             "missing mask ({})",
-                            masks_dir.join(format!("{stem}.png")).display()
+                            masks_dir.join(format!("{stem}.png")).shown()
                         )),
                         (Some(_), Some(Err(e))) => Err(e.clone()),
                         (Some(p), Some(Ok(l))) => read_map(p)
@@ -323,8 +352,10 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
 
 fn report_skip(rep: &Reporter, stem: &str, method: Option<&str>, reason: &str) {
     let m = method.map(|m| format!(" ({m})")).unwrap_or_default();
-    rep.bar
-        .suspend(|| eprintln!("skipped: {stem}{m}: {reason}"));
+    rep.bar.suspend(|| {
+        let line = format!("{stem}{m}: {reason}");
+        eprintln!("skipped: {}", crate::io::escape_controls(&line));
+    });
 }
 
 fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
@@ -336,7 +367,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
     ensure!(
         !entries.is_empty(),
         "{}: the dataset has no images",
-        root.display()
+        root.shown()
     );
     if let Some(l) = args.limit {
         entries.truncate(l);
@@ -344,24 +375,50 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
     if let Some(s) = args.shard {
         entries = s.select(entries);
     }
-    if let Some(d) = &args.save_maps {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("{}: cannot create the maps directory", d.display()))?;
-    }
     let weights = resolve_weights(weights_path)?;
     args.map.check_weights(&weights, weights_path)?;
+    // What the weights are, by content (the path may differ between the machines of shards).
+    let size = std::fs::metadata(&weights.source).map(|m| m.len()).ok();
+    let sha256 = crate::checkpoint::download::sha256_file(&weights.source).ok();
+    if let Some(d) = &args.save_maps {
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("{}: cannot create the maps directory", d.shown()))?;
+    }
     let (backend, note) = open_backend(args.map.backend)?;
     match &note {
         Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
         None => eprintln!("backend: {}", backend.describe()),
     }
-    crate::with_backend!(backend, b => {
+    let m = &args.map;
+    let settings = json!({
+        "mode": "dataset",
+        "dataset": format!("{kind:?}").to_lowercase(),
+        "split": args.split,
+        "weights": { "size": size, "sha256": sha256 },
+        "arch": weights.net.arch_name(),
+        "layer": m.layer.to_string(),
+        "rule": m.method.contains(&Method::Lrp).then(|| m.rule.to_string()),
+        "size": m.size,
+        "upsample": format!("{:?}", m.upsample).to_lowercase(),
+        "class": m.class,
+        "relax_masks": m.method.contains(&Method::Relax).then_some(args.relax_masks),
+        "seed": m.method.contains(&Method::Relax).then_some(m.seed),
+        "backend": backend.kind(),
+    });
+    let provenance = json!({
+        "weights": weights.source.to_string_lossy(),
+        "adapter": backend.describe(),
+        "root": root.to_string_lossy(),
+    });
+    let mut reports = crate::with_backend!(backend, b => {
         let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
         if args.map.method.contains(&Method::Lrp) {
             explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
         }
         eval_with(&mut explainer, args, kind, entries)
-    })
+    })?;
+    annotate(args, &mut reports, settings, provenance);
+    Ok(reports)
 }
 
 /// `eval --dataset` over a prepared explainer.
@@ -398,7 +455,7 @@ pub fn eval_with<B: CamBackend>(
                 jobs.push((e.image, e.stem));
             }
             None => {
-                sink.skip_all(&e.stem, format!("missing mask for {}", e.image.display()));
+                sink.skip_all(&e.stem, format!("missing mask for {}", e.image.shown()));
                 sink.rep.done(1);
             }
         }
@@ -475,7 +532,7 @@ impl MapSink for ScoreSink<'_> {
                             self.args.void,
                             &self.opts,
                         )
-                        .map_err(|e| format!("{e} (image {})", p.path.display()));
+                        .map_err(|e| format!("{e} (image {})", p.path.shown()));
                         (*m, r)
                     })
                     .collect())

@@ -2,6 +2,7 @@
 
 use super::backends::{open_backend, BackendChoice};
 use super::{resolve_weights, EXIT_OK};
+use crate::io::Shown;
 use crate::model::BlockKind;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ pub fn info(args: &InfoArgs) -> Result<u8> {
             BlockKind::Basic => "basic blocks",
             BlockKind::Bottleneck => "bottleneck blocks",
         };
-        println!("weights:           {}", lw.source.display());
+        println!("weights:           {}", lw.source.shown());
         println!("architecture:      {} ({kind})", net.arch_name());
         println!("blocks per stage:  {:?}", net.blocks_per_stage());
         println!("stem channels:     {}", net.stem.cout);

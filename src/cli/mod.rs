@@ -14,6 +14,7 @@ pub mod run;
 use crate::checkpoint::download::{cache_dir, fetch, Fetched};
 use crate::checkpoint::models::{find_model, model_names};
 use crate::checkpoint::{convert_bytes, looks_like_pytorch};
+use crate::io::Shown;
 use crate::model::load::load_weights_from_bytes;
 use crate::model::{load_weights, LoadedWeights};
 use anyhow::{bail, Result};
@@ -104,7 +105,7 @@ pub enum Command {
 /// already does).
 pub fn load_weights_or_explain(path: &Path) -> Result<LoadedWeights> {
     load_weights(path).map_err(|e| {
-        let shown = path.display().to_string();
+        let shown = path.shown().to_string();
         if format!("{e:#}").contains(&shown) {
             e
         } else {
@@ -136,7 +137,7 @@ pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
                 model.training,
                 model.licence,
                 model.url,
-                dst.display()
+                dst.shown()
             );
         }
         let bar = indicatif::ProgressBar::new(0);
@@ -155,14 +156,15 @@ pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
         bar.finish_and_clear();
         let fetched = fetched?;
         if let Fetched::Downloaded(p, n, _) = &fetched {
-            eprintln!("downloaded {n} bytes to {}", p.display());
+            eprintln!("downloaded {n} bytes to {}", p.shown());
         }
         return load_file(fetched.path());
     }
     let looks_like_name = arg.components().count() == 1 && arg.extension().is_none();
     if looks_like_name && !arg.exists() {
         bail!(
-            "{name}: no such file, and not a known model name (known: {})",
+            "{}: no such file, and not a known model name (known: {})",
+            crate::io::escape_controls(&name),
             model_names()
         );
     }
@@ -171,7 +173,7 @@ pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
 
 /// A file: safetensors as is, a PyTorch checkpoint converted in memory.
 fn load_file(path: &Path) -> Result<LoadedWeights> {
-    let shown = path.display().to_string();
+    let shown = path.shown().to_string();
     // Not read before it is known to be a regular file (a FIFO would block, /dev/zero never
     // ends); a missing file or a directory gets load_weights' own message.
     if let Err(e) = crate::io::files::check_regular(path) {

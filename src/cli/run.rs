@@ -12,6 +12,7 @@ use crate::backend::CamBackend;
 use crate::explain::gradcam::{CamRequest, NEEDS_CLASSIFIER};
 use crate::explain::lafam::{Explainer, ImageBatch};
 use crate::explain::relax::RelaxConfig;
+use crate::io::Shown;
 use crate::io::{
     collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
     resize_shorter_side, write_npy_f32, write_png,
@@ -118,14 +119,24 @@ impl MapArgs {
         }
     }
 
-    /// Refuses, before any work, a method the weights cannot serve (Grad-CAM needs `fc`).
+    /// Refuses, before any work, a method the weights cannot serve (Grad-CAM needs `fc`) and
+    /// a `--class` outside the classifier's classes (a usage error, not one per image).
     pub(crate) fn check_weights(
         &self,
         weights: &crate::model::LoadedWeights,
         path: &Path,
     ) -> Result<()> {
         if self.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
-            bail!("{}: {NEEDS_CLASSIFIER}", path.display());
+            bail!("{}: {NEEDS_CLASSIFIER}", path.shown());
+        }
+        if let (Some(c), Some((_, _, classes))) = (self.class, &weights.net.heads.fc) {
+            if c >= *classes {
+                bail!(
+                    "--class {c} is out of range: the classifier of {} has {classes} classes (0..{})",
+                    path.shown(),
+                    classes.saturating_sub(1)
+                );
+            }
         }
         Ok(())
     }
@@ -154,6 +165,7 @@ pub struct RunArgs {
 
     /// Process only shard I of N (0-based): the inputs are sorted and input j goes to shard
     /// j mod N, so N jobs (Slurm array, Kubernetes indexed job) split a set deterministically.
+    /// Duplicate output names are checked over all inputs first: every shard reports them.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::eval::Shard>,
 
@@ -205,7 +217,10 @@ impl Reporter {
         Reporter { bar }
     }
     pub(crate) fn error(&self, msg: impl std::fmt::Display) {
-        self.bar.suspend(|| eprintln!("error: {msg}"));
+        // One line per error, whatever the message holds (file names may hold newlines).
+        let line = msg.to_string();
+        self.bar
+            .suspend(|| eprintln!("error: {}", crate::io::escape_controls(&line)));
     }
     pub(crate) fn done(&self, n: usize) {
         self.bar.inc(n as u64);
@@ -261,24 +276,28 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
     let mut methods = args.map.method.clone();
     methods.dedup();
     std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create the output directory", args.out.display()))?;
+        .with_context(|| format!("{}: cannot create the output directory", args.out.shown()))?;
 
     let (mut files, errors) = collect_inputs(&args.inputs);
-    if let Some(shard) = args.shard {
+    if args.shard.is_some() {
+        // Every shard sees the same sorted list, so that the checks below give every shard
+        // the same answer.
         files.sort();
-        files = shard.select(files);
     }
     let mut failed = errors.len();
     for e in &errors {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", crate::io::escape_controls(e));
     }
 
     // Output names come from the file stems: a second input with a stem already taken is an
     // error rather than a silent overwrite (compared case-insensitively, for file systems
-    // that are).
+    // that are). Checked over all inputs before sharding: every shard reports the same
+    // duplicates (and none writes them), whichever shard the first of them falls in.
     let mut jobs = Vec::with_capacity(files.len());
     let mut taken: HashMap<String, PathBuf> = HashMap::new();
-    for path in files {
+    // Input j of the (sorted) list belongs to shard j mod N.
+    let mine = |j: usize| args.shard.is_none_or(|s| j % s.count == s.index);
+    for (j, path) in files.into_iter().enumerate() {
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -286,7 +305,7 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
         if stem.is_empty() {
             eprintln!(
                 "error: {}: cannot derive an output name from this path",
-                path.display()
+                path.shown()
             );
             failed += 1;
             continue;
@@ -294,15 +313,18 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
         match taken.get(&stem.to_lowercase()) {
             Some(first) => {
                 eprintln!(
-                    "error: {}: output name '{stem}' is already used by {} (rename one of them)",
-                    path.display(),
-                    first.display()
+                    "error: {}: output name '{}' is already used by {} (rename one of them)",
+                    path.shown(),
+                    crate::io::escape_controls(&stem),
+                    first.shown()
                 );
                 failed += 1;
             }
             None => {
                 taken.insert(stem.to_lowercase(), path.clone());
-                jobs.push((path, stem));
+                if mine(j) {
+                    jobs.push((path, stem));
+                }
             }
         }
     }
@@ -322,7 +344,7 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
 
     println!(
         "{written} images explained, outputs in {}; {failed} failed",
-        args.out.display()
+        args.out.shown()
     );
     Ok(if failed > 0 { EXIT_FAILED } else { EXIT_OK })
 }
@@ -499,7 +521,7 @@ fn explain_group<B: CamBackend>(
                     ensure!(
                         (map.shape.n, map.shape.h, map.shape.w, map.shape.c) == (1, oh, ow, 1),
                         "{}: {method} map has shape {}, expected [1, {oh}, {ow}, 1]",
-                        p.path.display(),
+                        p.path.shown(),
                         map.shape
                     );
                 }
@@ -513,7 +535,7 @@ fn explain_group<B: CamBackend>(
                 sink.failed(
                     &p.path,
                     &p.stem,
-                    format!("{}: failed: {e:#}", p.path.display()),
+                    format!("{}: failed: {e:#}", p.path.shown()),
                 );
             }
         }
@@ -551,7 +573,7 @@ impl MapSink for WriteSink<'_> {
                         &map.data,
                         &p.original,
                     )
-                    .with_context(|| format!("{}: cannot write outputs", p.path.display()))
+                    .with_context(|| format!("{}: cannot write outputs", p.path.shown()))
                 })
                 .collect();
             for (r, ok) in results.into_iter().zip(ok.iter_mut()) {

@@ -12,6 +12,7 @@
 //!
 //! Stems are file names up to the first dot.
 
+use crate::io::Shown;
 use crate::io::IMAGE_EXTENSIONS;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ fn is_image(p: &Path) -> bool {
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list directory", dir.display()))?
+        .with_context(|| format!("{}: cannot list directory", dir.shown()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     v.sort();
@@ -87,9 +88,9 @@ pub fn entries(kind: DatasetKind, root: &Path, split: &str) -> Result<Vec<Entry>
         ensure!(
             w[0].stem != w[1].stem,
             "two images with stem '{}': {} and {}",
-            w[0].stem,
-            w[0].image.display(),
-            w[1].image.display()
+            crate::io::escape_controls(&w[0].stem),
+            w[0].image.shown(),
+            w[1].image.shown()
         );
     }
     Ok(v)
@@ -103,12 +104,12 @@ fn voc(root: &Path, split: &str) -> Result<Vec<Entry>> {
     } else {
         bail!(
             "{}: not a VOC 2012 directory (no ImageSets/ nor VOC2012/ImageSets/)",
-            root.display()
+            root.shown()
         )
     };
     let list = root.join(format!("ImageSets/Segmentation/{split}.txt"));
     let text = std::fs::read_to_string(&list)
-        .with_context(|| format!("{}: cannot read the split list", list.display()))?;
+        .with_context(|| format!("{}: cannot read the split list", list.shown()))?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -133,7 +134,7 @@ fn imagenet_s(root: &Path, split: &str) -> Result<Vec<Entry>> {
     ensure!(
         images.is_dir(),
         "{}: no such directory (ImageNet-S layout: <root>/{name}/<wnid>/<name>.JPEG)",
-        images.display()
+        images.shown()
     );
     let mut out = Vec::new();
     for p in list_dir(&images)? {
@@ -160,7 +161,7 @@ fn folder(root: &Path) -> Result<Vec<Entry>> {
     ensure!(
         images.is_dir(),
         "{}: no such directory (folder layout: <root>/images/ and <root>/masks/)",
-        images.display()
+        images.shown()
     );
     Ok(list_dir(&images)?
         .into_iter()

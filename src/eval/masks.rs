@@ -1,6 +1,7 @@
 //! Segmentation masks: label PNGs read without colour conversion, and the object mask with
 //! the void rule applied.
 
+use crate::io::Shown;
 use anyhow::{bail, Context, Result};
 use std::io::BufReader;
 use std::path::Path;
@@ -80,7 +81,7 @@ pub fn load_labels(path: &Path) -> Result<Labels> {
             ids,
         })
     };
-    inner().with_context(|| format!("{}: cannot read mask", path.display()))
+    inner().with_context(|| format!("{}: cannot read mask", path.shown()))
 }
 
 /// The pixels to score and which of them are object: `ids != 0` is object, `void_id` is

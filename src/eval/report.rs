@@ -27,8 +27,15 @@ pub struct Report {
     pub method: Option<String>,
     pub images: Vec<ImageScore>,
     pub skipped: Vec<Skipped>,
-    /// Settings the scores depend on (top_k, ties, void); merge refuses to mix them.
+    /// Settings the scores depend on (top_k, ties, void; with --weights the weights' size and
+    /// sha256, architecture, layer, rule, size, upsample, backend...; the tool version); merge
+    /// refuses to mix them.
     pub settings: Value,
+    /// Where the run's inputs were (weights path, adapter, dataset root or maps/masks
+    /// directories): recorded, not compared (shards run on different machines).
+    pub provenance: Value,
+    /// The `--shard` of the run (None: the whole set, or a merged report).
+    pub shard: Option<super::Shard>,
 }
 
 /// Mean and population standard deviation of each metric over the images where it is
@@ -108,6 +115,8 @@ impl Report {
         json!({
             "method": self.method,
             "settings": self.settings,
+            "provenance": self.provenance,
+            "shard": self.shard.map(|s| format!("{}/{}", s.index, s.count)),
             "images": images,
             "mean": per(&s.mean),
             "std": per(&s.std),
@@ -152,11 +161,22 @@ impl Report {
                 })
                 .collect(),
         };
+        let shard = match v.get("shard") {
+            None | Some(Value::Null) => None,
+            Some(s) => Some(
+                s.as_str()
+                    .context("\"shard\" is not a string")?
+                    .parse::<super::Shard>()
+                    .map_err(|e| anyhow::anyhow!("\"shard\": {e}"))?,
+            ),
+        };
         Ok(Report {
             method: v["method"].as_str().map(str::to_string),
             images,
             skipped,
             settings: v.get("settings").cloned().unwrap_or(Value::Null),
+            provenance: v.get("provenance").cloned().unwrap_or(Value::Null),
+            shard,
         })
     }
 }
@@ -181,22 +201,166 @@ pub fn reports_from_json(v: &Value) -> Result<Vec<Report>> {
     }
 }
 
+/// Whether `v` lies in metric `m`'s range, and that range in words. Pointing game: 0 or 1;
+/// top-k intersection, relevance rank accuracy, AUC, sparseness (Gini index): [0, 1].
+/// Relevance mass accuracy is `Σ_S a / Σ a`, outside [0, 1] for signed maps (LRP): finite.
+pub fn in_range(m: usize, v: f64) -> (bool, &'static str) {
+    const EPS: f64 = 1e-9;
+    match m {
+        0 => (v == 0.0 || v == 1.0, "0 or 1"),
+        2 => (v.is_finite(), "a finite number"),
+        _ => ((-EPS..=1.0 + EPS).contains(&v), "in [0, 1]"),
+    }
+}
+
+/// Refuses a report file whose `mean` values are out of range (the pointing game's mean in
+/// [0, 1], the others as [`in_range`]); the means are recomputed on merge, but a part that
+/// states impossible ones is not trusted.
+pub fn check_means(v: &Value) -> Result<()> {
+    let reports: Vec<&Value> = match v.get("reports").and_then(Value::as_array) {
+        Some(list) => list.iter().collect(),
+        None => vec![v],
+    };
+    for r in reports {
+        for (m, name) in METRICS.iter().enumerate() {
+            let Some(x) = r
+                .get("mean")
+                .and_then(|mean| mean.get(*name))
+                .and_then(Value::as_f64)
+            else {
+                continue;
+            };
+            let (ok, range) = match m {
+                0 => ((0.0..=1.0).contains(&x), "in [0, 1]"),
+                _ => in_range(m, x),
+            };
+            ensure!(
+                ok,
+                "mean {name} = {x} ({}) is not {range}",
+                r["method"].as_str().unwrap_or("maps")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The first setting (a dotted key) where `a` and `b` differ, with both values.
+fn first_difference(a: &Value, b: &Value, key: &str) -> Option<(String, String, String)> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let sub = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                first_difference(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &sub,
+                )
+            })
+        }
+        _ if a == b => None,
+        _ => {
+            let name = if key.is_empty() { "settings" } else { key };
+            Some((name.to_string(), a.to_string(), b.to_string()))
+        }
+    }
+}
+
+/// Refuses a set of parts whose shards do not make one whole: a part without a shard among
+/// sharded ones, different shard counts, an index twice, or missing indices. Parts that all
+/// lack a shard (older reports, unsharded runs) are not checked.
+fn check_shards(parts: &[(String, Option<super::Shard>)]) -> Result<()> {
+    let Some((first, s0)) = parts.iter().find_map(|(f, s)| s.map(|s| (f.as_str(), s))) else {
+        return Ok(());
+    };
+    let mut by_index: BTreeMap<usize, &str> = BTreeMap::new();
+    for (file, s) in parts {
+        let Some(s) = s else {
+            bail!(
+                "{file} has no shard, but {first} is shard {}/{}",
+                s0.index,
+                s0.count
+            );
+        };
+        ensure!(
+            s.count == s0.count,
+            "{file} is shard {}/{} but {first} is shard {}/{} (different shard counts)",
+            s.index,
+            s.count,
+            s0.index,
+            s0.count
+        );
+        if let Some(prev) = by_index.insert(s.index, file) {
+            bail!(
+                "{file} and {prev} are both shard {}/{} (duplicated shard)",
+                s.index,
+                s.count
+            );
+        }
+    }
+    let missing: Vec<String> = (0..s0.count)
+        .filter(|i| !by_index.contains_key(i))
+        .map(|i| format!("{i}/{}", s0.count))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "shard{} {} missing (merging {} of {} parts)",
+        if missing.len() > 1 { "s" } else { "" },
+        missing.join(", "),
+        by_index.len(),
+        s0.count
+    );
+    Ok(())
+}
+
 /// Recombines shard reports: per method, images and skipped entries are pooled (an image in
 /// two shards is an error), then sorted by stem, so the means equal those of one run.
+/// Refused (naming the files): parts whose settings differ, shards missing or duplicated,
+/// metric values out of their range ([`in_range`]).
 pub fn merge(parts: Vec<(String, Vec<Report>)>) -> Result<Vec<Report>> {
-    let mut by_method: BTreeMap<Option<String>, Report> = BTreeMap::new();
+    let shards: Vec<(String, Option<super::Shard>)> = parts
+        .iter()
+        .map(|(f, r)| (f.clone(), r.first().and_then(|r| r.shard)))
+        .collect();
+    for (file, reports) in &parts {
+        for r in reports {
+            for i in &r.images {
+                for (m, v) in i.scores.iter().enumerate() {
+                    let Some(v) = *v else { continue };
+                    let (ok, range) = in_range(m, v);
+                    ensure!(
+                        ok,
+                        "{file}: image '{}' ({}): {} = {v} is not {range}",
+                        crate::io::escape_controls(&i.stem),
+                        r.method.as_deref().unwrap_or("maps"),
+                        super::METRICS[m]
+                    );
+                }
+            }
+        }
+    }
+    check_shards(&shards)?;
+    let mut by_method: BTreeMap<Option<String>, (String, Report)> = BTreeMap::new();
     let mut seen: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
     for (file, reports) in parts {
         for r in reports {
-            let entry = by_method
-                .entry(r.method.clone())
-                .or_insert_with(|| Report::new(r.method.clone(), r.settings.clone()));
-            ensure!(
-                entry.settings == r.settings,
-                "{file}: settings {} differ from another part's {}",
-                r.settings,
-                entry.settings
-            );
+            let (owner, entry) = by_method.entry(r.method.clone()).or_insert_with(|| {
+                let mut e = Report::new(r.method.clone(), r.settings.clone());
+                e.provenance = r.provenance.clone();
+                (file.clone(), e)
+            });
+            if let Some((key, mine, theirs)) = first_difference(&r.settings, &entry.settings, "") {
+                bail!(
+                    "{file} and {owner} differ in setting '{key}' ({mine} vs {theirs}): \
+                     parts of different runs cannot be merged"
+                );
+            }
             for stem in r
                 .images
                 .iter()
@@ -205,7 +369,8 @@ pub fn merge(parts: Vec<(String, Vec<Report>)>) -> Result<Vec<Report>> {
             {
                 if let Some(prev) = seen.insert((r.method.clone(), stem.clone()), file.clone()) {
                     bail!(
-                        "{file}: image '{stem}' ({}) is also in {prev} (overlapping shards?)",
+                        "{file}: image '{}' ({}) is also in {prev} (overlapping shards?)",
+                        crate::io::escape_controls(stem),
                         r.method.as_deref().unwrap_or("maps")
                     );
                 }
@@ -214,7 +379,7 @@ pub fn merge(parts: Vec<(String, Vec<Report>)>) -> Result<Vec<Report>> {
             entry.skipped.extend(r.skipped);
         }
     }
-    let mut out: Vec<Report> = by_method.into_values().collect();
+    let mut out: Vec<Report> = by_method.into_values().map(|(_, r)| r).collect();
     out.iter_mut().for_each(Report::sort);
     Ok(out)
 }

@@ -28,6 +28,7 @@ pub use pipelines::{specialisations, Specialisation};
 pub use tiles::{ConvTiles, TILES_ENV};
 
 use crate::backend::{shapes, Backend, Pool, Upsample};
+use crate::io::Shown;
 use crate::model::ConvLayer;
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
@@ -301,8 +302,8 @@ impl Gpu {
             (
                 "pipeline cache".into(),
                 match &self.ctx.pipeline_cache {
-                    Some((path, true)) => format!("{} (loaded)", path.display()),
-                    Some((path, false)) => format!("{} (written)", path.display()),
+                    Some((path, true)) => format!("{} (loaded)", path.shown()),
+                    Some((path, false)) => format!("{} (written)", path.shown()),
                     None => "none (the adapter has no pipeline cache)".into(),
                 },
             ),

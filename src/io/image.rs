@@ -1,6 +1,7 @@
 //! Image decoding (content-sniffed, size-limited, panic-guarded), resizing and input
 //! collection.
 
+use crate::io::Shown;
 use anyhow::{anyhow, bail, Result};
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
 use std::fs::File;
@@ -52,7 +53,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
             ))
         }
     };
-    r.map_err(|e| e.context(path.display().to_string()))
+    r.map_err(|e| e.context(path.shown().to_string()))
 }
 
 /// Whether a JPEG's last scan is followed by its end-of-image marker (`FF D9`). Inside
@@ -265,7 +266,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
         let meta = match std::fs::metadata(input) {
             Ok(m) => m,
             Err(e) => {
-                errors.push(format!("{}: {}", input.display(), io_problem(&e)));
+                errors.push(format!("{}: {}", input.shown(), io_problem(&e)));
                 continue;
             }
         };
@@ -278,7 +279,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
             Err(e) => {
                 errors.push(format!(
                     "{}: cannot list directory: {}",
-                    input.display(),
+                    input.shown(),
                     io_problem(&e)
                 ));
                 continue;
@@ -297,7 +298,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
         if found.is_empty() {
             errors.push(format!(
                 "{}: directory holds no image files ({}; subdirectories are not searched)",
-                input.display(),
+                input.shown(),
                 IMAGE_EXTENSIONS.join(", ")
             ));
         }

@@ -2,6 +2,7 @@
 //! the destination's directory and renamed over the destination only once complete, so a
 //! reader never sees a partial file and nothing is left behind on error.
 
+use crate::io::Shown;
 use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use std::io::{BufWriter, Write};
@@ -28,23 +29,23 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()
     let tmp = builder.tempfile_in(dir).with_context(|| {
         format!(
             "{}: cannot create a temporary file in {}",
-            path.display(),
-            dir.display()
+            path.shown(),
+            dir.shown()
         )
     })?;
     {
         let mut w = BufWriter::new(tmp.as_file());
-        write(&mut w).with_context(|| format!("{}: write failed", path.display()))?;
+        write(&mut w).with_context(|| format!("{}: write failed", path.shown()))?;
         w.flush()
-            .with_context(|| format!("{}: write failed", path.display()))?;
+            .with_context(|| format!("{}: write failed", path.shown()))?;
     }
     // On disk before the rename: a crash then leaves the old file or the new one, never a
     // renamed file whose data was not written yet.
     tmp.as_file()
         .sync_all()
-        .with_context(|| format!("{}: write failed", path.display()))?;
+        .with_context(|| format!("{}: write failed", path.shown()))?;
     tmp.persist(path).map_err(|e| {
-        anyhow::Error::new(e.error).context(format!("{}: cannot rename into place", path.display()))
+        anyhow::Error::new(e.error).context(format!("{}: cannot rename into place", path.shown()))
     })?;
     Ok(())
 }
@@ -54,7 +55,7 @@ pub fn write_npy_f32(path: &Path, h: usize, w: usize, data: &[f32]) -> Result<()
     ensure!(
         data.len() == h * w,
         "{}: {} values for a {h}x{w} map",
-        path.display(),
+        path.shown(),
         data.len()
     );
     write_atomic(path, |out| {

@@ -22,6 +22,7 @@
 //! Weights are transposed from PyTorch's OIHW to HWIO.
 
 use super::{Block, BlockKind, ConvLayer, Heads, ResNet};
+use crate::io::Shown;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
@@ -65,7 +66,7 @@ pub struct LoadedWeights {
 /// Loads a safetensors file. Errors name the file and, where relevant, the tensor with the
 /// expected and found shapes.
 pub fn load_weights(path: &Path) -> Result<LoadedWeights> {
-    let shown = path.display();
+    let shown = path.shown();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => bail!("{shown}: cannot open weights file: {}", io_reason(&e)),
@@ -93,7 +94,7 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// Loads safetensors bytes already in memory; `source` names them in messages.
 pub fn load_weights_from_bytes(bytes: &[u8], source: &Path) -> Result<LoadedWeights> {
-    let file = source.display().to_string();
+    let file = source.shown().to_string();
     let st = parse_container(bytes, &file)?;
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow::anyhow!("{file}: not a valid safetensors file: {e}"))?;
