@@ -14,7 +14,7 @@ use crate::explain::lafam::{Explainer, ImageBatch};
 use crate::explain::relax::RelaxConfig;
 use crate::io::{
     collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
-    resize_shorter_side, write_npy_f32, write_png,
+    resize_shorter_side, shorter_side_dims, write_npy_f32, write_png,
 };
 use crate::model::Stage;
 use crate::tensor::HostTensor;
@@ -330,6 +330,27 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
 pub(crate) fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
     let original = load_image(path)?;
     let (w, h) = original.dimensions();
+    let (nw, nh) = if size == 0 {
+        (w, h)
+    } else {
+        shorter_side_dims(w, h, size)
+    };
+    // Before resizing (and before the backend allocates anything for it).
+    if let Err(e) = crate::io::check_net_input(nw, nh) {
+        let given = if size == 0 {
+            "--size 0 (the image's own size)".to_string()
+        } else {
+            format!("--size {size}")
+        };
+        let fix = match crate::io::max_net_size(w, h) {
+            Some(n) => format!("use --size {n} or smaller"),
+            None => "its aspect ratio cannot fit at any --size: crop it".to_string(),
+        };
+        bail!(
+            "{}: {e} ({given} on a {w}x{h} image); {fix}",
+            path.display()
+        );
+    }
     let resized = (size != 0 && w.min(h) != size).then(|| resize_shorter_side(&original, size));
     Ok(Prepared {
         path: path.to_path_buf(),
