@@ -527,8 +527,14 @@ fn explain_group<B: CamBackend>(
             }
             Ok(c)
         });
+    let count = group.len();
     match computed {
-        Ok(c) => sink.maps(&group, c),
+        Ok(c) => {
+            let (group, c) = drop_non_finite(settings, group, c, sink);
+            if !group.is_empty() {
+                sink.maps(&group, c);
+            }
+        }
         Err(e) => {
             for p in &group {
                 sink.failed(
@@ -539,7 +545,70 @@ fn explain_group<B: CamBackend>(
             }
         }
     }
-    rep.done(group.len());
+    rep.done(count);
+}
+
+/// Reports every image with a non-finite map (NaN or infinite: the network's activations
+/// overflowed f32, typically from BatchNorm statistics such as a tiny running_var) as a
+/// failed input, one line naming the methods and the stage, and returns the other images
+/// with their maps: nothing is written for a failed image.
+fn drop_non_finite(
+    settings: &MapSettings,
+    group: Vec<Prepared>,
+    computed: Vec<(Method, &'static str, Vec<HostTensor>)>,
+    sink: &mut dyn MapSink,
+) -> (Vec<Prepared>, Vec<(Method, &'static str, Vec<HostTensor>)>) {
+    let layer = settings.layer;
+    let mut bad: Vec<Vec<Method>> = vec![Vec::new(); group.len()];
+    for (method, _, maps) in &computed {
+        for (i, map) in maps.iter().enumerate() {
+            if map.data.iter().any(|v| !v.is_finite()) && !bad[i].contains(method) {
+                bad[i].push(*method);
+            }
+        }
+    }
+    if bad.iter().all(Vec::is_empty) {
+        return (group, computed);
+    }
+    for (p, methods) in group.iter().zip(&bad) {
+        if methods.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+        let noun = if names.len() == 1 {
+            "map is"
+        } else {
+            "maps are"
+        };
+        sink.failed(
+            &p.path,
+            &p.stem,
+            format!(
+                "{}: {} {noun} not finite (the {layer} activations overflow f32: check the \
+                 weights' BatchNorm statistics, e.g. a tiny running_var); nothing written",
+                p.path.display(),
+                names.join(", ")
+            ),
+        );
+    }
+    let keep: Vec<bool> = bad.iter().map(Vec::is_empty).collect();
+    let group = group
+        .into_iter()
+        .zip(&keep)
+        .filter_map(|(p, &k)| k.then_some(p))
+        .collect();
+    let computed = computed
+        .into_iter()
+        .map(|(m, suffix, maps)| {
+            let maps = maps
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(t, &k)| k.then_some(t))
+                .collect();
+            (m, suffix, maps)
+        })
+        .collect();
+    (group, computed)
 }
 
 /// `run`'s sink: writes each map's outputs.
