@@ -584,8 +584,8 @@ fn drop_non_finite(
             &p.path,
             &p.stem,
             format!(
-                "{}: {} {noun} not finite (the {layer} activations overflow f32: check the \
-                 weights' BatchNorm statistics, e.g. a tiny running_var); nothing written",
+                "{}: {} {noun} not finite (the activations up to {layer} overflow f32: check \
+                 the weights' BatchNorm statistics, e.g. a tiny running_var); nothing written",
                 p.path.display(),
                 names.join(", ")
             ),

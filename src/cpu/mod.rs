@@ -302,7 +302,9 @@ impl Backend for Cpu {
                 if let Some(r) = r {
                     y += r[j];
                 }
-                *v = if relu { y.max(0.0) } else { y };
+                // `y <= 0` rather than `y.max(0)`: the same for numbers, but a NaN (from an
+                // overflow upstream) stays NaN instead of becoming a plausible 0.
+                *v = if relu && y <= 0.0 { 0.0 } else { y };
             }
         });
         Ok(CpuTensor::new(out_shape, out))
@@ -748,7 +750,14 @@ impl crate::backend::LrpBackend for Cpu {
 
     fn add_relu(&mut self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         self.same_shape("add_relu", a, b)?;
-        Ok(self.zip_map(a, b, |x, y| (x + y).max(0.0)))
+        Ok(self.zip_map(a, b, |x, y| {
+            let s = x + y;
+            if s <= 0.0 {
+                0.0
+            } else {
+                s
+            }
+        }))
     }
 
     fn clamp(&mut self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {

@@ -246,6 +246,7 @@ impl<B: CamBackend> Explainer<B> {
                 .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
             let tape = self.forward_cam_tape(&x, stage, upto)?;
             let a = tape.outputs[stage.index()].clone();
+            let probe = self.finite_probe(&tape.outputs[..=stage.index()])?;
             let lafam = if req.lafam {
                 Some(self.lafam_tail(&a)?)
             } else {
@@ -293,6 +294,12 @@ impl<B: CamBackend> Explainer<B> {
                         }
                         dst.push(map);
                     }
+                }
+            }
+            let finite = self.finite_images(&probe)?;
+            for maps in [&mut out.lafam, &mut out.gradcam, &mut out.eigencam] {
+                if !maps.is_empty() {
+                    super::lafam::poison_non_finite(&mut maps[start..], &finite);
                 }
             }
             start += chunk.n;
