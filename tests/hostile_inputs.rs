@@ -252,3 +252,46 @@ fn overflowing_activations_are_a_per_image_error_on_both_backends() {
         assert!(names(&out).is_empty(), "{backend}: {:?}", names(&out));
     }
 }
+
+/// The CPU backend checks what it allocates against its tensor limit: an error naming the
+/// limit (and, for one image, that it is too large on its own), never an abort.
+#[test]
+fn cpu_backend_refuses_a_tensor_over_its_limit() {
+    use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
+    let mut cpu = lafam_gpu::cpu::Cpu::new();
+    let t = cpu
+        .upload(&HostTensor::new(Shape::new(1, 2, 2, 1), vec![0.0; 4]))
+        .unwrap();
+    // 20000x20000 floats = 1.6 GB, over the 1 GiB limit.
+    let e = format!(
+        "{:#}",
+        cpu.resize(&t, 20000, 20000, Upsample::Nearest).unwrap_err()
+    );
+    assert!(
+        e.contains(&cpu.max_tensor_bytes().to_string()) && e.contains("single image"),
+        "{e}"
+    );
+}
+
+/// The largest `--size` suggested in the errors does fit, and one more does not.
+#[test]
+fn max_net_size_is_the_largest_size_that_fits() {
+    use lafam_gpu::io::{check_net_input, max_net_size, shorter_side_dims};
+    for (w, h) in [
+        (64, 64),
+        (4000, 1),
+        (1, 4000),
+        (640, 480),
+        (100, 7000),
+        (5000, 3),
+    ] {
+        let n = max_net_size(w, h).unwrap();
+        let (nw, nh) = shorter_side_dims(w, h, n);
+        assert!(check_net_input(nw, nh).is_ok(), "{w}x{h}: {n}");
+        let (nw, nh) = shorter_side_dims(w, h, n + 1);
+        assert!(check_net_input(nw, nh).is_err(), "{w}x{h}: {}", n + 1);
+    }
+    assert_eq!(max_net_size(64, 64), Some(2048));
+    // Over 8192:1 no size fits.
+    assert_eq!(max_net_size(1, 9000), None);
+}
