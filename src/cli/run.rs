@@ -548,6 +548,9 @@ fn explain_group<B: CamBackend>(
     rep.done(count);
 }
 
+/// Per method, the output-name suffix and one map per image.
+type MethodMaps = Vec<(Method, &'static str, Vec<HostTensor>)>;
+
 /// Reports every image with a non-finite map (NaN or infinite: the network's activations
 /// overflowed f32, typically from BatchNorm statistics such as a tiny running_var) as a
 /// failed input, one line naming the methods and the stage, and returns the other images
@@ -555,9 +558,9 @@ fn explain_group<B: CamBackend>(
 fn drop_non_finite(
     settings: &MapSettings,
     group: Vec<Prepared>,
-    computed: Vec<(Method, &'static str, Vec<HostTensor>)>,
+    computed: MethodMaps,
     sink: &mut dyn MapSink,
-) -> (Vec<Prepared>, Vec<(Method, &'static str, Vec<HostTensor>)>) {
+) -> (Vec<Prepared>, MethodMaps) {
     let layer = settings.layer;
     let mut bad: Vec<Vec<Method>> = vec![Vec::new(); group.len()];
     for (method, _, maps) in &computed {

@@ -111,8 +111,8 @@ impl<B: CamBackend> Explainer<B> {
         let mut p: Vec<f32> = Vec::with_capacity(s.n * hw);
         match over {
             GramOver::Pixels => {
-                for img in 0..s.n {
-                    if bad[img] {
+                for (img, &bad) in bad.iter().enumerate() {
+                    if bad {
                         p.extend(std::iter::repeat_n(f32::NAN, hw));
                         continue;
                     }
@@ -122,8 +122,8 @@ impl<B: CamBackend> Explainer<B> {
             }
             GramOver::Channels => {
                 let mut vs = Vec::with_capacity(s.n * s.c);
-                for img in 0..s.n {
-                    if bad[img] {
+                for (img, &bad) in bad.iter().enumerate() {
+                    if bad {
                         vs.extend(std::iter::repeat_n(0.0, s.c));
                         continue;
                     }
