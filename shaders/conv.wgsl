@@ -215,7 +215,8 @@ fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
             v += res[(p.r_off + o) >> 2u];
         }
         if ((p.flags & 2u) != 0u) {
-            v = max(v, vec4<f32>(0.0));
+            // Not max(v, 0): NaN (an overflow upstream) must stay NaN, not become 0.
+            v = select(v, vec4<f32>(0.0), v <= vec4<f32>(0.0));
         }
         out[o >> 2u] = v;
     } else {
@@ -230,7 +231,7 @@ fn epilogue(m: u32, n: u32, acc: vec4<f32>) {
                     v += res[ri >> 2u][ri & 3u];
                 }
                 if ((p.flags & 2u) != 0u) {
-                    v = max(v, 0.0);
+                    v = select(v, 0.0, v <= 0.0);
                 }
                 let oi = o + j;
                 out[oi >> 2u][oi & 3u] = v;

@@ -102,7 +102,8 @@ fn add_relu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.total) {
         return;
     }
-    out0[i] = max(a[p.a_off + i] + b[p.b_off + i], 0.0);
+    let s = a[p.a_off + i] + b[p.b_off + i];
+    out0[i] = select(s, 0.0, s <= 0.0);
 }
 
 // out0 = clamp(a, alpha, beta) (bounds may be infinite).

@@ -486,6 +486,14 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 
 /// [`bench`] returning the results (printed as they come, text or JSON lines on stdout).
 pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
+    // A usage error before anything is loaded or allocated.
+    if let Err(e) = crate::io::check_net_input(args.size, args.size) {
+        anyhow::bail!(
+            "--size {}: {e}; use --size {} or smaller",
+            args.size,
+            crate::io::max_net_size(args.size, args.size).unwrap_or(1)
+        );
+    }
     let net = match (&args.weights, args.arch) {
         (Some(w), _) => resolve_weights(w)?.net,
         (None, Some(a)) => {

@@ -15,7 +15,7 @@ use crate::explain::relax::RelaxConfig;
 use crate::io::Shown;
 use crate::io::{
     collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
-    resize_shorter_side, write_npy_f32, write_png,
+    resize_shorter_side, shorter_side_dims, write_npy_f32, write_png,
 };
 use crate::model::Stage;
 use crate::tensor::HostTensor;
@@ -352,6 +352,24 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
 pub(crate) fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
     let original = load_image(path)?;
     let (w, h) = original.dimensions();
+    let (nw, nh) = if size == 0 {
+        (w, h)
+    } else {
+        shorter_side_dims(w, h, size)
+    };
+    // Before resizing (and before the backend allocates anything for it).
+    if let Err(e) = crate::io::check_net_input(nw, nh) {
+        let given = if size == 0 {
+            "--size 0 (the image's own size)".to_string()
+        } else {
+            format!("--size {size}")
+        };
+        let fix = match crate::io::max_net_size(w, h) {
+            Some(n) => format!("use --size {n} or smaller"),
+            None => "its aspect ratio cannot fit at any --size: crop it".to_string(),
+        };
+        bail!("{}: {e} ({given} on a {w}x{h} image); {fix}", path.shown());
+    }
     let resized = (size != 0 && w.min(h) != size).then(|| resize_shorter_side(&original, size));
     Ok(Prepared {
         path: path.to_path_buf(),
@@ -528,8 +546,14 @@ fn explain_group<B: CamBackend>(
             }
             Ok(c)
         });
+    let count = group.len();
     match computed {
-        Ok(c) => sink.maps(&group, c),
+        Ok(c) => {
+            let (group, c) = drop_non_finite(settings, group, c, sink);
+            if !group.is_empty() {
+                sink.maps(&group, c);
+            }
+        }
         Err(e) => {
             for p in &group {
                 sink.failed(
@@ -540,7 +564,73 @@ fn explain_group<B: CamBackend>(
             }
         }
     }
-    rep.done(group.len());
+    rep.done(count);
+}
+
+/// Per method, the output-name suffix and one map per image.
+type MethodMaps = Vec<(Method, &'static str, Vec<HostTensor>)>;
+
+/// Reports every image with a non-finite map (NaN or infinite: the network's activations
+/// overflowed f32, typically from BatchNorm statistics such as a tiny running_var) as a
+/// failed input, one line naming the methods and the stage, and returns the other images
+/// with their maps: nothing is written for a failed image.
+fn drop_non_finite(
+    settings: &MapSettings,
+    group: Vec<Prepared>,
+    computed: MethodMaps,
+    sink: &mut dyn MapSink,
+) -> (Vec<Prepared>, MethodMaps) {
+    let layer = settings.layer;
+    let mut bad: Vec<Vec<Method>> = vec![Vec::new(); group.len()];
+    for (method, _, maps) in &computed {
+        for (i, map) in maps.iter().enumerate() {
+            if map.data.iter().any(|v| !v.is_finite()) && !bad[i].contains(method) {
+                bad[i].push(*method);
+            }
+        }
+    }
+    if bad.iter().all(Vec::is_empty) {
+        return (group, computed);
+    }
+    for (p, methods) in group.iter().zip(&bad) {
+        if methods.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+        let noun = if names.len() == 1 {
+            "map is"
+        } else {
+            "maps are"
+        };
+        sink.failed(
+            &p.path,
+            &p.stem,
+            format!(
+                "{}: {} {noun} not finite (the activations up to {layer} overflow f32: check \
+                 the weights' BatchNorm statistics, e.g. a tiny running_var); nothing written",
+                p.path.shown(),
+                names.join(", ")
+            ),
+        );
+    }
+    let keep: Vec<bool> = bad.iter().map(Vec::is_empty).collect();
+    let group = group
+        .into_iter()
+        .zip(&keep)
+        .filter_map(|(p, &k)| k.then_some(p))
+        .collect();
+    let computed = computed
+        .into_iter()
+        .map(|(m, suffix, maps)| {
+            let maps = maps
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(t, &k)| k.then_some(t))
+                .collect();
+            (m, suffix, maps)
+        })
+        .collect();
+    (group, computed)
 }
 
 /// `run`'s sink: writes each map's outputs.

@@ -5,7 +5,7 @@
 use crate::backend::{shapes, Backend, GateSign, Pool, Upsample};
 use crate::model::ConvLayer;
 use crate::tensor::{HostTensor, Shape};
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -142,6 +142,33 @@ fn im2col(x: &[f32], s: Shape, c: &ConvLayer, wo: usize, cols: &mut [f32]) {
         });
 }
 
+/// The CPU backend's largest tensor (or scratch buffer), in bytes: see
+/// [`Backend::max_tensor_bytes`].
+pub const CPU_MAX_TENSOR_BYTES: u64 = 1 << 30;
+
+/// `len` zeroed floats for `what` (a tensor of `images` images), checked against
+/// [`CPU_MAX_TENSOR_BYTES`] before allocating, and allocated fallibly: an error, never an
+/// abort, when it does not fit.
+fn zeros(what: &str, len: usize, images: usize) -> Result<Vec<f32>> {
+    let bytes = len as u64 * 4;
+    if bytes > CPU_MAX_TENSOR_BYTES {
+        let fix = if images <= 1 {
+            "a single image at this network input size is too large: use a smaller --size"
+        } else {
+            "the batch is too large: split it"
+        };
+        bail!(
+            "{what} needs {bytes} bytes, over the CPU backend's {CPU_MAX_TENSOR_BYTES} byte \
+             tensor limit ({fix})"
+        );
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| anyhow!("{what}: cannot allocate {bytes} bytes (out of memory)"))?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
 impl Cpu {
     /// The conv's GEMM without its epilogue: `[n, ho, wo, cout]` of `Σ x w` (no bias), after
     /// checking the input (and the residual or relevance operand's shape).
@@ -157,12 +184,18 @@ impl Cpu {
         let (ho, wo) = (out_shape.h, out_shape.w);
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
-        let mut out = vec![0f32; out_shape.len()];
         let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
-        let mut cols = std::mem::take(&mut self.cols);
-        if !direct && cols.len() < m * k {
-            cols.resize(m * k, 0.0);
+        if !direct && self.cols.len() < m * k {
+            // Checked (and the old scratch freed) before the output is allocated.
+            self.cols = Vec::new();
+            self.cols = zeros(&format!("conv {} im2col (one image)", c.name), m * k, 1)?;
         }
+        let mut out = zeros(
+            &format!("conv {} output {out_shape}", c.name),
+            out_shape.len(),
+            out_shape.n,
+        )?;
+        let mut cols = std::mem::take(&mut self.cols);
         let xs = x.as_slice();
         for img in 0..s.n {
             let xin = &xs[img * s.image_len()..(img + 1) * s.image_len()];
@@ -189,8 +222,9 @@ impl Backend for Cpu {
     }
 
     fn max_tensor_bytes(&self) -> u64 {
-        // Bounded only by memory; keep a batch's largest activation under 1 GiB.
-        1 << 30
+        // Bounded only by memory; keep a batch's largest activation under 1 GiB. Every
+        // allocation that grows with the input is checked against it (see `zeros`).
+        CPU_MAX_TENSOR_BYTES
     }
 
     fn prepare_conv(&mut self, conv: &ConvLayer) -> Result<CpuConv> {
@@ -237,15 +271,17 @@ impl Backend for Cpu {
             "preprocess: {} bytes for {n}x{h}x{w}x3",
             rgb.len()
         );
-        let data = rgb
-            .par_iter()
+        // The f32 batch is 4x the bytes: checked before it is allocated.
+        let shape = Shape::new(n, h, w, 3);
+        let mut data = zeros(&format!("preprocessed batch {shape}"), shape.len(), n)?;
+        data.par_iter_mut()
+            .zip(rgb.par_iter())
             .enumerate()
-            .map(|(i, &v)| {
+            .for_each(|(i, (d, &v))| {
                 let c = i % 3;
-                (v as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
-            })
-            .collect();
-        Ok(CpuTensor::new(Shape::new(n, h, w, 3), data))
+                *d = (v as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            });
+        Ok(CpuTensor::new(shape, data))
     }
 
     fn conv2d(
@@ -266,7 +302,9 @@ impl Backend for Cpu {
                 if let Some(r) = r {
                     y += r[j];
                 }
-                *v = if relu { y.max(0.0) } else { y };
+                // `y <= 0` rather than `y.max(0)`: the same for numbers, but a NaN (from an
+                // overflow upstream) stays NaN instead of becoming a plausible 0.
+                *v = if relu && y <= 0.0 { 0.0 } else { y };
             }
         });
         Ok(CpuTensor::new(out_shape, out))
@@ -285,7 +323,11 @@ impl Backend for Cpu {
         let (ho, wo) = pool.out_size(s.h, s.w);
         let out_shape = Shape::new(s.n, ho, wo, s.c);
         let xs = x.as_slice();
-        let mut out = vec![0f32; out_shape.len()];
+        let mut out = zeros(
+            &format!("max-pool output {out_shape}"),
+            out_shape.len(),
+            s.n,
+        )?;
         out.par_chunks_mut(wo * s.c)
             .enumerate()
             .for_each(|(row, dst)| {
@@ -351,7 +393,7 @@ impl Backend for Cpu {
         let xs = x.as_slice();
         let ys: Vec<Tap> = (0..h).map(|d| Tap::new(d, s.h, h, mode)).collect();
         let xt: Vec<Tap> = (0..w).map(|d| Tap::new(d, s.w, w, mode)).collect();
-        let mut out = vec![0f32; out_shape.len()];
+        let mut out = zeros(&format!("resize output {out_shape}"), out_shape.len(), s.n)?;
         out.par_chunks_mut(w * s.c)
             .enumerate()
             .for_each(|(row, dst)| {
@@ -522,12 +564,17 @@ impl crate::backend::LrpBackend for Cpu {
         let (ho, wo) = (ss.h, ss.w);
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
-        let mut out = vec![0f32; in_shape.len()];
         let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
-        let mut cols = std::mem::take(&mut self.cols);
-        if !direct && cols.len() < m * k {
-            cols.resize(m * k, 0.0);
+        if !direct && self.cols.len() < m * k {
+            self.cols = Vec::new();
+            self.cols = zeros(&format!("conv {} columns (one image)", c.name), m * k, 1)?;
         }
+        let mut out = zeros(
+            &format!("conv {} transposed output {in_shape}", c.name),
+            in_shape.len(),
+            in_shape.n,
+        )?;
+        let mut cols = std::mem::take(&mut self.cols);
         let (mul, acc) = (mul.map(|t| t.as_slice()), acc.map(|t| t.as_slice()));
         // The epilogue `scale * mul ⊙ v + acc` over a run of elements starting at `start`.
         let epilogue = |start: usize, vals: &mut [f32]| {
@@ -645,7 +692,7 @@ impl crate::backend::LrpBackend for Cpu {
         let (ho, wo) = (r.shape.h, r.shape.w);
         let (xs, rs) = (x.as_slice(), r.as_slice());
         // Scatter per image (windows overlap), images in parallel.
-        let mut out = vec![0f32; s.len()];
+        let mut out = zeros(&format!("max-pool relevance {s}"), s.len(), s.n)?;
         out.par_chunks_mut(s.image_len())
             .enumerate()
             .for_each(|(img, dst)| {
@@ -703,7 +750,14 @@ impl crate::backend::LrpBackend for Cpu {
 
     fn add_relu(&mut self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         self.same_shape("add_relu", a, b)?;
-        Ok(self.zip_map(a, b, |x, y| (x + y).max(0.0)))
+        Ok(self.zip_map(a, b, |x, y| {
+            let s = x + y;
+            if s <= 0.0 {
+                0.0
+            } else {
+                s
+            }
+        }))
     }
 
     fn clamp(&mut self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {
@@ -720,9 +774,14 @@ impl crate::backend::LrpBackend for Cpu {
             values.len(),
             shape.c
         );
-        Ok(CpuTensor::new(
-            shape,
-            (0..shape.len()).map(|i| values[i % shape.c]).collect(),
-        ))
+        let mut data = zeros(
+            &format!("fill_channels output {shape}"),
+            shape.len(),
+            shape.n,
+        )?;
+        data.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = values[i % shape.c]);
+        Ok(CpuTensor::new(shape, data))
     }
 }

@@ -68,16 +68,24 @@ pub fn top_eigenpair(a: &[f32], d: usize) -> (f64, Vec<f64>) {
 
 impl<B: CamBackend> Explainer<B> {
     /// EigenCAM at the stage's resolution from the stage's activations `a` (`[n, h, w, c]`):
-    /// sign-fixed, ReLU'd and min-max normalised, `[n, h, w, 1]`.
-    pub fn eigencam_small(&mut self, a: &B::Tensor) -> Result<B::Tensor> {
+    /// sign-fixed, ReLU'd and min-max normalised, `[n, h, w, 1]`; with, per image, whether
+    /// its activations were not finite (its map is then meaningless: the ReLU would turn
+    /// the NaNs into zeros, so the caller must not use it).
+    pub fn eigencam_small(&mut self, a: &B::Tensor) -> Result<(B::Tensor, Vec<bool>)> {
         let p = self.eigen_projection(a)?;
+        let hw = p.shape.h * p.shape.w;
+        let bad: Vec<bool> = (0..p.shape.n)
+            .map(|i| p.data[i * hw..(i + 1) * hw].iter().any(|v| !v.is_finite()))
+            .collect();
         let b = &mut self.backend;
         let relu = HostTensor::new(p.shape, p.data.iter().map(|&v| v.max(0.0)).collect());
         let t = b.upload(&relu)?;
-        b.minmax_normalise(&t)
+        Ok((b.minmax_normalise(&t)?, bad))
     }
 
     /// The sign-fixed projection `p = Xc v₁` of every image, `[n, h, w, 1]` (before ReLU).
+    /// An image whose activations are not finite (seen in the downloaded channel means and
+    /// Gram matrix) gets a NaN projection.
     pub fn eigen_projection(&mut self, a: &B::Tensor) -> Result<HostTensor> {
         let b = &mut self.backend;
         let s = b.shape(a);
@@ -93,23 +101,41 @@ impl<B: CamBackend> Explainer<B> {
         let gram = b.download(&gram)?;
         let cmean = b.download(&cmean)?;
         let d = gram.shape.h;
+        let bad: Vec<bool> = (0..s.n)
+            .map(|img| {
+                let g = &gram.data[img * d * d..(img + 1) * d * d];
+                let m = &cmean.data[img * hw..(img + 1) * hw];
+                g.iter().chain(m).any(|v| !v.is_finite())
+            })
+            .collect();
         let mut p: Vec<f32> = Vec::with_capacity(s.n * hw);
         match over {
             GramOver::Pixels => {
-                for img in 0..s.n {
+                for (img, &bad) in bad.iter().enumerate() {
+                    if bad {
+                        p.extend(std::iter::repeat_n(f32::NAN, hw));
+                        continue;
+                    }
                     let (l, u) = top_eigenpair(&gram.data[img * d * d..(img + 1) * d * d], d);
                     p.extend(u.iter().map(|&x| (x * l.sqrt()) as f32));
                 }
             }
             GramOver::Channels => {
                 let mut vs = Vec::with_capacity(s.n * s.c);
-                for img in 0..s.n {
+                for (img, &bad) in bad.iter().enumerate() {
+                    if bad {
+                        vs.extend(std::iter::repeat_n(0.0, s.c));
+                        continue;
+                    }
                     let (_, v) = top_eigenpair(&gram.data[img * d * d..(img + 1) * d * d], d);
                     vs.extend(v.iter().map(|&x| x as f32));
                 }
                 let v = b.upload(&HostTensor::new(Shape::new(s.n, 1, 1, s.c), vs))?;
                 let proj = b.channel_projection(a, &v, Some(&mean), false)?;
                 p = b.download(&proj)?.data;
+                for img in (0..s.n).filter(|&i| bad[i]) {
+                    p[img * hw..(img + 1) * hw].fill(f32::NAN);
+                }
             }
         }
         for img in 0..s.n {

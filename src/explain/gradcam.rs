@@ -246,6 +246,7 @@ impl<B: CamBackend> Explainer<B> {
                 .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
             let tape = self.forward_cam_tape(&x, stage, upto)?;
             let a = tape.outputs[stage.index()].clone();
+            let probe = self.finite_probe(&tape.outputs[..=stage.index()])?;
             let lafam = if req.lafam {
                 Some(self.lafam_tail(&a)?)
             } else {
@@ -259,10 +260,11 @@ impl<B: CamBackend> Explainer<B> {
                 None
             };
             drop(tape);
-            let eigencam = if req.eigencam {
-                Some(self.eigencam_small(&a)?)
+            let (eigencam, eigen_bad) = if req.eigencam {
+                let (t, bad) = self.eigencam_small(&a)?;
+                (Some(t), bad)
             } else {
-                None
+                (None, Vec::new())
             };
             let mut pending = Vec::new();
             for i in 0..chunk.n {
@@ -280,12 +282,24 @@ impl<B: CamBackend> Explainer<B> {
                 }
                 pending.push(row);
             }
-            for row in &pending {
+            for (i, row) in pending.iter().enumerate() {
                 let dst = [&mut out.lafam, &mut out.gradcam, &mut out.eigencam];
-                for (t, dst) in row.iter().zip(dst) {
+                for (slot, (t, dst)) in row.iter().zip(dst).enumerate() {
                     if let Some(t) = t {
-                        dst.push(self.backend.download(t)?);
+                        let mut map = self.backend.download(t)?;
+                        // Non-finite activations: EigenCAM's ReLU and min-max would hide
+                        // them (all zeros), so its map says so with NaNs, as the others do.
+                        if slot == 2 && eigen_bad.get(i).copied().unwrap_or(false) {
+                            map.data.fill(f32::NAN);
+                        }
+                        dst.push(map);
                     }
+                }
+            }
+            let finite = self.finite_images(&probe)?;
+            for maps in [&mut out.lafam, &mut out.gradcam, &mut out.eigencam] {
+                if !maps.is_empty() {
+                    super::lafam::poison_non_finite(&mut maps[start..], &finite);
                 }
             }
             start += chunk.n;

@@ -111,6 +111,7 @@ impl<B: Backend> Explainer<B> {
                 .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
             let outs = forward(&mut self.backend, &self.net, &x, stage)?;
             let small = self.lafam_tail(&outs[stage.index()])?;
+            let probe = self.finite_probe(&outs[..=stage.index()])?;
             // Record every image's upsample before the first download, so the whole chunk
             // is one submission.
             let mut pending = Vec::with_capacity(chunk.n);
@@ -126,6 +127,7 @@ impl<B: Backend> Explainer<B> {
             for t in &pending {
                 maps.push(self.backend.download(t)?);
             }
+            poison_non_finite(&mut maps[start..], &self.finite_images(&probe)?);
             start += chunk.n;
         }
         Ok(maps)
@@ -137,12 +139,46 @@ impl<B: Backend> Explainer<B> {
         self.backend.minmax_normalise(&mean)
     }
 
+    /// Records the per-image channel means of stage outputs `outs` (`[n, h, w, 1]` each):
+    /// small probes, downloaded with the maps by [`Self::finite_images`], of whether the
+    /// activations are finite (an infinite or NaN activation makes its pixel's mean so).
+    /// Every stage up to the explained one is probed: a ReLU turns a NaN into 0, so an
+    /// overflow in an early stage can leave the explained stage finite but meaningless.
+    pub(crate) fn finite_probe(&mut self, outs: &[B::Tensor]) -> Result<Vec<B::Tensor>> {
+        outs.iter().map(|a| self.backend.channel_mean(a)).collect()
+    }
+
+    /// Per image of the probes, whether its activations were all finite.
+    pub(crate) fn finite_images(&mut self, probes: &[B::Tensor]) -> Result<Vec<bool>> {
+        let mut finite: Vec<bool> = Vec::new();
+        for probe in probes {
+            let p = self.backend.download(probe)?;
+            let per = p.shape.image_len().max(1);
+            finite.resize(p.shape.n, true);
+            for (ok, c) in finite.iter_mut().zip(p.data.chunks(per)) {
+                *ok &= c.iter().all(|v| v.is_finite());
+            }
+        }
+        Ok(finite)
+    }
+
     pub(crate) fn chunks<'a>(&self, images: ImageBatch<'a>, stage: Stage) -> Vec<ImageBatch<'a>> {
         let max = self.max_batch(images.h, images.w, stage);
         (0..images.n)
             .step_by(max)
             .map(|s| images.slice(s, max.min(images.n - s)))
             .collect()
+    }
+}
+
+/// Fills with NaN the map of every image whose stage activations were not finite
+/// (`finite[i]` false): min-max normalisation and ReLUs can turn them into finite but
+/// meaningless values (all zeros), and a NaN map is what callers check for.
+pub(crate) fn poison_non_finite(maps: &mut [HostTensor], finite: &[bool]) {
+    for (m, &ok) in maps.iter_mut().zip(finite) {
+        if !ok {
+            m.data.fill(f32::NAN);
+        }
     }
 }
 

@@ -390,6 +390,7 @@ impl<B: LrpBackend> Explainer<B> {
                 .backend
                 .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
             let (r_in, activations) = self.lrp_input_relevance(x, stage, None)?;
+            let probe = self.finite_probe(std::slice::from_ref(&activations))?;
             let mean = self.backend.channel_mean(&r_in)?;
             let summed = self.backend.lincomb(&mean, 3.0, None, 0.0)?;
             let small = if with_lafam {
@@ -415,6 +416,16 @@ impl<B: LrpBackend> Explainer<B> {
                     .map(|t| self.backend.download(t))
                     .transpose()?;
                 maps.push((self.backend.download(map)?, lafam));
+            }
+            // Non-finite stage activations: every map of the image is NaN (see
+            // `poison_non_finite`).
+            for (pair, ok) in maps[start..].iter_mut().zip(self.finite_images(&probe)?) {
+                if !ok {
+                    pair.0.data.fill(f32::NAN);
+                    if let Some(l) = &mut pair.1 {
+                        l.data.fill(f32::NAN);
+                    }
+                }
             }
             start += chunk.n;
         }

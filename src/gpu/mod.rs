@@ -356,10 +356,18 @@ impl Gpu {
 
     fn check_bytes(&self, what: &str, shape: Shape) -> Result<()> {
         let bytes = shape.len() as u64 * 4;
+        // The batch planner (`Explainer::max_batch`) splits batches by this limit, so a
+        // tensor over it is (almost always) one image that is too large on its own.
+        let fix = if shape.n <= 1 {
+            "a single image at this network input size is too large for this GPU: use a \
+             smaller --size"
+        } else {
+            "split the batch"
+        };
         ensure!(
             bytes <= self.max_tensor_bytes && shape.len() < (1usize << 31),
             "{what} {shape} needs {bytes} bytes, over this GPU's {} byte storage-binding limit \
-             (split the batch)",
+             ({fix})",
             self.max_tensor_bytes
         );
         Ok(())

@@ -184,6 +184,62 @@ fn decode_problem(fmt: &str, e: ImageError) -> anyhow::Error {
     }
 }
 
+/// Longest side, in pixels, of an image fed to the network (after the `--size` resize).
+///
+/// Together with [`MAX_NET_PIXELS`] this bounds the memory one image needs before anything is
+/// allocated: a 1x4000 image with `--size 224` would otherwise become 224x896000 and ask for
+/// tens of GB. 8192 is twice the longest side of any usual photo at full resolution and leaves
+/// room for panoramas (8192x512 is within the pixel limit).
+pub const MAX_NET_SIDE: u32 = 8192;
+
+/// Most pixels (width x height) of an image fed to the network: 2^22 = 4,194,304, i.e.
+/// 2048x2048.
+///
+/// The largest per-image buffers of ResNet-50 are those of the stem: its 7x7/2 conv's output
+/// has 64 channels at half the resolution (16 floats = 64 bytes per input pixel; layer1's
+/// 256-channel output at a quarter of the resolution is as big) and its im2col matrix has
+/// 7*7*3 = 147 values per output pixel (~147 bytes per input pixel). At 2^22 pixels that is
+/// 256 MiB and 588 MiB: under the CPU backend's 1 GiB tensor limit with a batch of one, a
+/// peak of well under 2 GB for a forward pass (LRP keeps a few more activations), and within
+/// what the batch planner can split by on a GPU.
+pub const MAX_NET_PIXELS: u64 = 1 << 22;
+
+/// Checks a network input size against [`MAX_NET_SIDE`] and [`MAX_NET_PIXELS`]. The error
+/// names the size and the limit; the caller adds how to fix it.
+pub fn check_net_input(w: u32, h: u32) -> Result<()> {
+    let pixels = w as u64 * h as u64;
+    if w.max(h) > MAX_NET_SIDE {
+        bail!("network input {w}x{h} px is over the limit of {MAX_NET_SIDE} px on the long side");
+    }
+    if pixels > MAX_NET_PIXELS {
+        bail!(
+            "network input {w}x{h} px ({pixels} px) is over the limit of {MAX_NET_PIXELS} px \
+             (2048x2048) in total"
+        );
+    }
+    Ok(())
+}
+
+/// The largest `--size` (shorter side) at which a `w`x`h` image fits the network input limits
+/// ([`check_net_input`]); None when even a shorter side of 1 does not (an extreme aspect
+/// ratio).
+pub fn max_net_size(w: u32, h: u32) -> Option<u32> {
+    let (short, long) = (w.min(h).max(1) as f64, w.max(h) as f64);
+    // From the limits: n * long / short <= MAX_NET_SIDE and n^2 * long / short <= pixels.
+    let by_side = MAX_NET_SIDE as f64 * short / long;
+    let by_pixels = (MAX_NET_PIXELS as f64 * short / long).sqrt();
+    let mut n = by_side.min(by_pixels).floor().min(MAX_NET_SIDE as f64) as u32 + 1;
+    // Rounding of the long side: step down to the first size that really fits.
+    while n > 0 {
+        let (nw, nh) = shorter_side_dims(w, h, n);
+        if check_net_input(nw, nh).is_ok() {
+            return Some(n);
+        }
+        n -= 1;
+    }
+    None
+}
+
 /// Resizes so that the shorter side becomes `n`, keeping the aspect ratio (the longer side is
 /// rounded to the nearest pixel, at least 1). An image whose shorter side already is `n` is
 /// returned unchanged (not resampled); `n == 0` also returns it unchanged. The filter is a

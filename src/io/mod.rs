@@ -6,7 +6,8 @@ pub mod image;
 pub mod output;
 
 pub use self::image::{
-    collect_inputs, load_image, resize_shorter_side, shorter_side_dims, IMAGE_EXTENSIONS,
+    check_net_input, collect_inputs, load_image, max_net_size, resize_shorter_side,
+    shorter_side_dims, IMAGE_EXTENSIONS, MAX_NET_PIXELS, MAX_NET_SIDE,
 };
 pub use ::image::RgbImage;
 pub use colormap::{heatmap, heatmap_diverging, overlay, overlay_relevance, relevance_scale};
