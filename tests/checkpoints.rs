@@ -237,18 +237,7 @@ fn malicious_pickles_are_refused_without_running_anything() {
 #[test]
 fn hand_written_hostile_pickles_are_refused() {
     // Raw protocol-2 pickles in a torch-like zip would need a zip writer; the unpickler is
-    // reached directly through the legacy path: magic, version, sys info, then the payload.
-    fn legacy(payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![];
-        // int 0x1950a86a20f9469cfc6c as LONG1
-        v.extend([
-            0x80, 2, 0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
-        ]);
-        v.extend([0x80, 2, b'M', 0xe9, 0x03, b'.']); // 1001
-        v.extend([0x80, 2, b'}', b'.']); // {}
-        v.extend(payload);
-        v
-    }
+    // reached directly through the legacy path (`legacy_checkpoint`).
     let cases: [(&[u8], &str); 6] = [
         (b"\x80\x02cbuiltins\nexec\nq\x00.", "builtins.exec"),
         (b"\x80\x02c__builtin__\neval\n.", "builtins.eval"),
@@ -258,7 +247,7 @@ fn hand_written_hostile_pickles_are_refused() {
         (b"\x80\x02\x82\x01.", "extension"),
     ];
     for (payload, want) in cases {
-        let err = read_checkpoint(&legacy(payload), "hostile").unwrap_err();
+        let err = read_checkpoint(&legacy_checkpoint(payload), "hostile").unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains(want), "{want}: {msg}");
     }
@@ -268,17 +257,19 @@ fn hand_written_hostile_pickles_are_refused() {
     for _ in 0..60 {
         dag.extend(b"q\x00h\x00\x86");
     }
-    dag.extend(b".\x80\x02].");
+    dag.push(b'.');
     let t = std::time::Instant::now();
-    let err = read_checkpoint(&legacy(&dag), "dag").unwrap_err();
+    let err = read_checkpoint(&legacy_checkpoint(&dag), "dag").unwrap_err();
     assert!(format!("{err:#}").contains("tuple"), "{err:#}");
     // Not a timing test: the unfixed walk never ends, the fixed one takes microseconds.
     assert!(t.elapsed() < Duration::from_secs(60));
 }
 
-/// A legacy checkpoint whose object pickle is `payload` (then an empty storage key list).
+/// A legacy checkpoint whose object pickle is `payload` (then an empty storage key list):
+/// magic number, protocol version, sys info, the payload.
 fn legacy_checkpoint(payload: &[u8]) -> Vec<u8> {
     let mut v = vec![];
+    // int 0x1950a86a20f9469cfc6c as LONG1, then 1001 and {}.
     v.extend([
         0x80, 2, 0x8a, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.',
     ]);

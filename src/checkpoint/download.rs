@@ -102,18 +102,14 @@ pub fn fetch(
         }
         // A file put there by hand (or damaged since) is checked like a download (a quarter
         // of a second for 100 MB): never trusted because of its name.
-        if let Some(want) = &src.sha256 {
-            let got = sha256_file(&dst)?;
-            let want = want.to_ascii_lowercase();
-            if !got.starts_with(&want) {
-                bail!(
-                    "{}: the cached file's sha256 is {got}, the publisher states {want}{}: it \
-                     is not {}; delete it to download it again",
-                    dst.shown(),
-                    if want.len() < 64 { "..." } else { "" },
-                    src.name
-                );
-            }
+        if let Some((got, want)) = checksum_mismatch(&dst, src)? {
+            bail!(
+                "{}: the cached file's sha256 is {got}, the publisher states {want}{}: it is \
+                 not {}; delete it to download it again",
+                dst.shown(),
+                if want.len() < 64 { "..." } else { "" },
+                src.name
+            );
         }
         return Ok(Fetched::Cached(dst));
     }
@@ -176,19 +172,15 @@ pub fn fetch(
             );
         }
     }
-    if let Some(want) = &src.sha256 {
-        let got = sha256_file(&part)?;
-        let want = want.to_ascii_lowercase();
-        if !got.starts_with(&want) {
-            let _ = fs::remove_file(&part);
-            bail!(
-                "{}: checksum mismatch for {}: sha256 {got}, the publisher states {want}{}; the \
-                 download was deleted",
-                src.name,
-                src.url,
-                if want.len() < 64 { "..." } else { "" }
-            );
-        }
+    if let Some((got, want)) = checksum_mismatch(&part, src)? {
+        let _ = fs::remove_file(&part);
+        bail!(
+            "{}: checksum mismatch for {}: sha256 {got}, the publisher states {want}{}; the \
+             download was deleted",
+            src.name,
+            src.url,
+            if want.len() < 64 { "..." } else { "" }
+        );
     }
     fs::rename(&part, &dst)
         .with_context(|| format!("cannot move the download to {}", dst.shown()))?;
@@ -355,6 +347,17 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let start = start.trim().parse().ok()?;
     let full = full.trim().parse().ok();
     Some((start, full))
+}
+
+/// `Some((file's sha256, the publisher's))` when `src` states a checksum (or a prefix of one,
+/// as torchvision's file names do) that `path` does not match.
+fn checksum_mismatch(path: &Path, src: &Source) -> Result<Option<(String, String)>> {
+    let Some(want) = &src.sha256 else {
+        return Ok(None);
+    };
+    let got = sha256_file(path)?;
+    let want = want.to_ascii_lowercase();
+    Ok((!got.starts_with(&want)).then_some((got, want)))
 }
 
 /// Hex sha256 of a file.

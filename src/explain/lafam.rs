@@ -142,7 +142,7 @@ impl<B: Backend> Explainer<B> {
     /// Records the per-image channel means of stage outputs `outs` (`[n, h, w, 1]` each):
     /// small probes, downloaded with the maps by [`Self::finite_images`], of whether the
     /// activations are finite (an infinite or NaN activation makes its pixel's mean so).
-    /// Every stage up to the explained one is probed: a ReLU turns a NaN into 0, so an
+    /// Every stage up to the explained one is probed: a ReLU turns -inf into 0, so an
     /// overflow in an early stage can leave the explained stage finite but meaningless.
     pub(crate) fn finite_probe(&mut self, outs: &[B::Tensor]) -> Result<Vec<B::Tensor>> {
         outs.iter().map(|a| self.backend.channel_mean(a)).collect()

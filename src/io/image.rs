@@ -1,6 +1,7 @@
 //! Image decoding (content-sniffed, size-limited, panic-guarded), resizing and input
 //! collection.
 
+use super::files::io_reason;
 use crate::io::Shown;
 use anyhow::{anyhow, bail, Result};
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
@@ -72,11 +73,11 @@ fn open_reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
     if super::files::check_regular(path)? == 0 {
         bail!("empty file (0 bytes)");
     }
-    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_problem(&e)))?;
+    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_reason(&e)))?;
     // No path given to the reader: the format comes from the content only.
     let mut reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()
-        .map_err(|e| anyhow!("cannot read: {}", io_problem(&e)))?;
+        .map_err(|e| anyhow!("cannot read: {}", io_reason(&e)))?;
     if reader.format().is_none() {
         bail!("not a recognised image (expected JPEG, PNG, WebP, BMP or TIFF content)");
     }
@@ -109,7 +110,7 @@ fn load_image_inner(path: &Path) -> Result<RgbImage> {
     // JPEG decoders fill a truncated scan with grey and report success; PIL refuses such
     // files, and so do we.
     if format == ImageFormat::Jpeg {
-        let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read: {}", io_problem(&e)))?;
+        let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read: {}", io_reason(&e)))?;
         if !jpeg_is_complete(&bytes) {
             bail!("JPEG file ends early (truncated): no end-of-image marker after its last scan");
         }
@@ -147,15 +148,6 @@ fn format_name(f: ImageFormat) -> &'static str {
     }
 }
 
-fn io_problem(e: &std::io::Error) -> String {
-    match e.kind() {
-        ErrorKind::NotFound => "no such file".into(),
-        ErrorKind::PermissionDenied => "permission denied".into(),
-        ErrorKind::UnexpectedEof => "file ends early (truncated)".into(),
-        _ => e.to_string(),
-    }
-}
-
 fn decode_problem(fmt: &str, e: ImageError) -> anyhow::Error {
     match e {
         ImageError::Limits(l) => anyhow!(
@@ -165,7 +157,7 @@ fn decode_problem(fmt: &str, e: ImageError) -> anyhow::Error {
         ImageError::IoError(io) if io.kind() == ErrorKind::UnexpectedEof => {
             anyhow!("truncated {fmt} file (data ends early)")
         }
-        ImageError::IoError(io) => anyhow!("cannot read {fmt} data: {}", io_problem(&io)),
+        ImageError::IoError(io) => anyhow!("cannot read {fmt} data: {}", io_reason(&io)),
         ImageError::Decoding(d) => {
             let msg = d.to_string();
             let lower = msg.to_lowercase();
@@ -322,7 +314,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
         let meta = match std::fs::metadata(input) {
             Ok(m) => m,
             Err(e) => {
-                errors.push(format!("{}: {}", input.shown(), io_problem(&e)));
+                errors.push(format!("{}: {}", input.shown(), io_reason(&e)));
                 continue;
             }
         };
@@ -336,7 +328,7 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
                 errors.push(format!(
                     "{}: cannot list directory: {}",
                     input.shown(),
-                    io_problem(&e)
+                    io_reason(&e)
                 ));
                 continue;
             }

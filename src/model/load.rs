@@ -69,7 +69,10 @@ pub fn load_weights(path: &Path) -> Result<LoadedWeights> {
     let shown = path.shown();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) => bail!("{shown}: cannot open weights file: {}", io_reason(&e)),
+        Err(e) => bail!(
+            "{shown}: cannot open weights file: {}",
+            crate::io::files::io_reason(&e)
+        ),
     };
     if meta.is_dir() {
         bail!("{shown}: is a directory, not a safetensors weights file");
@@ -79,17 +82,12 @@ pub fn load_weights(path: &Path) -> Result<LoadedWeights> {
     }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => bail!("{shown}: cannot read weights file: {}", io_reason(&e)),
+        Err(e) => bail!(
+            "{shown}: cannot read weights file: {}",
+            crate::io::files::io_reason(&e)
+        ),
     };
     load_weights_from_bytes(&bytes, path)
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => e.to_string(),
-    }
 }
 
 /// Loads safetensors bytes already in memory; `source` names them in messages.
