@@ -258,11 +258,9 @@ fn hand_written_hostile_pickles_are_refused() {
         dag.extend(b"q\x00h\x00\x86");
     }
     dag.push(b'.');
-    let t = std::time::Instant::now();
+    // The unfixed walk never ends; the fixed one reaches the error at once.
     let err = read_checkpoint(&legacy_checkpoint(&dag), "dag").unwrap_err();
     assert!(format!("{err:#}").contains("tuple"), "{err:#}");
-    // Not a timing test: the unfixed walk never ends, the fixed one takes microseconds.
-    assert!(t.elapsed() < Duration::from_secs(60));
 }
 
 /// A legacy checkpoint whose object pickle is `payload` (then an empty storage key list):
