@@ -2,40 +2,9 @@
 //! (`model::forward`) are written once over this trait, so a parity test can compare the two
 //! backends op by op and end to end.
 
-use crate::model::ConvLayer;
+pub use crate::ops::{shapes, ConvLayer, ConvShape, GramOver, Pool, Upsample};
 use crate::tensor::{HostTensor, Shape};
 use anyhow::Result;
-
-/// How a map is resampled. Both follow `torch.nn.functional.interpolate` with
-/// `align_corners=False`: nearest picks `floor(dst * in / out)`, bilinear samples at
-/// `(dst + 0.5) * in / out - 0.5` clamped at 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Upsample {
-    Nearest,
-    Bilinear,
-}
-
-/// Parameters of a max-pool (ResNet's stem uses 3x3, stride 2, padding 1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pool {
-    pub kernel: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
-
-impl Pool {
-    pub const RESNET_STEM: Pool = Pool {
-        kernel: 3,
-        stride: 2,
-        pad: 1,
-    };
-    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h + 2 * self.pad - self.kernel) / self.stride + 1,
-            (w + 2 * self.pad - self.kernel) / self.stride + 1,
-        )
-    }
-}
 
 /// Device memory in use, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,11 +63,17 @@ impl KernelTimes {
 /// A compute backend. Tensors are NHWC f32 living on the backend's device; ops may be
 /// recorded lazily (the GPU backend records into one command encoder and only submits when
 /// a result is downloaded), so `download` is the only synchronisation point.
+///
+/// Every op with a shape rule is a provided method: it checks its operands through
+/// [`shapes`] and then calls the backend's `*_unchecked` implementation with the result's
+/// shape, so both backends accept and refuse the same inputs with the same message. Backends
+/// implement the `*_unchecked` methods (adding only their own device limits) and must not
+/// override the checked ones; callers never call the `*_unchecked` ones.
 pub trait Backend {
     /// A device tensor: a cheap, clonable handle (shared storage + offset + shape).
     type Tensor: Clone;
     /// A convolution's folded weights, prepared for this device once at load.
-    type Conv;
+    type Conv: ConvShape;
 
     /// Human-readable name, e.g. "gpu: NVIDIA H100 (Vulkan)" or "cpu (2 threads)".
     fn name(&self) -> String;
@@ -118,7 +93,10 @@ pub trait Backend {
 
     /// `n` RGB8 images of `h`x`w` (`rgb.len() == n*h*w*3`, row-major, interleaved) to
     /// ImageNet-normalised NHWC f32: `(v/255 - mean_c) / std_c`.
-    fn preprocess(&mut self, rgb: &[u8], n: usize, h: usize, w: usize) -> Result<Self::Tensor>;
+    fn preprocess(&mut self, rgb: &[u8], n: usize, h: usize, w: usize) -> Result<Self::Tensor> {
+        let out = shapes::preprocess(rgb.len(), n, h, w)?;
+        self.preprocess_unchecked(rgb, out)
+    }
 
     /// `act(conv(x) + bias + residual)` where act is ReLU if `relu`; `residual` has the
     /// output's shape. Zero padding.
@@ -128,16 +106,41 @@ pub trait Backend {
         conv: &Self::Conv,
         residual: Option<&Self::Tensor>,
         relu: bool,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let residual_shape = residual.map(|r| self.shape(r));
+        let out = shapes::conv2d(&conv.geometry(), self.shape(x), residual_shape)?;
+        self.conv2d_unchecked(x, conv, residual, relu, out)
+    }
 
     /// Max-pool with implicit -inf padding (as torch).
-    fn max_pool(&mut self, x: &Self::Tensor, pool: Pool) -> Result<Self::Tensor>;
+    fn max_pool(&mut self, x: &Self::Tensor, pool: Pool) -> Result<Self::Tensor> {
+        let out = shapes::max_pool(self.shape(x), pool)?;
+        self.max_pool_unchecked(x, pool, out)
+    }
 
     /// Mean over channels: [n,h,w,c] -> [n,h,w,1].
-    fn channel_mean(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn channel_mean(&mut self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        let out = shapes::channel_mean(self.shape(x))?;
+        self.channel_mean_unchecked(x, out)
+    }
 
     /// Per image: `(x - min) / (max - min + 1e-6)` over all of its h*w*c values.
-    fn minmax_normalise(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn minmax_normalise(&mut self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::minmax_normalise(self.shape(x))?;
+        self.minmax_normalise_unchecked(x)
+    }
+
+    /// Resample every channel of every image to `h`x`w`.
+    fn resize(
+        &mut self,
+        x: &Self::Tensor,
+        h: usize,
+        w: usize,
+        mode: Upsample,
+    ) -> Result<Self::Tensor> {
+        let out = shapes::resize(self.shape(x), h, w)?;
+        self.resize_unchecked(x, out, mode)
+    }
 
     /// Device memory use, where the backend tracks it (the GPU does).
     fn memory(&self) -> Option<MemoryStats> {
@@ -159,12 +162,36 @@ pub trait Backend {
         Ok(None)
     }
 
-    /// Resample every channel of every image to `h`x`w`.
-    fn resize(
+    // The implementations, called by the methods above once the shapes are checked; `out` is
+    // the result's shape.
+
+    /// [`preprocess`](Self::preprocess) of a checked batch.
+    fn preprocess_unchecked(&mut self, rgb: &[u8], out: Shape) -> Result<Self::Tensor>;
+    /// [`conv2d`](Self::conv2d) of checked operands.
+    fn conv2d_unchecked(
         &mut self,
         x: &Self::Tensor,
-        h: usize,
-        w: usize,
+        conv: &Self::Conv,
+        residual: Option<&Self::Tensor>,
+        relu: bool,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`max_pool`](Self::max_pool) of a checked input.
+    fn max_pool_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        pool: Pool,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`channel_mean`](Self::channel_mean) of a checked input.
+    fn channel_mean_unchecked(&mut self, x: &Self::Tensor, out: Shape) -> Result<Self::Tensor>;
+    /// [`minmax_normalise`](Self::minmax_normalise) of a checked input.
+    fn minmax_normalise_unchecked(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// [`resize`](Self::resize) of a checked input.
+    fn resize_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        out: Shape,
         mode: Upsample,
     ) -> Result<Self::Tensor>;
 }
@@ -178,7 +205,7 @@ pub enum GateSign {
 }
 
 /// The relevance-propagation (LRP) ops. Separate from [`Backend`] so a backend can grow them
-/// op by op; the LRP method needs all of them.
+/// op by op; the LRP method needs all of them. Checked and `*_unchecked` as in [`Backend`].
 pub trait LrpBackend: Backend {
     /// Gradient of `conv2d` with respect to its input (a transposed convolution) of `s`
     /// (`[n, ho, wo, cout]`) back to `[n, in_h, in_w, cin]`, with the fused LRP epilogue
@@ -193,7 +220,14 @@ pub trait LrpBackend: Backend {
         mul: Option<&Self::Tensor>,
         scale: f32,
         acc: Option<&Self::Tensor>,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let operands = [
+            ("mul", mul.map(|t| self.shape(t))),
+            ("acc", acc.map(|t| self.shape(t))),
+        ];
+        let out = shapes::conv_transpose(&conv.geometry(), self.shape(s), in_h, in_w, operands)?;
+        self.conv_transpose_unchecked(s, conv, mul, scale, acc, out)
+    }
 
     /// `r / stab(z)` with `stab(z) = z + 1e-6 * sign(z)`, `sign(0) = +1`. With a gate, the
     /// result is zero wherever the gate's sign is not the one asked for.
@@ -202,18 +236,23 @@ pub trait LrpBackend: Backend {
         r: &Self::Tensor,
         z: &Self::Tensor,
         gate: Option<(&Self::Tensor, GateSign)>,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let gate_shape = gate.map(|(g, _)| self.shape(g));
+        shapes::lrp_ratio(self.shape(r), self.shape(z), gate_shape)?;
+        self.lrp_ratio_unchecked(r, z, gate)
+    }
 
     /// `r / stab(conv(x) + bias)`: the ratio of a rule group with one term, its denominator
-    /// `z` never stored (the GPU and CPU compute it in the conv's epilogue).
+    /// `z` never stored (the GPU and CPU compute it in the conv's epilogue). `r` has the
+    /// conv's output shape.
     fn conv2d_ratio(
         &mut self,
         x: &Self::Tensor,
         conv: &Self::Conv,
         r: &Self::Tensor,
     ) -> Result<Self::Tensor> {
-        let z = self.conv2d(x, conv, None, false)?;
-        self.lrp_ratio(r, &z, None)
+        let out = shapes::conv2d(&conv.geometry(), self.shape(x), Some(self.shape(r)))?;
+        self.conv2d_ratio_unchecked(x, conv, r, out)
     }
 
     /// [`residual_split`](Self::residual_split) of a block whose add `skip + branch` fed a
@@ -227,8 +266,9 @@ pub trait LrpBackend: Backend {
         out: &Self::Tensor,
         r: &Self::Tensor,
     ) -> Result<(Self::Tensor, Self::Tensor)> {
-        let branch = self.lincomb(out, 1.0, Some(skip), -1.0)?;
-        self.residual_split(skip, &branch, r)
+        let (a, b, c) = (self.shape(skip), self.shape(out), self.shape(r));
+        shapes::residual_split("residual_split_relu", a, b, c)?;
+        self.residual_split_relu_unchecked(skip, out, r)
     }
 
     /// zennit's Norm rule on a residual add `a + b`: returns `(a r / stab(a+b), b r / stab(a+b))`.
@@ -237,7 +277,11 @@ pub trait LrpBackend: Backend {
         a: &Self::Tensor,
         b: &Self::Tensor,
         r: &Self::Tensor,
-    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let shapes = (self.shape(a), self.shape(b), self.shape(r));
+        shapes::residual_split("residual_split", shapes.0, shapes.1, shapes.2)?;
+        self.residual_split_unchecked(a, b, r)
+    }
 
     /// Gradient of max-pool: each output's relevance goes to the first maximum of its window
     /// (scan order), as torch's backward does. `x` is the pool's input.
@@ -246,7 +290,10 @@ pub trait LrpBackend: Backend {
         x: &Self::Tensor,
         r: &Self::Tensor,
         pool: Pool,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        shapes::max_pool_backward(self.shape(x), self.shape(r), pool)?;
+        self.max_pool_backward_unchecked(x, r, pool)
+    }
 
     /// `alpha * a + beta * b` (b optional).
     fn lincomb(
@@ -255,33 +302,105 @@ pub trait LrpBackend: Backend {
         alpha: f32,
         b: Option<&Self::Tensor>,
         beta: f32,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        if let Some(b) = b {
+            shapes::same("lincomb", self.shape(a), self.shape(b))?;
+        }
+        self.lincomb_unchecked(a, alpha, b, beta)
+    }
 
     /// `relu(a + b)` (the residual add of a block when its branch is kept).
-    fn add_relu(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    fn add_relu(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::same("add_relu", self.shape(a), self.shape(b))?;
+        self.add_relu_unchecked(a, b)
+    }
 
     /// `clamp(x, lo, hi)`: the positive (`lo = 0`) or negative (`hi = 0`) part of an input.
-    fn clamp(&mut self, x: &Self::Tensor, lo: f32, hi: f32) -> Result<Self::Tensor>;
+    fn clamp(&mut self, x: &Self::Tensor, lo: f32, hi: f32) -> Result<Self::Tensor> {
+        shapes::clamp(lo, hi)?;
+        self.clamp_unchecked(x, lo, hi)
+    }
 
     /// A tensor whose channel `c` holds `values[c]` everywhere (ones, or ZBox bounds).
-    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor>;
-}
+    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor> {
+        shapes::fill_channels(shape, values.len())?;
+        self.fill_channels_unchecked(shape, values)
+    }
 
-/// Which centred Gram matrix [`CamBackend::centred_gram`] forms from an activation `X`
-/// (`hw x c` per image, centred per channel: `Xc = X - mean_hw X`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GramOver {
-    /// `Xc Xcᵀ`, `hw x hw`: the smaller one when the map has fewer pixels than channels.
-    Pixels,
-    /// `Xcᵀ Xc`, `c x c`.
-    Channels,
+    // The implementations (see [`Backend`]).
+
+    /// [`conv_transpose`](Self::conv_transpose) of checked operands; `out` is
+    /// `[n, in_h, in_w, cin]`.
+    fn conv_transpose_unchecked(
+        &mut self,
+        s: &Self::Tensor,
+        conv: &Self::Conv,
+        mul: Option<&Self::Tensor>,
+        scale: f32,
+        acc: Option<&Self::Tensor>,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`lrp_ratio`](Self::lrp_ratio) of checked operands.
+    fn lrp_ratio_unchecked(
+        &mut self,
+        r: &Self::Tensor,
+        z: &Self::Tensor,
+        gate: Option<(&Self::Tensor, GateSign)>,
+    ) -> Result<Self::Tensor>;
+    /// [`conv2d_ratio`](Self::conv2d_ratio) of checked operands.
+    fn conv2d_ratio_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        conv: &Self::Conv,
+        r: &Self::Tensor,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`residual_split_relu`](Self::residual_split_relu) of checked operands.
+    fn residual_split_relu_unchecked(
+        &mut self,
+        skip: &Self::Tensor,
+        out: &Self::Tensor,
+        r: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// [`residual_split`](Self::residual_split) of checked operands.
+    fn residual_split_unchecked(
+        &mut self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        r: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// [`max_pool_backward`](Self::max_pool_backward) of checked operands.
+    fn max_pool_backward_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        r: &Self::Tensor,
+        pool: Pool,
+    ) -> Result<Self::Tensor>;
+    /// [`lincomb`](Self::lincomb) of checked operands.
+    fn lincomb_unchecked(
+        &mut self,
+        a: &Self::Tensor,
+        alpha: f32,
+        b: Option<&Self::Tensor>,
+        beta: f32,
+    ) -> Result<Self::Tensor>;
+    /// [`add_relu`](Self::add_relu) of checked operands.
+    fn add_relu_unchecked(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// [`clamp`](Self::clamp) with checked bounds.
+    fn clamp_unchecked(&mut self, x: &Self::Tensor, lo: f32, hi: f32) -> Result<Self::Tensor>;
+    /// [`fill_channels`](Self::fill_channels) with checked values.
+    fn fill_channels_unchecked(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor>;
 }
 
 /// The ops of the baseline methods (Grad-CAM, EigenCAM, RELAX), on top of the LRP ops (the
 /// Grad-CAM backward reuses [`LrpBackend::conv_transpose`] for the gradient of every conv).
+/// Checked and `*_unchecked` as in [`Backend`].
 pub trait CamBackend: LrpBackend {
     /// Global average pooling: `[n, h, w, c] -> [n, 1, 1, c]`, the mean over pixels.
-    fn spatial_mean(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn spatial_mean(&mut self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        let out = shapes::spatial_mean(self.shape(x))?;
+        self.spatial_mean_unchecked(x, out)
+    }
 
     /// `[n, 1, 1, c] -> [n, h, w, c]`: every pixel holds `scale * v` (the gradient of a
     /// global average pool, with `scale = 1 / (h w)`).
@@ -291,10 +410,16 @@ pub trait CamBackend: LrpBackend {
         h: usize,
         w: usize,
         scale: f32,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let out = shapes::broadcast_spatial(self.shape(v), h, w)?;
+        self.broadcast_spatial_unchecked(v, scale, out)
+    }
 
     /// The gradient of a ReLU whose output is `y`: `g` where `y > 0`, else 0 (as torch).
-    fn relu_backward(&mut self, g: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor>;
+    fn relu_backward(&mut self, g: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::same("relu_backward", self.shape(g), self.shape(y))?;
+        self.relu_backward_unchecked(g, y)
+    }
 
     /// `out[n, p] = Σ_c w[n, c] (x[n, p, c] - mean[n, c])` (`mean` defaults to zeros), then a
     /// ReLU if `relu`: `[n, h, w, c] -> [n, h, w, 1]`. `w` and `mean` are `[n, 1, 1, c]`.
@@ -304,7 +429,11 @@ pub trait CamBackend: LrpBackend {
         w: &Self::Tensor,
         mean: Option<&Self::Tensor>,
         relu: bool,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let mean_shape = mean.map(|m| self.shape(m));
+        let out = shapes::channel_projection(self.shape(x), self.shape(w), mean_shape)?;
+        self.channel_projection_unchecked(x, w, mean, relu, out)
+    }
 
     /// The centred Gram matrix of every image of `x` (`mean` = its `spatial_mean`), as
     /// `[n, d, d, 1]` with `d = h w` ([`GramOver::Pixels`]) or `d = c` ([`GramOver::Channels`]).
@@ -313,11 +442,14 @@ pub trait CamBackend: LrpBackend {
         x: &Self::Tensor,
         mean: &Self::Tensor,
         over: GramOver,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let out = shapes::centred_gram(self.shape(x), self.shape(mean), over)?;
+        self.centred_gram_unchecked(x, mean, over, out)
+    }
 
     /// RELAX occlusion masks `start .. start + count` of the stream `seed`, `[count, h, w, 1]`
     /// (`h, w >= 4`). Mask `i` is a function of `(seed, i)` only, identical on every backend:
-    /// see [`crate::explain::relax`] for the generator.
+    /// see [`crate::ops::relax_mask`] for the generator.
     fn relax_masks(
         &mut self,
         seed: u64,
@@ -325,14 +457,23 @@ pub trait CamBackend: LrpBackend {
         count: usize,
         h: usize,
         w: usize,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let out = shapes::relax_masks(start, count, h, w)?;
+        self.relax_masks_unchecked(seed, start, out)
+    }
 
     /// `x [1, h, w, c]` times every mask of `m [b, h, w, 1]`: `[b, h, w, c]`.
-    fn mask_images(&mut self, x: &Self::Tensor, m: &Self::Tensor) -> Result<Self::Tensor>;
+    fn mask_images(&mut self, x: &Self::Tensor, m: &Self::Tensor) -> Result<Self::Tensor> {
+        let out = shapes::mask_images(self.shape(x), self.shape(m))?;
+        self.mask_images_unchecked(x, m, out)
+    }
 
     /// Cosine similarity of every row of `e [b, 1, 1, c]` with `r [1, 1, 1, c]`:
     /// `e·r / max(|e| |r|, 1e-8)`, `[b, 1, 1, 1]`.
-    fn cosine_similarity(&mut self, e: &Self::Tensor, r: &Self::Tensor) -> Result<Self::Tensor>;
+    fn cosine_similarity(&mut self, e: &Self::Tensor, r: &Self::Tensor) -> Result<Self::Tensor> {
+        let out = shapes::cosine_similarity(self.shape(e), self.shape(r))?;
+        self.cosine_similarity_unchecked(e, r, out)
+    }
 
     /// RELAX running sums per pixel, `[1, h, w, 3]`: `acc + Σ_b (m_b, m_b t_b, m_b t_b²)` with
     /// `t_b = s_b - shift` (the shift keeps the variance free of cancellation), for masks
@@ -344,209 +485,69 @@ pub trait CamBackend: LrpBackend {
         masks: &Self::Tensor,
         sims: &Self::Tensor,
         shift: f32,
+    ) -> Result<Self::Tensor> {
+        let acc_shape = acc.map(|a| self.shape(a));
+        let out = shapes::relax_accumulate(self.shape(masks), self.shape(sims), acc_shape)?;
+        self.relax_accumulate_unchecked(acc, masks, sims, shift, out)
+    }
+
+    // The implementations (see [`Backend`]).
+
+    /// [`spatial_mean`](Self::spatial_mean) of a checked input.
+    fn spatial_mean_unchecked(&mut self, x: &Self::Tensor, out: Shape) -> Result<Self::Tensor>;
+    /// [`broadcast_spatial`](Self::broadcast_spatial) of a checked input.
+    fn broadcast_spatial_unchecked(
+        &mut self,
+        v: &Self::Tensor,
+        scale: f32,
+        out: Shape,
     ) -> Result<Self::Tensor>;
-}
-
-/// Shape rules of the ops, shared by the backends so that both accept and refuse the same
-/// inputs with the same message (the GPU adds its own device limits: binding sizes, 32-bit
-/// indices, view extents).
-pub mod shapes {
-    use super::{GramOver, Pool};
-    use crate::tensor::Shape;
-    use anyhow::{ensure, Result};
-
-    /// What the shape rules need of a convolution.
-    #[derive(Clone, Copy, Debug)]
-    pub struct ConvGeometry<'a> {
-        pub name: &'a str,
-        pub cin: usize,
-        pub cout: usize,
-        pub kh: usize,
-        pub kw: usize,
-        pub stride: usize,
-        pub pad: usize,
-    }
-
-    impl ConvGeometry<'_> {
-        /// The output size of an `h`x`w` input, or an error where the kernel does not fit.
-        pub fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-            let (name, kh, kw, pad) = (self.name, self.kh, self.kw, self.pad);
-            ensure!(
-                self.stride > 0 && kh > 0 && kw > 0,
-                "conv {name}: kernel and stride must be positive"
-            );
-            ensure!(
-                h + 2 * pad >= kh && w + 2 * pad >= kw,
-                "conv {name}: input {h}x{w} smaller than its {kh}x{kw} kernel (padding {pad})"
-            );
-            Ok((
-                (h + 2 * pad - kh) / self.stride + 1,
-                (w + 2 * pad - kw) / self.stride + 1,
-            ))
-        }
-    }
-
-    /// `a` and `b` of an elementwise op have one shape.
-    pub fn same(what: &str, a: Shape, b: Shape) -> Result<()> {
-        ensure!(a == b, "{what}: shapes {a} and {b} differ");
-        Ok(())
-    }
-
-    /// The output shape of a conv of `x` (with `residual`, which must have it).
-    pub fn conv2d(c: &ConvGeometry, x: Shape, residual: Option<Shape>) -> Result<Shape> {
-        ensure!(
-            x.c == c.cin,
-            "conv {}: input {x} has {} channels, the conv expects {}",
-            c.name,
-            x.c,
-            c.cin
-        );
-        ensure!(x.n > 0, "conv {}: empty input {x}", c.name);
-        let (ho, wo) = c.out_size(x.h, x.w)?;
-        let out = Shape::new(x.n, ho, wo, c.cout);
-        if let Some(r) = residual {
-            ensure!(
-                r == out,
-                "conv {}: residual {r} does not match the output {out}",
-                c.name
-            );
-        }
-        Ok(out)
-    }
-
-    /// The result shape `[n, in_h, in_w, cin]` of a transposed conv of the relevance `s`;
-    /// the named epilogue `operands` must have it.
-    pub fn conv_transpose(
-        c: &ConvGeometry,
-        s: Shape,
-        in_h: usize,
-        in_w: usize,
-        operands: [(&str, Option<Shape>); 2],
-    ) -> Result<Shape> {
-        let (ho, wo) = c.out_size(in_h, in_w)?;
-        ensure!(
-            (s.h, s.w, s.c) == (ho, wo, c.cout) && s.n > 0,
-            "conv_transpose {}: relevance {s} does not come from a {in_h}x{in_w} input \
-             (expected [n, {ho}, {wo}, {}])",
-            c.name,
-            c.cout
-        );
-        let result = Shape::new(s.n, in_h, in_w, c.cin);
-        for (what, t) in operands {
-            if let Some(t) = t {
-                ensure!(
-                    t == result,
-                    "conv_transpose {}: {what} operand {t} is not {result}",
-                    c.name
-                );
-            }
-        }
-        Ok(result)
-    }
-
-    /// The relevance `r` of a max-pool of `x` has the pool's output shape.
-    pub fn max_pool_backward(x: Shape, r: Shape, pool: Pool) -> Result<()> {
-        ensure!(
-            pool.kernel > 0 && pool.stride > 0 && 2 * pool.pad <= pool.kernel,
-            "max-pool backward {pool:?}: kernel and stride must be positive and padding at \
-             most half the kernel"
-        );
-        ensure!(
-            x.h + 2 * pool.pad >= pool.kernel && x.w + 2 * pool.pad >= pool.kernel && !x.is_empty(),
-            "max-pool backward {pool:?} on input {x}: input smaller than the window"
-        );
-        let (ho, wo) = pool.out_size(x.h, x.w);
-        let want = Shape::new(x.n, ho, wo, x.c);
-        ensure!(
-            r == want,
-            "max_pool_backward: relevance {r} for input {x} (expected {want})"
-        );
-        Ok(())
-    }
-
-    /// The output shape `[n, h, w, 1]` of projecting `x` on per-image channel weights `w`
-    /// (`[n, 1, 1, c]`, as the optional `mean`).
-    pub fn channel_projection(x: Shape, w: Shape, mean: Option<Shape>) -> Result<Shape> {
-        let want = Shape::new(x.n, 1, 1, x.c);
-        ensure!(w == want, "channel_projection: weights {w} for input {x}");
-        if let Some(m) = mean {
-            ensure!(m == want, "channel_projection: mean {m} for input {x}");
-        }
-        Ok(Shape::new(x.n, x.h, x.w, 1))
-    }
-
-    fn is_vector(s: Shape) -> bool {
-        s.h == 1 && s.w == 1
-    }
-
-    /// `[n, 1, 1, c]`: the spatial mean of a non-empty `x`.
-    pub fn spatial_mean(x: Shape) -> Result<Shape> {
-        ensure!(!x.is_empty(), "spatial mean of an empty tensor {x}");
-        Ok(Shape::new(x.n, 1, 1, x.c))
-    }
-
-    /// `[n, h, w, c]`: a per-image vector `v` (`[n, 1, 1, c]`) broadcast over `h`x`w`.
-    pub fn broadcast_spatial(v: Shape, h: usize, w: usize) -> Result<Shape> {
-        ensure!(is_vector(v), "broadcast_spatial: {v} is not [n, 1, 1, c]");
-        Ok(Shape::new(v.n, h, w, v.c))
-    }
-
-    /// `[n, d, d, 1]`: the centred Gram matrix of `x` over pixels (`d = h w`) or channels
-    /// (`d = c`), given its channel means `mean` (`[n, 1, 1, c]`).
-    pub fn centred_gram(x: Shape, mean: Shape, over: GramOver) -> Result<Shape> {
-        ensure!(
-            mean == Shape::new(x.n, 1, 1, x.c),
-            "centred_gram: mean {mean} for input {x}"
-        );
-        let d = match over {
-            GramOver::Pixels => x.h * x.w,
-            GramOver::Channels => x.c,
-        };
-        Ok(Shape::new(x.n, d, d, 1))
-    }
-
-    /// `[count, h, w, 1]`: RELAX masks `start .. start + count` of an `h`x`w` image.
-    pub fn relax_masks(start: u32, count: usize, h: usize, w: usize) -> Result<Shape> {
-        ensure!(
-            h >= 4 && w >= 4,
-            "RELAX masks need an image of at least 4x4, got {h}x{w}"
-        );
-        ensure!(
-            (start as u64) + (count as u64) <= u32::MAX as u64,
-            "RELAX mask index beyond 2^32"
-        );
-        Ok(Shape::new(count, h, w, 1))
-    }
-
-    /// `[b, h, w, c]`: one image `x` (`[1, h, w, c]`) times each of the masks `m`.
-    pub fn mask_images(x: Shape, m: Shape) -> Result<Shape> {
-        ensure!(
-            x.n == 1 && (m.h, m.w, m.c) == (x.h, x.w, 1),
-            "mask_images: image {x} and masks {m}"
-        );
-        Ok(Shape::new(m.n, x.h, x.w, x.c))
-    }
-
-    /// `[n, 1, 1, 1]`: the cosine similarity of embeddings `e` with one reference `r`.
-    pub fn cosine_similarity(e: Shape, r: Shape) -> Result<Shape> {
-        ensure!(
-            is_vector(e) && r == Shape::new(1, 1, 1, e.c),
-            "cosine_similarity: embeddings {e} and reference {r}"
-        );
-        Ok(Shape::new(e.n, 1, 1, 1))
-    }
-
-    /// `[1, h, w, 3]`: RELAX's running sums over `masks` with one similarity each (and the
-    /// previous sums `acc`, which must have that shape).
-    pub fn relax_accumulate(masks: Shape, sims: Shape, acc: Option<Shape>) -> Result<Shape> {
-        ensure!(
-            masks.c == 1 && sims == Shape::new(masks.n, 1, 1, 1),
-            "relax_accumulate: masks {masks} and similarities {sims}"
-        );
-        let out = Shape::new(1, masks.h, masks.w, 3);
-        if let Some(a) = acc {
-            ensure!(a == out, "relax_accumulate: sums {a} for masks {masks}");
-        }
-        Ok(out)
-    }
+    /// [`relu_backward`](Self::relu_backward) of checked operands.
+    fn relu_backward_unchecked(
+        &mut self,
+        g: &Self::Tensor,
+        y: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+    /// [`channel_projection`](Self::channel_projection) of checked operands.
+    fn channel_projection_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        mean: Option<&Self::Tensor>,
+        relu: bool,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`centred_gram`](Self::centred_gram) of checked operands.
+    fn centred_gram_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        mean: &Self::Tensor,
+        over: GramOver,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`relax_masks`](Self::relax_masks) of a checked range; `out` is `[count, h, w, 1]`.
+    fn relax_masks_unchecked(&mut self, seed: u64, start: u32, out: Shape) -> Result<Self::Tensor>;
+    /// [`mask_images`](Self::mask_images) of checked operands.
+    fn mask_images_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        m: &Self::Tensor,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`cosine_similarity`](Self::cosine_similarity) of checked operands.
+    fn cosine_similarity_unchecked(
+        &mut self,
+        e: &Self::Tensor,
+        r: &Self::Tensor,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
+    /// [`relax_accumulate`](Self::relax_accumulate) of checked operands.
+    fn relax_accumulate_unchecked(
+        &mut self,
+        acc: Option<&Self::Tensor>,
+        masks: &Self::Tensor,
+        sims: &Self::Tensor,
+        shift: f32,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
 }

@@ -3,6 +3,8 @@
 //!
 //! Layout (one job per module):
 //! - [`tensor`]: host tensors (NHWC f32) and error measures used by tests.
+//! - [`ops`]: what an op is, backend-free (a leaf): conv/pool geometry, resampling modes,
+//!   ImageNet constants, the shape rules both backends enforce, the RELAX mask generator.
 //! - [`backend`]: the op set every backend implements; methods are written once over it.
 //! - [`model`]: safetensors -> ResNet spec (key normalisation, depth/width detection, BN folding)
 //!   and the generic forward pass.
@@ -24,6 +26,7 @@ pub mod explain;
 pub mod gpu;
 pub mod io;
 pub mod model;
+pub mod ops;
 pub mod tensor;
 
 pub use backend::{Backend, Upsample};

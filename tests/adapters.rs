@@ -46,7 +46,7 @@ fn backend_line(o: &Output) -> String {
 
 /// The adapters wgpu sees here, as the binary will (its environment: no adapter name).
 fn seen() -> Vec<wgpu::AdapterInfo> {
-    adapters(&GpuOptions::default())
+    adapters(&GpuOptions::from_env().unwrap())
 }
 
 fn is_hardware(i: &wgpu::AdapterInfo) -> bool {

@@ -172,7 +172,7 @@ fn a_dropped_barrier_is_caught() {
         .net;
     let racy = Gpu::new(&GpuOptions {
         drop_barriers: true,
-        ..GpuOptions::default()
+        ..GpuOptions::from_env().unwrap()
     })
     .unwrap();
     let (rgb, h, w) = common::read_rgb("img_64x64.png");

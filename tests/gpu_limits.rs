@@ -21,7 +21,7 @@ use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
 fn webgpu() -> Gpu {
     Gpu::new(&GpuOptions {
         limits: Some(GpuLimits::WebGpu),
-        ..GpuOptions::default()
+        ..GpuOptions::from_env().unwrap()
     })
     .expect("no GPU adapter: install mesa-vulkan-drivers + libvulkan1 (lavapipe)")
 }

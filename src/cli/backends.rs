@@ -3,7 +3,7 @@
 //! Every command runs generically over the chosen backend through [`with_backend!`].
 
 use crate::cpu::Cpu;
-use crate::gpu::{ConvTiles, Gpu, GpuOptions};
+use crate::gpu::{Gpu, GpuOptions};
 use crate::Backend;
 use anyhow::{Context, Result};
 
@@ -75,14 +75,13 @@ pub fn open_backend(choice: BackendChoice) -> Result<(AnyBackend, Option<String>
     match choice {
         BackendChoice::Cpu => Ok((AnyBackend::Cpu(make_cpu()?), None)),
         BackendChoice::Gpu => {
-            let gpu = Gpu::new(&GpuOptions::default()).context("--backend gpu")?;
+            let gpu = Gpu::new(&gpu_options()?).context("--backend gpu")?;
             Ok((AnyBackend::Gpu(Box::new(gpu)), None))
         }
         BackendChoice::Auto => {
-            ConvTiles::from_env()?;
             let opts = GpuOptions {
                 hardware_only: true,
-                ..GpuOptions::default()
+                ..gpu_options()?
             };
             match Gpu::new(&opts) {
                 Ok(gpu) => {
@@ -103,6 +102,20 @@ pub fn open_backend(choice: BackendChoice) -> Result<(AnyBackend, Option<String>
             }
         }
     }
+}
+
+/// The GPU options of a CLI run: the environment's ([`GpuOptions::from_env`]; a malformed
+/// `LAFAM_GPU_TILES` or `LAFAM_GPU_LIMITS` is an error), with compiled pipelines persisted
+/// in `<cache dir>/pipelines` unless `LAFAM_GPU_PIPELINE_CACHE=0`.
+pub fn gpu_options() -> Result<GpuOptions> {
+    let mut opts = GpuOptions::from_env()?;
+    if GpuOptions::pipeline_cache_wanted() {
+        let flag = super::CACHE_DIR.lock().map(|g| g.clone()).unwrap_or(None);
+        opts.pipeline_cache = crate::checkpoint::download::cache_dir(flag.as_deref())
+            .ok()
+            .map(|d| d.join("pipelines"));
+    }
+    Ok(opts)
 }
 
 fn make_cpu() -> Result<Cpu> {

@@ -86,7 +86,7 @@ pub struct BenchArgs {
     pub layer: Stage,
 
     /// Upsampling of the map to the image.
-    #[arg(long, value_enum, default_value = "nearest")]
+    #[arg(long, default_value = "nearest", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(Upsample::NAMES), |s| s.parse::<Upsample>().unwrap()))]
     pub upsample: Upsample,
 
     /// RELAX: masks per image (`--method relax`; img/s then counts explained images).

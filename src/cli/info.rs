@@ -72,7 +72,7 @@ pub fn info(args: &InfoArgs) -> Result<u8> {
         println!("bn eps:            {:e}", lw.bn_eps);
     }
     // Every adapter wgpu finds, best first, and whether `auto` would take it.
-    for (i, a) in crate::gpu::adapters(&crate::gpu::GpuOptions::default())
+    for (i, a) in crate::gpu::adapters(&crate::gpu::GpuOptions::from_env()?)
         .iter()
         .enumerate()
     {

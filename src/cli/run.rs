@@ -68,7 +68,7 @@ pub struct MapArgs {
 
     /// How the layer-resolution map is upsampled to the image: nearest (as in the LaFAM
     /// paper: blocky) or bilinear (smooth).
-    #[arg(long, value_enum, default_value = "nearest")]
+    #[arg(long, default_value = "nearest", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(Upsample::NAMES), |s| s.parse::<Upsample>().unwrap()))]
     pub upsample: Upsample,
 
     /// Resize every image so its shorter side is N pixels (aspect ratio kept) before the

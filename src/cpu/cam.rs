@@ -2,16 +2,15 @@
 //! the WGSL kernels in `shaders/cam.wgsl` so the two backends round alike.
 
 use super::{Cpu, CpuTensor};
-use crate::backend::{shapes, CamBackend, GramOver};
-use crate::explain::relax::{mask_value, MaskStream};
+use crate::backend::{CamBackend, GramOver};
+use crate::ops::relax_mask::{mask_value, MaskStream};
 use crate::tensor::Shape;
 use anyhow::Result;
 use rayon::prelude::*;
 
 impl CamBackend for Cpu {
-    fn spatial_mean(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+    fn spatial_mean_unchecked(&mut self, x: &CpuTensor, out_shape: Shape) -> Result<CpuTensor> {
         let s = x.shape;
-        shapes::spatial_mean(s)?;
         let hw = s.h * s.w;
         let xs = x.as_slice();
         let out = (0..s.n * s.c)
@@ -25,18 +24,16 @@ impl CamBackend for Cpu {
                 acc / hw as f32
             })
             .collect();
-        Ok(CpuTensor::new(Shape::new(s.n, 1, 1, s.c), out))
+        Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn broadcast_spatial(
+    fn broadcast_spatial_unchecked(
         &mut self,
         v: &CpuTensor,
-        h: usize,
-        w: usize,
         scale: f32,
+        out_shape: Shape,
     ) -> Result<CpuTensor> {
-        let s = v.shape;
-        let out_shape = shapes::broadcast_spatial(s, h, w)?;
+        let (s, h, w) = (v.shape, out_shape.h, out_shape.w);
         let vs = v.as_slice();
         let per = h * w * s.c;
         let out = (0..out_shape.len())
@@ -46,20 +43,19 @@ impl CamBackend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn relu_backward(&mut self, g: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
-        self.same_shape("relu_backward", g, y)?;
+    fn relu_backward_unchecked(&mut self, g: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.zip_map(g, y, |g, y| if y > 0.0 { g } else { 0.0 }))
     }
 
-    fn channel_projection(
+    fn channel_projection_unchecked(
         &mut self,
         x: &CpuTensor,
         w: &CpuTensor,
         mean: Option<&CpuTensor>,
         relu: bool,
+        out_shape: Shape,
     ) -> Result<CpuTensor> {
         let s = x.shape;
-        let out_shape = shapes::channel_projection(s, w.shape, mean.map(|m| m.shape))?;
         let (xs, ws, ms) = (x.as_slice(), w.as_slice(), mean.map(|m| m.as_slice()));
         let hw = s.h * s.w;
         let out = (0..s.n * hw)
@@ -81,14 +77,14 @@ impl CamBackend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn centred_gram(
+    fn centred_gram_unchecked(
         &mut self,
         x: &CpuTensor,
         mean: &CpuTensor,
         over: GramOver,
+        out_shape: Shape,
     ) -> Result<CpuTensor> {
         let s = x.shape;
-        let out_shape = shapes::centred_gram(s, mean.shape, over)?;
         let (hw, d) = (s.h * s.w, out_shape.h);
         let (xs, ms) = (x.as_slice(), mean.as_slice());
         let out = (0..s.n * d * d)
@@ -119,15 +115,8 @@ impl CamBackend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn relax_masks(
-        &mut self,
-        seed: u64,
-        start: u32,
-        count: usize,
-        h: usize,
-        w: usize,
-    ) -> Result<CpuTensor> {
-        let shape = shapes::relax_masks(start, count, h, w)?;
+    fn relax_masks_unchecked(&mut self, seed: u64, start: u32, shape: Shape) -> Result<CpuTensor> {
+        let (count, h, w) = (shape.n, shape.h, shape.w);
         let stream = MaskStream::new(seed, h, w);
         let out = (0..count * h * w)
             .into_par_iter()
@@ -140,9 +129,13 @@ impl CamBackend for Cpu {
         Ok(CpuTensor::new(shape, out))
     }
 
-    fn mask_images(&mut self, x: &CpuTensor, m: &CpuTensor) -> Result<CpuTensor> {
-        let (s, ms) = (x.shape, m.shape);
-        let out_shape = shapes::mask_images(s, ms)?;
+    fn mask_images_unchecked(
+        &mut self,
+        x: &CpuTensor,
+        m: &CpuTensor,
+        out_shape: Shape,
+    ) -> Result<CpuTensor> {
+        let s = x.shape;
         let (xs, mv) = (x.as_slice(), m.as_slice());
         let hw = s.h * s.w;
         let out = (0..out_shape.len())
@@ -155,9 +148,13 @@ impl CamBackend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn cosine_similarity(&mut self, e: &CpuTensor, r: &CpuTensor) -> Result<CpuTensor> {
-        let (es, rs) = (e.shape, r.shape);
-        let out_shape = shapes::cosine_similarity(es, rs)?;
+    fn cosine_similarity_unchecked(
+        &mut self,
+        e: &CpuTensor,
+        r: &CpuTensor,
+        out_shape: Shape,
+    ) -> Result<CpuTensor> {
+        let es = e.shape;
         let (ev, rv) = (e.as_slice(), r.as_slice());
         let out = (0..es.n)
             .map(|b| {
@@ -174,15 +171,15 @@ impl CamBackend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn relax_accumulate(
+    fn relax_accumulate_unchecked(
         &mut self,
         acc: Option<&CpuTensor>,
         masks: &CpuTensor,
         sims: &CpuTensor,
         shift: f32,
+        out_shape: Shape,
     ) -> Result<CpuTensor> {
         let ms = masks.shape;
-        let out_shape = shapes::relax_accumulate(ms, sims.shape, acc.map(|a| a.shape))?;
         let hw = ms.h * ms.w;
         let (mv, sv, av) = (masks.as_slice(), sims.as_slice(), acc.map(|a| a.as_slice()));
         let mut out = vec![0f32; out_shape.len()];

@@ -2,8 +2,9 @@
 //! crate for the convolution's matrix product). It is the reference every GPU kernel is
 //! tested against, and the fallback on machines without an adapter.
 
-use crate::backend::{shapes, Backend, GateSign, Pool, Upsample};
-use crate::model::ConvLayer;
+use crate::backend::{Backend, ConvShape, GateSign, Pool, Upsample};
+use crate::ops::ConvGeometry;
+use crate::ops::ConvLayer;
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
 use rayon::prelude::*;
@@ -11,8 +12,7 @@ use std::sync::Arc;
 
 mod cam;
 
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub use crate::ops::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// A tensor on the CPU backend: shared storage, an element offset (for per-image views), a shape.
 #[derive(Clone, Debug)]
@@ -39,6 +39,12 @@ impl CpuTensor {
 /// Weights of a conv in the GEMM layout the forward uses: `[kh*kw*cin, cout]` row-major.
 pub struct CpuConv {
     layer: ConvLayer,
+}
+
+impl ConvShape for CpuConv {
+    fn geometry(&self) -> ConvGeometry<'_> {
+        self.layer.geometry()
+    }
 }
 
 /// The CPU backend. Uses rayon's global pool (RAYON_NUM_THREADS to override).
@@ -170,17 +176,11 @@ fn zeros(what: &str, len: usize, images: usize) -> Result<Vec<f32>> {
 }
 
 impl Cpu {
-    /// The conv's GEMM without its epilogue: `[n, ho, wo, cout]` of `Σ x w` (no bias), after
-    /// checking the input (and the residual or relevance operand's shape).
-    fn conv_gemm(
-        &mut self,
-        x: &CpuTensor,
-        conv: &CpuConv,
-        residual: Option<&CpuTensor>,
-    ) -> Result<(Shape, Vec<f32>)> {
+    /// The conv's GEMM without its epilogue: `out_shape` (`[n, ho, wo, cout]`, checked) of
+    /// `Σ x w` (no bias).
+    fn conv_gemm(&mut self, x: &CpuTensor, conv: &CpuConv, out_shape: Shape) -> Result<Vec<f32>> {
         let c = &conv.layer;
         let s = x.shape;
-        let out_shape = shapes::conv2d(&c.geometry(), s, residual.map(|r| r.shape))?;
         let (ho, wo) = (out_shape.h, out_shape.w);
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
@@ -209,7 +209,7 @@ impl Cpu {
             matmul(dst, lhs, &c.weight, m, k, c.cout, false, self.parallelism());
         }
         self.cols = cols;
-        Ok((out_shape, out))
+        Ok(out)
     }
 }
 
@@ -265,14 +265,9 @@ impl Backend for Cpu {
         }
     }
 
-    fn preprocess(&mut self, rgb: &[u8], n: usize, h: usize, w: usize) -> Result<CpuTensor> {
-        ensure!(
-            rgb.len() == n * h * w * 3,
-            "preprocess: {} bytes for {n}x{h}x{w}x3",
-            rgb.len()
-        );
+    fn preprocess_unchecked(&mut self, rgb: &[u8], shape: Shape) -> Result<CpuTensor> {
+        let n = shape.n;
         // The f32 batch is 4x the bytes: checked before it is allocated.
-        let shape = Shape::new(n, h, w, 3);
         let mut data = zeros(&format!("preprocessed batch {shape}"), shape.len(), n)?;
         data.par_iter_mut()
             .zip(rgb.par_iter())
@@ -284,15 +279,16 @@ impl Backend for Cpu {
         Ok(CpuTensor::new(shape, data))
     }
 
-    fn conv2d(
+    fn conv2d_unchecked(
         &mut self,
         x: &CpuTensor,
         conv: &CpuConv,
         residual: Option<&CpuTensor>,
         relu: bool,
+        out_shape: Shape,
     ) -> Result<CpuTensor> {
         let c = &conv.layer;
-        let (out_shape, mut out) = self.conv_gemm(x, conv, residual)?;
+        let mut out = self.conv_gemm(x, conv, out_shape)?;
         // Fused epilogue: bias, residual, ReLU.
         let res = residual.map(|r| r.as_slice());
         out.par_chunks_mut(c.cout).enumerate().for_each(|(p, px)| {
@@ -310,18 +306,14 @@ impl Backend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn max_pool(&mut self, x: &CpuTensor, pool: Pool) -> Result<CpuTensor> {
+    fn max_pool_unchecked(
+        &mut self,
+        x: &CpuTensor,
+        pool: Pool,
+        out_shape: Shape,
+    ) -> Result<CpuTensor> {
         let s = x.shape;
-        ensure!(
-            pool.kernel > 0 && pool.stride > 0 && pool.pad * 2 <= pool.kernel,
-            "max-pool: bad parameters {pool:?}"
-        );
-        ensure!(
-            s.h + 2 * pool.pad >= pool.kernel && s.w + 2 * pool.pad >= pool.kernel,
-            "max-pool: input {s} too small"
-        );
-        let (ho, wo) = pool.out_size(s.h, s.w);
-        let out_shape = Shape::new(s.n, ho, wo, s.c);
+        let (ho, wo) = (out_shape.h, out_shape.w);
         let xs = x.as_slice();
         let mut out = zeros(
             &format!("max-pool output {out_shape}"),
@@ -357,18 +349,17 @@ impl Backend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn channel_mean(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+    fn channel_mean_unchecked(&mut self, x: &CpuTensor, out_shape: Shape) -> Result<CpuTensor> {
         let s = x.shape;
-        ensure!(s.c > 0, "channel mean of a tensor with no channels");
         let out = x
             .as_slice()
             .par_chunks(s.c)
             .map(|px| px.iter().sum::<f32>() / s.c as f32)
             .collect();
-        Ok(CpuTensor::new(Shape { c: 1, ..s }, out))
+        Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn minmax_normalise(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+    fn minmax_normalise_unchecked(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
         let s = x.shape;
         let mut out = x.as_slice().to_vec();
         out.par_chunks_mut(s.image_len()).for_each(|img| {
@@ -383,13 +374,14 @@ impl Backend for Cpu {
         Ok(CpuTensor::new(s, out))
     }
 
-    fn resize(&mut self, x: &CpuTensor, h: usize, w: usize, mode: Upsample) -> Result<CpuTensor> {
+    fn resize_unchecked(
+        &mut self,
+        x: &CpuTensor,
+        out_shape: Shape,
+        mode: Upsample,
+    ) -> Result<CpuTensor> {
         let s = x.shape;
-        ensure!(
-            h > 0 && w > 0 && s.h > 0 && s.w > 0,
-            "resize: empty size {s} -> {h}x{w}"
-        );
-        let out_shape = Shape::new(s.n, h, w, s.c);
+        let (h, w) = (out_shape.h, out_shape.w);
         let xs = x.as_slice();
         let ys: Vec<Tap> = (0..h).map(|d| Tap::new(d, s.h, h, mode)).collect();
         let xt: Vec<Tap> = (0..w).map(|d| Tap::new(d, s.w, w, mode)).collect();
@@ -499,10 +491,6 @@ fn stabilise(z: f32) -> f32 {
 }
 
 impl Cpu {
-    fn same_shape(&self, what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
-        shapes::same(what, a.shape, b.shape)
-    }
-
     /// Two outputs of `f(a, b, c)` elementwise, in one pass.
     fn split(
         &self,
@@ -547,20 +535,17 @@ impl Cpu {
 }
 
 impl crate::backend::LrpBackend for Cpu {
-    fn conv_transpose(
+    fn conv_transpose_unchecked(
         &mut self,
         s: &CpuTensor,
         conv: &CpuConv,
-        in_h: usize,
-        in_w: usize,
         mul: Option<&CpuTensor>,
         scale: f32,
         acc: Option<&CpuTensor>,
+        in_shape: Shape,
     ) -> Result<CpuTensor> {
         let c = &conv.layer;
         let ss = s.shape;
-        let operands = [("mul", mul.map(|t| t.shape)), ("acc", acc.map(|t| t.shape))];
-        let in_shape = shapes::conv_transpose(&c.geometry(), ss, in_h, in_w, operands)?;
         let (ho, wo) = (ss.h, ss.w);
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
@@ -596,7 +581,7 @@ impl crate::backend::LrpBackend for Cpu {
             }
         };
         let sv = s.as_slice();
-        let row_len = in_w * c.cin;
+        let row_len = in_shape.w * c.cin;
         for img in 0..ss.n {
             let r = &sv[img * m * c.cout..(img + 1) * m * c.cout];
             let base = img * in_shape.image_len();
@@ -619,18 +604,16 @@ impl crate::backend::LrpBackend for Cpu {
         Ok(CpuTensor::new(in_shape, out))
     }
 
-    fn lrp_ratio(
+    fn lrp_ratio_unchecked(
         &mut self,
         r: &CpuTensor,
         z: &CpuTensor,
         gate: Option<(&CpuTensor, GateSign)>,
     ) -> Result<CpuTensor> {
-        self.same_shape("lrp_ratio", r, z)?;
         let ratio = self.zip_map(r, z, |r, z| r / stabilise(z));
         let Some((g, sign)) = gate else {
             return Ok(ratio);
         };
-        self.same_shape("lrp_ratio gate", r, g)?;
         Ok(self.zip_map(&ratio, g, |v, g| {
             let open = match sign {
                 GateSign::Positive => g > 0.0,
@@ -644,37 +627,39 @@ impl crate::backend::LrpBackend for Cpu {
         }))
     }
 
-    fn residual_split(
+    fn residual_split_unchecked(
         &mut self,
         a: &CpuTensor,
         b: &CpuTensor,
         r: &CpuTensor,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        self.same_shape("residual_split", a, b)?;
-        self.same_shape("residual_split", a, r)?;
         Ok(self.split(a, b, r, |x, y, r| {
             let q = r / stabilise(x + y);
             (x * q, y * q)
         }))
     }
 
-    fn residual_split_relu(
+    fn residual_split_relu_unchecked(
         &mut self,
         skip: &CpuTensor,
         out: &CpuTensor,
         r: &CpuTensor,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        self.same_shape("residual_split_relu", skip, out)?;
-        self.same_shape("residual_split_relu", skip, r)?;
         Ok(self.split(skip, out, r, |x, s, r| {
             let q = r / stabilise(s);
             (x * q, (s - x) * q)
         }))
     }
 
-    fn conv2d_ratio(&mut self, x: &CpuTensor, conv: &CpuConv, r: &CpuTensor) -> Result<CpuTensor> {
+    fn conv2d_ratio_unchecked(
+        &mut self,
+        x: &CpuTensor,
+        conv: &CpuConv,
+        r: &CpuTensor,
+        out_shape: Shape,
+    ) -> Result<CpuTensor> {
         let c = &conv.layer;
-        let (out_shape, mut out) = self.conv_gemm(x, conv, Some(r))?;
+        let mut out = self.conv_gemm(x, conv, out_shape)?;
         let rv = r.as_slice();
         out.par_chunks_mut(c.cout)
             .zip(rv.par_chunks(c.cout))
@@ -686,9 +671,13 @@ impl crate::backend::LrpBackend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
-    fn max_pool_backward(&mut self, x: &CpuTensor, r: &CpuTensor, pool: Pool) -> Result<CpuTensor> {
+    fn max_pool_backward_unchecked(
+        &mut self,
+        x: &CpuTensor,
+        r: &CpuTensor,
+        pool: Pool,
+    ) -> Result<CpuTensor> {
         let s = x.shape;
-        shapes::max_pool_backward(s, r.shape, pool)?;
         let (ho, wo) = (r.shape.h, r.shape.w);
         let (xs, rs) = (x.as_slice(), r.as_slice());
         // Scatter per image (windows overlap), images in parallel.
@@ -729,7 +718,7 @@ impl crate::backend::LrpBackend for Cpu {
         Ok(CpuTensor::new(s, out))
     }
 
-    fn lincomb(
+    fn lincomb_unchecked(
         &mut self,
         a: &CpuTensor,
         alpha: f32,
@@ -737,10 +726,7 @@ impl crate::backend::LrpBackend for Cpu {
         beta: f32,
     ) -> Result<CpuTensor> {
         match b {
-            Some(b) => {
-                self.same_shape("lincomb", a, b)?;
-                Ok(self.zip_map(a, b, |x, y| alpha * x + beta * y))
-            }
+            Some(b) => Ok(self.zip_map(a, b, |x, y| alpha * x + beta * y)),
             None => Ok(CpuTensor::new(
                 a.shape,
                 a.as_slice().par_iter().map(|x| alpha * x).collect(),
@@ -748,8 +734,7 @@ impl crate::backend::LrpBackend for Cpu {
         }
     }
 
-    fn add_relu(&mut self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        self.same_shape("add_relu", a, b)?;
+    fn add_relu_unchecked(&mut self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.zip_map(a, b, |x, y| {
             let s = x + y;
             if s <= 0.0 {
@@ -760,20 +745,14 @@ impl crate::backend::LrpBackend for Cpu {
         }))
     }
 
-    fn clamp(&mut self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {
+    fn clamp_unchecked(&mut self, x: &CpuTensor, lo: f32, hi: f32) -> Result<CpuTensor> {
         Ok(CpuTensor::new(
             x.shape,
             x.as_slice().par_iter().map(|v| v.clamp(lo, hi)).collect(),
         ))
     }
 
-    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<CpuTensor> {
-        ensure!(
-            values.len() == shape.c,
-            "fill_channels: {} values for {} channels",
-            values.len(),
-            shape.c
-        );
+    fn fill_channels_unchecked(&mut self, shape: Shape, values: &[f32]) -> Result<CpuTensor> {
         let mut data = zeros(
             &format!("fill_channels output {shape}"),
             shape.len(),

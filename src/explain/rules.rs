@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 /// ImageNet normalisation: the ZBox bounds are `(0 - mean) / std` and `(1 - mean) / std`.
 pub fn imagenet_bounds() -> ([f32; 3], [f32; 3]) {
-    let (mean, std) = (crate::cpu::IMAGENET_MEAN, crate::cpu::IMAGENET_STD);
+    let (mean, std) = (crate::ops::IMAGENET_MEAN, crate::ops::IMAGENET_STD);
     (
         [0, 1, 2].map(|c| (0.0 - mean[c]) / std[c]),
         [0, 1, 2].map(|c| (1.0 - mean[c]) / std[c]),

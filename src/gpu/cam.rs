@@ -3,8 +3,9 @@
 //! recorded (the kernels run without runtime bounds checks).
 
 use super::{u32_of, Gpu, GpuTensor};
-use crate::backend::{shapes, CamBackend, GramOver};
-use crate::explain::relax::seed_key;
+use crate::backend::{CamBackend, GramOver};
+use crate::ops::relax_mask::seed_key;
+use crate::tensor::Shape;
 use anyhow::Result;
 
 /// The pipelines of `shaders/cam.wgsl`.
@@ -76,9 +77,9 @@ impl Gpu {
 }
 
 impl CamBackend for Gpu {
-    fn spatial_mean(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+    fn spatial_mean_unchecked(&mut self, x: &GpuTensor, shape: Shape) -> Result<GpuTensor> {
         let s = x.shape;
-        let out = self.alloc(shapes::spatial_mean(s)?)?;
+        let out = self.alloc(shape)?;
         let p = P {
             total: s.n * s.c,
             c: s.c,
@@ -90,15 +91,13 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn broadcast_spatial(
+    fn broadcast_spatial_unchecked(
         &mut self,
         v: &GpuTensor,
-        h: usize,
-        w: usize,
         scale: f32,
+        shape: Shape,
     ) -> Result<GpuTensor> {
-        let s = v.shape;
-        let shape = shapes::broadcast_spatial(s, h, w)?;
+        let (s, h, w) = (v.shape, shape.h, shape.w);
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -117,8 +116,7 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn relu_backward(&mut self, g: &GpuTensor, y: &GpuTensor) -> Result<GpuTensor> {
-        self.same_shape("relu_backward", g, y)?;
+    fn relu_backward_unchecked(&mut self, g: &GpuTensor, y: &GpuTensor) -> Result<GpuTensor> {
         let out = self.alloc(g.shape)?;
         let p = P {
             total: g.shape.len(),
@@ -129,15 +127,15 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn channel_projection(
+    fn channel_projection_unchecked(
         &mut self,
         x: &GpuTensor,
         w: &GpuTensor,
         mean: Option<&GpuTensor>,
         relu: bool,
+        out_shape: Shape,
     ) -> Result<GpuTensor> {
         let s = x.shape;
-        let out_shape = shapes::channel_projection(s, w.shape, mean.map(|m| m.shape))?;
         let out = self.alloc(out_shape)?;
         let p = P {
             total: s.n * s.h * s.w,
@@ -156,14 +154,14 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn centred_gram(
+    fn centred_gram_unchecked(
         &mut self,
         x: &GpuTensor,
         mean: &GpuTensor,
         over: GramOver,
+        shape: Shape,
     ) -> Result<GpuTensor> {
         let s = x.shape;
-        let shape = shapes::centred_gram(s, mean.shape, over)?;
         let (hw, d) = (s.h * s.w, shape.h);
         let out = self.alloc(shape)?;
         let p = P {
@@ -184,15 +182,8 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn relax_masks(
-        &mut self,
-        seed: u64,
-        start: u32,
-        count: usize,
-        h: usize,
-        w: usize,
-    ) -> Result<GpuTensor> {
-        let shape = shapes::relax_masks(start, count, h, w)?;
+    fn relax_masks_unchecked(&mut self, seed: u64, start: u32, shape: Shape) -> Result<GpuTensor> {
+        let (h, w) = (shape.h, shape.w);
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -207,9 +198,13 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn mask_images(&mut self, x: &GpuTensor, m: &GpuTensor) -> Result<GpuTensor> {
-        let (s, ms) = (x.shape, m.shape);
-        let shape = shapes::mask_images(s, ms)?;
+    fn mask_images_unchecked(
+        &mut self,
+        x: &GpuTensor,
+        m: &GpuTensor,
+        shape: Shape,
+    ) -> Result<GpuTensor> {
+        let s = x.shape;
         let out = self.alloc(shape)?;
         let p = P {
             total: shape.len(),
@@ -222,9 +217,14 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn cosine_similarity(&mut self, e: &GpuTensor, r: &GpuTensor) -> Result<GpuTensor> {
-        let (es, rs) = (e.shape, r.shape);
-        let out = self.alloc(shapes::cosine_similarity(es, rs)?)?;
+    fn cosine_similarity_unchecked(
+        &mut self,
+        e: &GpuTensor,
+        r: &GpuTensor,
+        shape: Shape,
+    ) -> Result<GpuTensor> {
+        let es = e.shape;
+        let out = self.alloc(shape)?;
         let p = P {
             total: es.n,
             c: es.c,
@@ -240,15 +240,15 @@ impl CamBackend for Gpu {
         Ok(out)
     }
 
-    fn relax_accumulate(
+    fn relax_accumulate_unchecked(
         &mut self,
         acc: Option<&GpuTensor>,
         masks: &GpuTensor,
         sims: &GpuTensor,
         shift: f32,
+        shape: Shape,
     ) -> Result<GpuTensor> {
         let ms = masks.shape;
-        let shape = shapes::relax_accumulate(ms, sims.shape, acc.map(|a| a.shape))?;
         let out = self.alloc(shape)?;
         let p = P {
             total: ms.h * ms.w,

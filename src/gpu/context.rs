@@ -3,28 +3,43 @@
 
 use super::limits::GpuLimits;
 use super::pipelines::{Pipelines, Tile};
+use super::tiles::ConvTiles;
 use anyhow::{anyhow, Context as _, Result};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// How to choose the GPU. Unset fields follow wgpu's environment variables:
-/// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`; default: the primary backends
-/// Vulkan/Metal/DX12), `WGPU_ADAPTER_NAME` (case-insensitive substring of the adapter name)
-/// and `WGPU_POWER_PREF` (`high`/`low`; default: high performance); and this crate's
-/// `LAFAM_GPU_LIMITS` (`adapter`/`webgpu`, see [`GpuLimits`]). GL adapters are refused
+/// How to choose and open the GPU. [`Gpu::new`](super::Gpu::new) reads no environment
+/// variable: [`GpuOptions::from_env`] fills these fields from wgpu's variables
+/// (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`, `WGPU_VALIDATION` and wgpu's other
+/// instance flags) and this crate's (`LAFAM_GPU_LIMITS`, `LAFAM_GPU_TILES`), for the CLI and
+/// the tests; `Default` is wgpu's defaults and this crate's. GL adapters are refused
 /// (`refuse_gl`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GpuOptions {
-    /// Case-insensitive substring of the adapter name; overrides `WGPU_ADAPTER_NAME`.
+    /// Case-insensitive substring of the adapter name (`WGPU_ADAPTER_NAME`); an adapter named
+    /// this way is used whatever its type.
     pub adapter_name: Option<String>,
-    /// Backends to consider; overrides `WGPU_BACKEND`.
+    /// Backends to consider (`WGPU_BACKEND`; default: the primary backends Vulkan, Metal,
+    /// DX12).
     pub backends: Option<wgpu::Backends>,
-    /// The limits the device is opened with; overrides `LAFAM_GPU_LIMITS` (default:
+    /// Which adapter type is preferred (`WGPU_POWER_PREF`; default: high performance).
+    pub power: Option<wgpu::PowerPreference>,
+    /// wgpu's instance flags (`WGPU_VALIDATION`, `WGPU_DEBUG`, ...; default: wgpu's for this
+    /// build). With [`wgpu::InstanceFlags::VALIDATION`] the Khronos layer's errors become
+    /// errors of the next GPU call (src/gpu/validation.rs).
+    pub instance_flags: Option<wgpu::InstanceFlags>,
+    /// The limits the device is opened with (`LAFAM_GPU_LIMITS`; default:
     /// [`GpuLimits::Adapter`]).
     pub limits: Option<GpuLimits>,
+    /// The initial tile policy of the convs (`LAFAM_GPU_TILES`; default: [`ConvTiles::Auto`]).
+    pub tiles: ConvTiles,
+    /// Directory where compiled pipelines are persisted per adapter and driver; `None` does
+    /// not persist them. The CLI sets it to `<cache dir>/pipelines` unless
+    /// `LAFAM_GPU_PIPELINE_CACHE=0`.
+    pub pipeline_cache: Option<std::path::PathBuf>,
     /// Only hardware adapters (discrete, integrated, virtual): software ones (lavapipe,
     /// SwiftShader, WARP; wgpu's `DeviceType::Cpu`) run our kernels 40-70x slower than the
     /// CPU backend, so `--backend auto` skips them. An adapter named through `adapter_name`
-    /// or `WGPU_ADAPTER_NAME` is used whatever its type.
+    /// is used whatever its type.
     pub hardware_only: bool,
     /// Test only: compile the GEMM shaders without their workgroup barriers, a deliberate
     /// race that the parity tests must catch.
@@ -32,17 +47,36 @@ pub struct GpuOptions {
     pub drop_barriers: bool,
 }
 
+/// The variable that turns the CLI's persisted pipeline cache off (`0`).
+pub const PIPELINE_CACHE_ENV: &str = "LAFAM_GPU_PIPELINE_CACHE";
+
 impl GpuOptions {
-    /// These options with the limits mode resolved (`LAFAM_GPU_LIMITS` where unset): the
-    /// device cache's key.
-    pub(crate) fn resolved(&self) -> Result<GpuOptions> {
+    /// The options the environment asks for: `WGPU_ADAPTER_NAME` (empty: unset),
+    /// `WGPU_BACKEND`, `WGPU_POWER_PREF`, wgpu's instance-flag variables (`WGPU_VALIDATION`,
+    /// ...), `LAFAM_GPU_LIMITS` and `LAFAM_GPU_TILES`. Fails where `LAFAM_GPU_LIMITS` or
+    /// `LAFAM_GPU_TILES` holds a value they do not accept. `pipeline_cache` stays `None`.
+    pub fn from_env() -> Result<GpuOptions> {
         Ok(GpuOptions {
-            limits: Some(match self.limits {
-                Some(l) => l,
-                None => GpuLimits::from_env()?,
-            }),
-            ..self.clone()
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            backends: wgpu::Backends::from_env(),
+            power: wgpu::PowerPreference::from_env(),
+            instance_flags: Some(wgpu::InstanceFlags::from_build_config().with_env()),
+            limits: Some(GpuLimits::from_env()?),
+            tiles: ConvTiles::from_env()?,
+            ..GpuOptions::default()
         })
+    }
+
+    /// Whether the environment leaves the persisted pipeline cache on
+    /// (`LAFAM_GPU_PIPELINE_CACHE` is not `0`).
+    pub fn pipeline_cache_wanted() -> bool {
+        std::env::var(PIPELINE_CACHE_ENV).map_or(true, |v| v != "0")
+    }
+
+    fn power(&self) -> wgpu::PowerPreference {
+        self.power.unwrap_or(wgpu::PowerPreference::HighPerformance)
     }
 }
 
@@ -88,6 +122,12 @@ fn cache() -> &'static Cache {
 
 /// The context for `opts`, created on first use (adapter, device, pipelines).
 pub(crate) fn shared_context(opts: &GpuOptions) -> Result<Arc<Context>> {
+    // The tile policy is each `Gpu`'s own; unset limits are the adapter's.
+    let opts = &GpuOptions {
+        limits: Some(opts.limits.unwrap_or_default()),
+        tiles: ConvTiles::default(),
+        ..opts.clone()
+    };
     // Holding the lock while creating serialises concurrent first uses (tests).
     let mut guard = cache().lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, ctx)) = guard.iter().find(|(o, _)| o == opts) {
@@ -143,15 +183,14 @@ fn describe(adapters: &[wgpu::Adapter]) -> String {
     names.join(", ")
 }
 
-/// Every adapter wgpu finds for `opts`' backends (`WGPU_BACKEND`, default Vulkan, Metal and
-/// DX12).
+/// Every adapter wgpu finds for `opts`' backends (default Vulkan, Metal and DX12).
 async fn enumerate(opts: &GpuOptions) -> (Vec<wgpu::Adapter>, wgpu::Backends) {
-    let backends = opts
-        .backends
-        .or_else(wgpu::Backends::from_env)
-        .unwrap_or(wgpu::Backends::PRIMARY);
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    let backends = opts.backends.unwrap_or(wgpu::Backends::PRIMARY);
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
+    desc.flags = opts
+        .instance_flags
+        .unwrap_or_else(wgpu::InstanceFlags::from_build_config);
     if super::validation::requested(desc.flags) {
         super::validation::install();
     }
@@ -166,7 +205,7 @@ async fn enumerate(opts: &GpuOptions) -> (Vec<wgpu::Adapter>, wgpu::Backends) {
 pub fn adapters(opts: &GpuOptions) -> Vec<wgpu::AdapterInfo> {
     let (adapters, _) = pollster::block_on(enumerate(opts));
     let mut infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
-    let power = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    let power = opts.power();
     infos.sort_by_key(|i| std::cmp::Reverse(rank(i, power)));
     infos
 }
@@ -181,11 +220,7 @@ fn rank(info: &wgpu::AdapterInfo, power: wgpu::PowerPreference) -> (bool, u8) {
 
 async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
     let (adapters, backends) = enumerate(opts).await;
-    let wanted = opts
-        .adapter_name
-        .clone()
-        .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
-        .filter(|s| !s.is_empty());
+    let wanted = opts.adapter_name.clone().filter(|s| !s.is_empty());
     if let Some(name) = wanted {
         let lower = name.to_lowercase();
         let found = describe(&adapters);
@@ -199,7 +234,7 @@ async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
                 )
             });
     }
-    let power = wgpu::PowerPreference::from_env().unwrap_or(wgpu::PowerPreference::HighPerformance);
+    let power = opts.power();
     let found = describe(&adapters);
     let best = adapters
         .into_iter()
@@ -224,21 +259,18 @@ async fn choose_adapter(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 const OPTIONAL_FEATURES: wgpu::Features =
     wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::PIPELINE_CACHE);
 
-/// The file that persists compiled pipelines for this adapter and driver, in the cache
-/// directory (`$LAFAM_GPU_CACHE`, else `$XDG_CACHE_HOME/lafam-gpu`, else
-/// `~/.cache/lafam-gpu`); `LAFAM_GPU_PIPELINE_CACHE=0` turns it off.
-fn pipeline_cache_file(info: &wgpu::AdapterInfo) -> Option<std::path::PathBuf> {
-    if std::env::var("LAFAM_GPU_PIPELINE_CACHE").is_ok_and(|v| v == "0") {
-        return None;
-    }
+/// The file that persists compiled pipelines for this adapter and driver in `dir`.
+fn pipeline_cache_file(
+    dir: &std::path::Path,
+    info: &wgpu::AdapterInfo,
+) -> Option<std::path::PathBuf> {
     let key = wgpu::util::pipeline_cache_key(info)?;
-    let dir = crate::checkpoint::download::cache_dir(None).ok()?;
     // The driver version is in the name too: a driver update starts a fresh file.
     let driver: String = format!("{}_{}", info.driver, info.driver_info)
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    Some(dir.join("pipelines").join(format!("{key}_{driver}.bin")))
+    Some(dir.join(format!("{key}_{driver}.bin")))
 }
 
 /// Writes the pipeline cache's data whole (temp file + rename), unless it is what was loaded.
@@ -287,7 +319,7 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let adapter = choose_adapter(opts).await?;
     let info = adapter.get_info();
     refuse_gl(&info)?;
-    // With WGPU_VALIDATION=1, a missing layer has been reported by now.
+    // With validation on, a missing layer has been reported by now.
     let missing = super::validation::take();
     anyhow::ensure!(missing.is_empty(), "{}", missing.join("; "));
     let adapter_limits = adapter.limits();
@@ -329,8 +361,9 @@ async fn create_context(opts: &GpuOptions) -> Result<Context> {
     let cache_file = device
         .features()
         .contains(wgpu::Features::PIPELINE_CACHE)
-        .then(|| pipeline_cache_file(&info))
+        .then_some(opts.pipeline_cache.as_deref())
         .flatten()
+        .and_then(|dir| pipeline_cache_file(dir, &info))
         .filter(|_| !opts.drop_barriers);
     let cached = cache_file.as_ref().and_then(|f| std::fs::read(f).ok());
     let cache = cache_file.as_ref().map(|_| {

@@ -7,7 +7,7 @@
 use super::pipelines::Tile;
 use anyhow::{bail, Result};
 
-/// The environment variable read by [`Gpu::new`](super::Gpu::new): `adapter` or `webgpu`.
+/// The environment variable read by [`GpuOptions::from_env`](super::GpuOptions::from_env): `adapter` or `webgpu`.
 pub const LIMITS_ENV: &str = "LAFAM_GPU_LIMITS";
 
 /// The limits the device is opened with.

@@ -5,7 +5,7 @@
 
 use super::pipelines::{ConvTransposeVariant, Pipelines, Tile};
 use super::{u32_of, Gpu, GpuConv, GpuTensor, WG};
-use crate::backend::{shapes, GateSign, LrpBackend, Pool};
+use crate::backend::{GateSign, LrpBackend, Pool};
 use crate::tensor::Shape;
 use anyhow::{ensure, Result};
 
@@ -25,10 +25,6 @@ impl Gpu {
         );
         u32_of(t.offset + t.shape.len(), "view end")?;
         Ok(())
-    }
-
-    pub(super) fn same_shape(&self, what: &str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
-        shapes::same(what, a.shape, b.shape)
     }
 
     /// Records one kernel of `shaders/lrp.wgsl` over `total` elements. `inputs` are bound to
@@ -90,8 +86,6 @@ impl Gpu {
         r: &GpuTensor,
         relu_sum: bool,
     ) -> Result<(GpuTensor, GpuTensor)> {
-        self.same_shape("residual_split", a, b)?;
-        self.same_shape("residual_split", a, r)?;
         for t in [a, b, r] {
             self.check_view("residual_split operand", t)?;
         }
@@ -119,19 +113,17 @@ impl Gpu {
 }
 
 impl LrpBackend for Gpu {
-    fn conv_transpose(
+    fn conv_transpose_unchecked(
         &mut self,
         s: &GpuTensor,
         conv: &GpuConv,
-        in_h: usize,
-        in_w: usize,
         mul: Option<&GpuTensor>,
         scale: f32,
         acc: Option<&GpuTensor>,
+        in_shape: Shape,
     ) -> Result<GpuTensor> {
         let ss = s.shape;
-        let operands = [("mul", mul.map(|t| t.shape)), ("acc", acc.map(|t| t.shape))];
-        let in_shape = shapes::conv_transpose(&conv.geometry(), ss, in_h, in_w, operands)?;
+        let (in_h, in_w) = (in_shape.h, in_shape.w);
         let (ho, wo) = (ss.h, ss.w);
         self.check_view("conv_transpose relevance", s)?;
         self.check_bytes("conv_transpose output", in_shape)?;
@@ -199,18 +191,16 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn lrp_ratio(
+    fn lrp_ratio_unchecked(
         &mut self,
         r: &GpuTensor,
         z: &GpuTensor,
         gate: Option<(&GpuTensor, GateSign)>,
     ) -> Result<GpuTensor> {
-        self.same_shape("lrp_ratio", r, z)?;
         self.check_view("lrp_ratio relevance", r)?;
         self.check_view("lrp_ratio denominator", z)?;
         let mut flags = 0;
         if let Some((g, sign)) = gate {
-            self.same_shape("lrp_ratio gate", r, g)?;
             self.check_view("lrp_ratio gate", g)?;
             flags = 1 | ((sign == GateSign::Negative) as u32) << 1;
         }
@@ -236,7 +226,7 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn residual_split(
+    fn residual_split_unchecked(
         &mut self,
         a: &GpuTensor,
         b: &GpuTensor,
@@ -245,7 +235,7 @@ impl LrpBackend for Gpu {
         self.split(a, b, r, false)
     }
 
-    fn residual_split_relu(
+    fn residual_split_relu_unchecked(
         &mut self,
         skip: &GpuTensor,
         out: &GpuTensor,
@@ -254,14 +244,24 @@ impl LrpBackend for Gpu {
         self.split(skip, out, r, true)
     }
 
-    fn conv2d_ratio(&mut self, x: &GpuTensor, conv: &GpuConv, r: &GpuTensor) -> Result<GpuTensor> {
+    fn conv2d_ratio_unchecked(
+        &mut self,
+        x: &GpuTensor,
+        conv: &GpuConv,
+        r: &GpuTensor,
+        out: Shape,
+    ) -> Result<GpuTensor> {
         self.check_view("conv2d_ratio relevance", r)?;
-        self.conv(x, conv, Some(r), 4)
+        self.conv(x, conv, Some(r), 4, out)
     }
 
-    fn max_pool_backward(&mut self, x: &GpuTensor, r: &GpuTensor, pool: Pool) -> Result<GpuTensor> {
+    fn max_pool_backward_unchecked(
+        &mut self,
+        x: &GpuTensor,
+        r: &GpuTensor,
+        pool: Pool,
+    ) -> Result<GpuTensor> {
         let s = x.shape;
-        shapes::max_pool_backward(s, r.shape, pool)?;
         let (ho, wo) = (r.shape.h, r.shape.w);
         self.check_view("max-pool backward input", x)?;
         self.check_view("max-pool backward relevance", r)?;
@@ -298,7 +298,7 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn lincomb(
+    fn lincomb_unchecked(
         &mut self,
         a: &GpuTensor,
         alpha: f32,
@@ -307,7 +307,6 @@ impl LrpBackend for Gpu {
     ) -> Result<GpuTensor> {
         self.check_view("lincomb operand", a)?;
         if let Some(b) = b {
-            self.same_shape("lincomb", a, b)?;
             self.check_view("lincomb operand", b)?;
         }
         let out = self.alloc(a.shape)?;
@@ -331,8 +330,7 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn add_relu(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
-        self.same_shape("add_relu", a, b)?;
+    fn add_relu_unchecked(&mut self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
         self.check_view("add_relu operand", a)?;
         self.check_view("add_relu operand", b)?;
         let out = self.alloc(a.shape)?;
@@ -348,11 +346,7 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn clamp(&mut self, x: &GpuTensor, lo: f32, hi: f32) -> Result<GpuTensor> {
-        ensure!(
-            lo <= hi,
-            "clamp: bounds [{lo}, {hi}] are empty or not numbers"
-        );
+    fn clamp_unchecked(&mut self, x: &GpuTensor, lo: f32, hi: f32) -> Result<GpuTensor> {
         self.check_view("clamp operand", x)?;
         let out = self.alloc(x.shape)?;
         let total = x.shape.len();
@@ -367,13 +361,7 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<GpuTensor> {
-        ensure!(
-            values.len() == shape.c,
-            "fill_channels: {} values for {} channels",
-            values.len(),
-            shape.c
-        );
+    fn fill_channels_unchecked(&mut self, shape: Shape, values: &[f32]) -> Result<GpuTensor> {
         self.check_bytes("fill_channels output", shape)?;
         let out = self.alloc(shape)?;
         let total = shape.len();

@@ -1,8 +1,8 @@
 //! GPU backend over wgpu: WGSL kernels in `shaders/`, lazy command recording.
 //!
-//! - [`Gpu::new`] picks an adapter (honouring `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`; GL
-//!   adapters are refused), opens a device with the adapter's own size limits or WebGPU's
-//!   defaults (`LAFAM_GPU_LIMITS`, [`GpuLimits`]), and compiles every kernel that fits those
+//! - [`Gpu::new`] picks an adapter as [`GpuOptions`] say (GL adapters are refused; the
+//!   environment's choice is [`GpuOptions::from_env`]), opens a device with the adapter's own
+//!   size limits or WebGPU's defaults ([`GpuLimits`]), and compiles every kernel that fits those
 //!   limits once per process and device (modules without runtime bounds checks; the host
 //!   validates every dispatch).
 //! - Ops record compute passes into one pending command encoder; their parameters go to a
@@ -21,15 +21,15 @@ mod profile;
 mod tiles;
 mod validation;
 
-pub use context::{adapters, quiet_headless_vulkan, GpuOptions, SOFTWARE_ONLY};
+pub use context::{adapters, quiet_headless_vulkan, GpuOptions, PIPELINE_CACHE_ENV, SOFTWARE_ONLY};
 pub use limits::{GpuLimits, LIMITS_ENV};
 #[doc(hidden)]
 pub use pipelines::{specialisations, Specialisation};
 pub use tiles::{ConvTiles, TILES_ENV};
 
-use crate::backend::{shapes, Backend, Pool, Upsample};
+use crate::backend::{Backend, ConvShape, Pool, Upsample};
 use crate::io::Shown;
-use crate::model::ConvLayer;
+use crate::ops::{ConvGeometry, ConvLayer};
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
 use context::Context;
@@ -62,10 +62,9 @@ pub struct GpuConv {
     bias: Arc<wgpu::Buffer>,
 }
 
-impl GpuConv {
-    /// The conv's shapes, for the shape rules shared with the CPU backend.
-    pub fn geometry(&self) -> shapes::ConvGeometry<'_> {
-        shapes::ConvGeometry {
+impl ConvShape for GpuConv {
+    fn geometry(&self) -> ConvGeometry<'_> {
+        ConvGeometry {
             name: &self.name,
             cin: self.cin,
             cout: self.cout,
@@ -108,21 +107,18 @@ pub struct Gpu {
     profiler: Option<profile::Profiler>,
     /// Whether passes are being timed.
     timing: bool,
-    /// Tile policy of the conv and the transposed conv (`LAFAM_GPU_TILES`,
+    /// Tile policy of the conv and the transposed conv ([`GpuOptions::tiles`],
     /// [`Gpu::set_conv_tiles`]).
     conv_tiles: ConvTiles,
 }
 
 impl Gpu {
-    /// Opens the GPU chosen by `opts` (and the environment, see [`GpuOptions`]). Fails with
-    /// "no GPU adapter found (...)" when there is none, when `LAFAM_GPU_TILES` is set to
-    /// something other than `auto`, `64` or `128` (see [`ConvTiles`]), when
-    /// `LAFAM_GPU_LIMITS` (read where `opts.limits` is unset) is other than `adapter` or
-    /// `webgpu` (see [`GpuLimits`]), and when the device's limits fit not even the smallest
-    /// conv tile.
+    /// Opens the GPU chosen by `opts` (it reads no environment variable: see
+    /// [`GpuOptions::from_env`]). Fails with "no GPU adapter found (...)" when there is none,
+    /// and when the device's limits fit not even the smallest conv tile.
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
-        let conv_tiles = ConvTiles::from_env()?;
-        let ctx = context::shared_context(&opts.resolved()?)?;
+        let conv_tiles = opts.tiles;
+        let ctx = context::shared_context(opts)?;
         let l = &ctx.limits;
         let max_tensor_bytes = l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 16 * 16;
         let device = &ctx.device;
@@ -162,8 +158,7 @@ impl Gpu {
         })
     }
 
-    /// The tile policy of the conv and the transposed conv (default: `LAFAM_GPU_TILES`, else
-    /// [`ConvTiles::Auto`]).
+    /// The tile policy of the conv and the transposed conv (initially [`GpuOptions::tiles`]).
     pub fn conv_tiles(&self) -> ConvTiles {
         self.conv_tiles
     }
@@ -189,7 +184,7 @@ impl Gpu {
             .map_or(tiles::THIN_TILE, |t| t.edges().0)
     }
 
-    /// How the device's limits were chosen (`LAFAM_GPU_LIMITS`, [`GpuOptions::limits`]).
+    /// How the device's limits were chosen ([`GpuOptions::limits`]).
     pub fn limits_mode(&self) -> GpuLimits {
         self.ctx.limits_mode
     }
@@ -508,16 +503,17 @@ fn u32_of(v: usize, what: &str) -> Result<u32> {
 
 impl Gpu {
     /// Records `shaders/conv.wgsl` with epilogue `flags` (bit 0 add `residual`, bit 1 ReLU,
-    /// bit 2 LRP ratio `residual / stab(z)`); `residual` has the output's shape.
+    /// bit 2 LRP ratio `residual / stab(z)`); `residual` has the output's shape `oshape`
+    /// (checked by the shape rules).
     pub(super) fn conv(
         &mut self,
         x: &GpuTensor,
         conv: &GpuConv,
         residual: Option<&GpuTensor>,
         flags: u32,
+        oshape: Shape,
     ) -> Result<GpuTensor> {
         let s = x.shape;
-        let oshape = shapes::conv2d(&conv.geometry(), s, residual.map(|r| r.shape))?;
         let (ho, wo) = (oshape.h, oshape.w);
         self.check_bytes("conv input", s)?;
         let m = s.n * ho * wo;
@@ -792,14 +788,7 @@ impl Backend for Gpu {
         }
     }
 
-    fn preprocess(&mut self, rgb: &[u8], n: usize, h: usize, w: usize) -> Result<GpuTensor> {
-        ensure!(n > 0 && h > 0 && w > 0, "empty image batch {n}x{h}x{w}");
-        ensure!(
-            rgb.len() == n * h * w * 3,
-            "image batch holds {} bytes, expected {n}x{h}x{w}x3",
-            rgb.len()
-        );
-        let shape = Shape::new(n, h, w, 3);
+    fn preprocess_unchecked(&mut self, rgb: &[u8], shape: Shape) -> Result<GpuTensor> {
         self.check_bytes("preprocessed batch", shape)?;
         let total = shape.len();
         let words = total.div_ceil(4);
@@ -815,33 +804,26 @@ impl Backend for Gpu {
         Ok(out)
     }
 
-    fn conv2d(
+    fn conv2d_unchecked(
         &mut self,
         x: &GpuTensor,
         conv: &GpuConv,
         residual: Option<&GpuTensor>,
         relu: bool,
+        out: Shape,
     ) -> Result<GpuTensor> {
-        self.conv(
-            x,
-            conv,
-            residual,
-            residual.is_some() as u32 | (relu as u32) << 1,
-        )
+        let flags = residual.is_some() as u32 | (relu as u32) << 1;
+        self.conv(x, conv, residual, flags, out)
     }
 
-    fn max_pool(&mut self, x: &GpuTensor, pool: Pool) -> Result<GpuTensor> {
+    fn max_pool_unchecked(
+        &mut self,
+        x: &GpuTensor,
+        pool: Pool,
+        oshape: Shape,
+    ) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(
-            pool.kernel > 0 && pool.stride > 0 && 2 * pool.pad <= pool.kernel,
-            "max-pool {pool:?}: kernel and stride must be positive and padding at most half the kernel"
-        );
-        ensure!(
-            s.h + 2 * pool.pad >= pool.kernel && s.w + 2 * pool.pad >= pool.kernel && !s.is_empty(),
-            "max-pool {pool:?} on input {s}: input smaller than the window"
-        );
-        let (ho, wo) = pool.out_size(s.h, s.w);
-        let oshape = Shape::new(s.n, ho, wo, s.c);
+        let (ho, wo) = (oshape.h, oshape.w);
         self.check_bytes("max-pool input", s)?;
         let out = self.alloc(oshape)?;
         let total = oshape.len();
@@ -873,11 +855,9 @@ impl Backend for Gpu {
         Ok(out)
     }
 
-    fn channel_mean(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+    fn channel_mean_unchecked(&mut self, x: &GpuTensor, oshape: Shape) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(!s.is_empty(), "channel mean of an empty tensor {s}");
         self.check_bytes("channel-mean input", s)?;
-        let oshape = Shape::new(s.n, s.h, s.w, 1);
         let out = self.alloc(oshape)?;
         let pixels = oshape.len();
         let params = [
@@ -896,12 +876,8 @@ impl Backend for Gpu {
         Ok(out)
     }
 
-    fn minmax_normalise(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+    fn minmax_normalise_unchecked(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(
-            !s.is_empty(),
-            "min-max normalisation of an empty tensor {s}"
-        );
         self.check_bytes("min-max input", s)?;
         let out = self.alloc(s)?;
         let params = [
@@ -922,14 +898,15 @@ impl Backend for Gpu {
         Ok(out)
     }
 
-    fn resize(&mut self, x: &GpuTensor, h: usize, w: usize, mode: Upsample) -> Result<GpuTensor> {
+    fn resize_unchecked(
+        &mut self,
+        x: &GpuTensor,
+        oshape: Shape,
+        mode: Upsample,
+    ) -> Result<GpuTensor> {
         let s = x.shape;
-        ensure!(
-            !s.is_empty() && h > 0 && w > 0,
-            "resize of {s} to {h}x{w}: empty input or output"
-        );
+        let (h, w) = (oshape.h, oshape.w);
         self.check_bytes("resize input", s)?;
-        let oshape = Shape::new(s.n, h, w, s.c);
         self.check_bytes("resize output", oshape)?;
         // Nearest computes dst * in in 32 bits.
         ensure!(

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Result};
 
-/// The environment variable read by [`Gpu::new`](super::Gpu::new): `auto`, `64` or `128`.
+/// The environment variable read by [`GpuOptions::from_env`](super::GpuOptions::from_env): `auto`, `64` or `128`.
 pub const TILES_ENV: &str = "LAFAM_GPU_TILES";
 
 /// Output tile M edge of `conv2d_thin` (16 output pixels by 64 channels).

@@ -9,49 +9,9 @@ pub mod random;
 use std::fmt;
 use std::str::FromStr;
 
+pub use crate::ops::ConvLayer;
 pub use forward::forward;
 pub use load::{load_weights, LoadedWeights};
-
-/// A convolution with BatchNorm folded in. Weight layout `[kh][kw][cin][cout]` (HWIO), so the
-/// weight is the `[kh*kw*cin, cout]` right-hand matrix of the implicit GEMM over NHWC input.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConvLayer {
-    /// Normalised tensor name of the conv (e.g. "layer1.0.conv2"), for messages.
-    pub name: String,
-    pub cin: usize,
-    pub cout: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-impl ConvLayer {
-    /// The conv's shapes, for the backends' shape rules ([`crate::backend::shapes`]).
-    pub fn geometry(&self) -> crate::backend::shapes::ConvGeometry<'_> {
-        crate::backend::shapes::ConvGeometry {
-            name: &self.name,
-            cin: self.cin,
-            cout: self.cout,
-            kh: self.kh,
-            kw: self.kw,
-            stride: self.stride,
-            pad: self.pad,
-        }
-    }
-    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
-        (
-            (h + 2 * self.pad - self.kh) / self.stride + 1,
-            (w + 2 * self.pad - self.kw) / self.stride + 1,
-        )
-    }
-    /// Multiply-accumulates per output pixel.
-    pub fn macs_per_pixel(&self) -> usize {
-        self.kh * self.kw * self.cin * self.cout
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockKind {
@@ -214,7 +174,7 @@ impl ResNet<ConvLayer> {
     }
 }
 
-use crate::backend::Pool;
+use crate::ops::Pool;
 
 /// A residual stage of the backbone: the explained layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

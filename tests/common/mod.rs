@@ -17,7 +17,7 @@ pub fn manifest() -> serde_json::Value {
 /// `LAFAM_TEST_ADAPTER` set (CI's SwiftShader and validation passes), the adapter's name must
 /// contain it: a pass meant for one driver cannot silently run on another.
 pub fn gpu() -> Gpu {
-    let gpu = Gpu::new(&GpuOptions::default())
+    let gpu = Gpu::new(&GpuOptions::from_env().expect("LAFAM_GPU_* variables"))
         .expect("no GPU adapter: install mesa-vulkan-drivers + libvulkan1 (lavapipe)");
     if let Ok(want) = std::env::var("LAFAM_TEST_ADAPTER") {
         let name = gpu.adapter_summary();
