@@ -2,6 +2,7 @@
 //! kernels' bind-group layout. Every view and size is validated here before a dispatch is
 //! recorded (the kernels run without runtime bounds checks).
 
+use super::params::CamParams;
 use super::{u32_of, Gpu, GpuTensor};
 use crate::backend::{CamBackend, GramOver};
 use crate::ops::relax_mask::seed_key;
@@ -21,7 +22,8 @@ pub(crate) struct CamPipelines {
     pub relax_accumulate: wgpu::ComputePipeline,
 }
 
-/// The parameter block of `shaders/cam.wgsl`.
+/// The fields of `shaders/cam.wgsl`'s parameter block an op sets, in host sizes (checked to
+/// fit the kernels' 32-bit indices by [`P::params`]).
 #[derive(Default)]
 struct P {
     total: usize,
@@ -38,25 +40,23 @@ struct P {
 }
 
 impl P {
-    fn words(&self) -> Result<[u32; 16]> {
-        Ok([
-            u32_of(self.total, "elements")?,
-            u32_of(self.c, "channels")?,
-            u32_of(self.offs[0], "offset")?,
-            u32_of(self.offs[1], "offset")?,
-            u32_of(self.offs[2], "offset")?,
-            self.flags,
-            self.f0.to_bits(),
-            u32_of(self.hw, "pixels")?,
-            u32_of(self.h, "height")?,
-            u32_of(self.w, "width")?,
-            u32_of(self.d, "size")?,
-            self.start,
-            self.key,
-            0,
-            0,
-            0,
-        ])
+    fn params(&self) -> Result<CamParams> {
+        Ok(CamParams {
+            total: u32_of(self.total, "elements")?,
+            c: u32_of(self.c, "channels")?,
+            a_off: u32_of(self.offs[0], "offset")?,
+            b_off: u32_of(self.offs[1], "offset")?,
+            c_off: u32_of(self.offs[2], "offset")?,
+            flags: self.flags,
+            f0: self.f0,
+            hw: u32_of(self.hw, "pixels")?,
+            h: u32_of(self.h, "height")?,
+            w: u32_of(self.w, "width")?,
+            d: u32_of(self.d, "size")?,
+            start: self.start,
+            key: self.key,
+            ..Default::default()
+        })
     }
 }
 
@@ -71,8 +71,8 @@ impl Gpu {
         for t in inputs.iter().flatten() {
             self.check_view("cam op operand", t)?;
         }
-        let words = p.words()?;
-        self.lrp_dispatch(pipeline, &words, inputs, [Some(out), None], p.total)
+        let params = p.params()?;
+        self.lrp_dispatch(pipeline, &params, inputs, [Some(out), None], p.total)
     }
 }
 

@@ -3,6 +3,7 @@
 //! gather (`shaders/lrp.wgsl`). Every shape and view extent is validated here before a
 //! dispatch is recorded (the kernels run without runtime bounds checks).
 
+use super::params::{ConvTransposeParams, LrpParams, ShaderParams};
 use super::pipelines::{ConvTransposeVariant, Pipelines, Tile};
 use super::{u32_of, Gpu, GpuConv, GpuTensor, WG};
 use crate::backend::{GateSign, LrpBackend, Pool};
@@ -32,7 +33,7 @@ impl Gpu {
     pub(super) fn lrp_dispatch(
         &mut self,
         pipeline: fn(&Pipelines) -> &wgpu::ComputePipeline,
-        params: &[u32; 16],
+        params: &impl ShaderParams,
         inputs: [Option<&GpuTensor>; 3],
         outputs: [Option<&GpuTensor>; 2],
         total: usize,
@@ -54,9 +55,9 @@ impl Gpu {
     }
 }
 
-/// Parameter block of `shaders/lrp.wgsl` (the fields its elementwise kernels use).
+/// Parameter block of `shaders/lrp.wgsl` with the fields its elementwise kernels use.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn ew_params(
+fn ew_params(
     total: usize,
     a_off: usize,
     b_off: usize,
@@ -64,16 +65,17 @@ pub(super) fn ew_params(
     flags: u32,
     alpha: f32,
     beta: f32,
-) -> Result<[u32; 16]> {
-    let mut p = [0u32; 16];
-    p[0] = u32_of(total, "elements")?;
-    p[2] = u32_of(a_off, "offset")?;
-    p[3] = u32_of(b_off, "offset")?;
-    p[4] = u32_of(c_off, "offset")?;
-    p[5] = flags;
-    p[6] = alpha.to_bits();
-    p[7] = beta.to_bits();
-    Ok(p)
+) -> Result<LrpParams> {
+    Ok(LrpParams {
+        total: u32_of(total, "elements")?,
+        a_off: u32_of(a_off, "offset")?,
+        b_off: u32_of(b_off, "offset")?,
+        c_off: u32_of(c_off, "offset")?,
+        flags,
+        alpha,
+        beta,
+        ..Default::default()
+    })
 }
 
 impl Gpu {
@@ -160,24 +162,24 @@ impl LrpBackend for Gpu {
             (x, y, 1)
         };
         let out = self.alloc(in_shape)?;
-        let params = [
-            u32_of(ss.n, "batch")?,
-            u32_of(in_h, "height")?,
-            u32_of(in_w, "width")?,
-            u32_of(conv.cin, "input channels")?,
-            ho as u32,
-            wo as u32,
-            u32_of(conv.cout, "output channels")?,
-            u32_of(conv.kh, "kernel height")?,
-            u32_of(conv.kw, "kernel width")?,
-            u32_of(conv.stride, "stride")?,
-            u32_of(conv.pad, "padding")?,
-            u32_of(s.offset, "relevance offset")?,
-            u32_of(mul.map_or(0, |t| t.offset), "mul offset")?,
-            u32_of(acc.map_or(0, |t| t.offset), "acc offset")?,
-            mul.is_some() as u32 | (acc.is_some() as u32) << 1,
-            scale.to_bits(),
-        ];
+        let params = ConvTransposeParams {
+            n: u32_of(ss.n, "batch")?,
+            h: u32_of(in_h, "height")?,
+            w: u32_of(in_w, "width")?,
+            cin: u32_of(conv.cin, "input channels")?,
+            ho: ho as u32,
+            wo: wo as u32,
+            cout: u32_of(conv.cout, "output channels")?,
+            kh: u32_of(conv.kh, "kernel height")?,
+            kw: u32_of(conv.kw, "kernel width")?,
+            stride: u32_of(conv.stride, "stride")?,
+            pad: u32_of(conv.pad, "padding")?,
+            s_off: u32_of(s.offset, "relevance offset")?,
+            mul_off: u32_of(mul.map_or(0, |t| t.offset), "mul offset")?,
+            acc_off: u32_of(acc.map_or(0, |t| t.offset), "acc offset")?,
+            flags: mul.is_some() as u32 | (acc.is_some() as u32) << 1,
+            scale,
+        };
         let ctx = self.ctx.clone();
         let mul_buf = mul.map_or(&self.dummy, |t| &*t.buffer).clone();
         let acc_buf = acc.map_or(&self.dummy, |t| &*t.buffer).clone();
@@ -271,15 +273,17 @@ impl LrpBackend for Gpu {
         // pass 2: the gather (shaders/lrp.wgsl).
         let argmax = self.alloc(r.shape)?;
         let out = self.alloc(s)?;
-        let mut params = ew_params(r.shape.len(), x.offset, r.offset, 0, 0, 0.0, 0.0)?;
-        params[1] = s.c as u32;
-        params[8] = s.h as u32;
-        params[9] = s.w as u32;
-        params[10] = ho as u32;
-        params[11] = wo as u32;
-        params[12] = u32_of(pool.kernel, "pool kernel")?;
-        params[13] = u32_of(pool.stride, "pool stride")?;
-        params[14] = u32_of(pool.pad, "pool padding")?;
+        let mut params = LrpParams {
+            c: s.c as u32,
+            h: s.h as u32,
+            w: s.w as u32,
+            ho: ho as u32,
+            wo: wo as u32,
+            kernel: u32_of(pool.kernel, "pool kernel")?,
+            stride: u32_of(pool.stride, "pool stride")?,
+            pad: u32_of(pool.pad, "pool padding")?,
+            ..ew_params(r.shape.len(), x.offset, r.offset, 0, 0, 0.0, 0.0)?
+        };
         self.lrp_dispatch(
             |p| &p.max_pool_argmax,
             &params,
@@ -287,7 +291,7 @@ impl LrpBackend for Gpu {
             [Some(&argmax), None],
             r.shape.len(),
         )?;
-        params[0] = u32_of(s.len(), "max-pool input elements")?;
+        params.total = u32_of(s.len(), "max-pool input elements")?;
         self.lrp_dispatch(
             |p| &p.max_pool_backward,
             &params,
@@ -375,8 +379,10 @@ impl LrpBackend for Gpu {
             offset: 0,
             shape: Shape::new(1, 1, 1, shape.c),
         };
-        let mut params = ew_params(total, 0, 0, 0, 0, 0.0, 0.0)?;
-        params[1] = shape.c as u32;
+        let params = LrpParams {
+            c: shape.c as u32,
+            ..ew_params(total, 0, 0, 0, 0, 0.0, 0.0)?
+        };
         self.lrp_dispatch(
             |p| &p.fill_channels,
             &params,

@@ -15,6 +15,7 @@ mod cam;
 mod context;
 mod limits;
 mod lrp;
+pub mod params;
 mod pipelines;
 mod pool;
 mod profile;
@@ -33,6 +34,9 @@ use crate::ops::{ConvGeometry, ConvLayer};
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
 use context::Context;
+use params::{
+    ConvParams, PoolParams, PreprocessParams, ReduceParams, ResampleParams, ShaderParams,
+};
 use pipelines::{ConvVariant, Tile, PARAMS_BYTES};
 use pool::BufferPool;
 use std::sync::Arc;
@@ -299,7 +303,7 @@ impl Gpu {
                 match &self.ctx.pipeline_cache {
                     Some((path, true)) => format!("{} (loaded)", path.shown()),
                     Some((path, false)) => format!("{} (written)", path.shown()),
-                    None => "none (the adapter has no pipeline cache)".into(),
+                    None => "none (not asked for, or the adapter has none)".into(),
                 },
             ),
             (
@@ -398,17 +402,16 @@ impl Gpu {
         &mut self,
         pipeline: &wgpu::ComputePipeline,
         layout: &wgpu::BindGroupLayout,
-        params: &[u32],
+        params: &impl ShaderParams,
         buffers: &[&wgpu::Buffer],
         grid: (u32, u32, u32),
     ) -> Result<()> {
-        debug_assert!(params.len() * 4 <= PARAMS_BYTES as usize);
         let timing_full = self.timing && self.profiler.as_ref().is_some_and(|p| p.is_full());
         if self.params.len() as u64 >= RING_SLOTS * SLOT_BYTES || timing_full {
             self.flush()?;
         }
         let slot = self.params.len() as u64;
-        self.params.extend_from_slice(bytemuck::cast_slice(params));
+        self.params.extend_from_slice(bytemuck::bytes_of(params));
         self.params.resize((slot + SLOT_BYTES) as usize, 0);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -468,7 +471,7 @@ impl Gpu {
     fn unary(
         &mut self,
         pipeline: fn(&pipelines::Pipelines) -> &wgpu::ComputePipeline,
-        params: &[u32],
+        params: &impl ShaderParams,
         src: &wgpu::Buffer,
         dst: &wgpu::Buffer,
         total: u64,
@@ -545,24 +548,24 @@ impl Gpu {
             (n_tiles as u32, gy, gz)
         };
         let out = self.alloc(oshape)?;
-        let params = [
-            u32_of(s.n, "batch")?,
-            u32_of(s.h, "height")?,
-            u32_of(s.w, "width")?,
-            u32_of(s.c, "channels")?,
-            ho as u32,
-            wo as u32,
-            u32_of(conv.cout, "output channels")?,
-            u32_of(conv.kh, "kernel height")?,
-            u32_of(conv.kw, "kernel width")?,
-            u32_of(conv.stride, "stride")?,
-            u32_of(conv.pad, "padding")?,
-            u32_of(m, "output pixels")?,
-            u32_of(k, "reduction length")?,
-            u32_of(x.offset, "input offset")?,
-            u32_of(residual.map_or(0, |r| r.offset), "residual offset")?,
+        let params = ConvParams {
+            n: u32_of(s.n, "batch")?,
+            h: u32_of(s.h, "height")?,
+            w: u32_of(s.w, "width")?,
+            cin: u32_of(s.c, "channels")?,
+            ho: ho as u32,
+            wo: wo as u32,
+            cout: u32_of(conv.cout, "output channels")?,
+            kh: u32_of(conv.kh, "kernel height")?,
+            kw: u32_of(conv.kw, "kernel width")?,
+            stride: u32_of(conv.stride, "stride")?,
+            pad: u32_of(conv.pad, "padding")?,
+            m: u32_of(m, "output pixels")?,
+            k: u32_of(k, "reduction length")?,
+            x_off: u32_of(x.offset, "input offset")?,
+            r_off: u32_of(residual.map_or(0, |r| r.offset), "residual offset")?,
             flags,
-        ];
+        };
         let ctx = self.ctx.clone();
         let res_buf = residual.map_or(&self.dummy, |r| &*r.buffer).clone();
         self.dispatch(
@@ -796,7 +799,11 @@ impl Backend for Gpu {
         let out = self.alloc(shape)?;
         self.unary(
             |p| &p.preprocess,
-            &[u32_of(total, "pixels")?, words as u32, 0, 0],
+            &PreprocessParams {
+                total: u32_of(total, "pixels")?,
+                words: words as u32,
+                ..Default::default()
+            },
             &input,
             &out.buffer,
             words as u64,
@@ -827,24 +834,20 @@ impl Backend for Gpu {
         self.check_bytes("max-pool input", s)?;
         let out = self.alloc(oshape)?;
         let total = oshape.len();
-        let params = [
-            s.n as u32,
-            s.h as u32,
-            s.w as u32,
-            s.c as u32,
-            ho as u32,
-            wo as u32,
-            u32_of(pool.kernel, "pool kernel")?,
-            u32_of(pool.stride, "pool stride")?,
-            u32_of(pool.pad, "pool padding")?,
-            u32_of(x.offset, "input offset")?,
-            total as u32,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
+        let params = PoolParams {
+            n: s.n as u32,
+            h: s.h as u32,
+            w: s.w as u32,
+            c: s.c as u32,
+            ho: ho as u32,
+            wo: wo as u32,
+            kernel: u32_of(pool.kernel, "pool kernel")?,
+            stride: u32_of(pool.stride, "pool stride")?,
+            pad: u32_of(pool.pad, "pool padding")?,
+            x_off: u32_of(x.offset, "input offset")?,
+            total: total as u32,
+            ..Default::default()
+        };
         self.unary(
             |p| &p.max_pool,
             &params,
@@ -860,12 +863,12 @@ impl Backend for Gpu {
         self.check_bytes("channel-mean input", s)?;
         let out = self.alloc(oshape)?;
         let pixels = oshape.len();
-        let params = [
-            pixels as u32,
-            s.c as u32,
-            u32_of(x.offset, "input offset")?,
-            0,
-        ];
+        let params = ReduceParams {
+            count: pixels as u32,
+            len: s.c as u32,
+            x_off: u32_of(x.offset, "input offset")?,
+            ..Default::default()
+        };
         self.unary(
             |p| &p.channel_mean,
             &params,
@@ -880,12 +883,12 @@ impl Backend for Gpu {
         let s = x.shape;
         self.check_bytes("min-max input", s)?;
         let out = self.alloc(s)?;
-        let params = [
-            s.n as u32,
-            s.image_len() as u32,
-            u32_of(x.offset, "input offset")?,
-            0,
-        ];
+        let params = ReduceParams {
+            count: s.n as u32,
+            len: s.image_len() as u32,
+            x_off: u32_of(x.offset, "input offset")?,
+            ..Default::default()
+        };
         let (gx, gy) = self.grid_2d(s.n as u64)?;
         let ctx = self.ctx.clone();
         self.dispatch(
@@ -915,16 +918,16 @@ impl Backend for Gpu {
         );
         let out = self.alloc(oshape)?;
         let total = oshape.len();
-        let params = [
-            s.n as u32,
-            s.h as u32,
-            s.w as u32,
-            s.c as u32,
-            h as u32,
-            w as u32,
-            u32_of(x.offset, "input offset")?,
-            total as u32,
-        ];
+        let params = ResampleParams {
+            n: s.n as u32,
+            h: s.h as u32,
+            w: s.w as u32,
+            c: s.c as u32,
+            ho: h as u32,
+            wo: w as u32,
+            x_off: u32_of(x.offset, "input offset")?,
+            total: total as u32,
+        };
         let pipeline: fn(&pipelines::Pipelines) -> &wgpu::ComputePipeline = match mode {
             Upsample::Nearest => |p| &p.resize_nearest,
             Upsample::Bilinear => |p| &p.resize_bilinear,
