@@ -66,32 +66,17 @@ struct Params {
 
 // conv2d's output tile: TILE_ROWS (64, or 16 for GEMMs of at most 32 rows: the pipeline
 // `conv2d_thin`) by BN channels, 4x4 per thread, K tiles of BK.
-override TILE_ROWS: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
 
 // conv2d: As[k][m/4] (TILE_ROWS/4 vec4 per k) and Bs[k][n/4] (16 vec4 per k).
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
 
-const LBM: u32 = 128u;
-const LBN: u32 = 128u;
-const LBK: u32 = 8u;
-// vec4 per row (k) of a large stage, and per stage (LBK rows).
-const LROW: u32 = 32u;
-const LSTAGE: u32 = 256u;
-
-// conv2d_large: two stages of AL[k][m/4] and BL[k][n/4], 32 vec4 per k (8 KiB each, 16 KiB in
-// all). Only the variables an entry point uses count against its workgroup-memory limit.
-var<workgroup> AL: array<vec4<f32>, 512>;
-var<workgroup> BL: array<vec4<f32>, 512>;
+// The tile shapes (TILE_ROWS, BN, BK; LBM, LBN, LBK), the 128x128 tile's stages AL / BL,
+// w_scalar and the micro-kernel `large_tile_step`:
+// #include gemm_core.wgsl
 
 fn x_scalar(i: u32) -> f32 {
     return x[i >> 2u][i & 3u];
-}
-
-fn w_scalar(i: u32) -> f32 {
-    return wt[i >> 2u][i & 3u];
 }
 
 // Per-thread description of the A row (output pixel) it loads.
@@ -370,23 +355,8 @@ fn conv2d_large(
 
     let r = row_info(m0 + a_row);
 
-    // c<i><j>: row i (0..3: ty*4+i, 4..7: 64+ty*4+i-4), column half j (0: tx*4, 1: 64+tx*4).
-    var c00 = vec4<f32>(0.0);
-    var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0);
-    var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0);
-    var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0);
-    var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0);
-    var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0);
-    var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0);
-    var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0);
-    var c71 = vec4<f32>(0.0);
+    // This thread's 8x8 outputs (gemm_core.wgsl).
+    var acc: LargeAcc;
 
     // Double buffering: stage K tile 0, then for each K tile kt: global loads of tile kt+1 into
     // registers, compute on stage kt&1, store tile kt+1 into the other stage, barrier. The other
@@ -407,29 +377,7 @@ fn conv2d_large(
         }
 
         let base = (kt & 1u) * LSTAGE;
-        for (var kk = 0u; kk < LBK; kk++) {
-            let row = base + kk * LROW;
-            let a0 = AL[row + ty];
-            let a1 = AL[row + 16u + ty];
-            let b0 = BL[row + tx];
-            let b1 = BL[row + 16u + tx];
-            c00 += a0.x * b0;
-            c01 += a0.x * b1;
-            c10 += a0.y * b0;
-            c11 += a0.y * b1;
-            c20 += a0.z * b0;
-            c21 += a0.z * b1;
-            c30 += a0.w * b0;
-            c31 += a0.w * b1;
-            c40 += a1.x * b0;
-            c41 += a1.x * b1;
-            c50 += a1.y * b0;
-            c51 += a1.y * b1;
-            c60 += a1.z * b0;
-            c61 += a1.z * b1;
-            c70 += a1.w * b0;
-            c71 += a1.w * b1;
-        }
+        large_tile_step(&acc, base, tx, ty);
 
         if (next) {
             stage_large((kt + 1u) & 1u, a_row, a_kq, a_reg, b_k, b_nq, b_reg);
@@ -439,22 +387,22 @@ fn conv2d_large(
 
     let om = m0 + ty * 4u;
     let on = n0 + tx * 4u;
-    epilogue(om, on, c00);
-    epilogue(om, on + 64u, c01);
-    epilogue(om + 1u, on, c10);
-    epilogue(om + 1u, on + 64u, c11);
-    epilogue(om + 2u, on, c20);
-    epilogue(om + 2u, on + 64u, c21);
-    epilogue(om + 3u, on, c30);
-    epilogue(om + 3u, on + 64u, c31);
-    epilogue(om + 64u, on, c40);
-    epilogue(om + 64u, on + 64u, c41);
-    epilogue(om + 65u, on, c50);
-    epilogue(om + 65u, on + 64u, c51);
-    epilogue(om + 66u, on, c60);
-    epilogue(om + 66u, on + 64u, c61);
-    epilogue(om + 67u, on, c70);
-    epilogue(om + 67u, on + 64u, c71);
+    epilogue(om, on, acc.c00);
+    epilogue(om, on + 64u, acc.c01);
+    epilogue(om + 1u, on, acc.c10);
+    epilogue(om + 1u, on + 64u, acc.c11);
+    epilogue(om + 2u, on, acc.c20);
+    epilogue(om + 2u, on + 64u, acc.c21);
+    epilogue(om + 3u, on, acc.c30);
+    epilogue(om + 3u, on + 64u, acc.c31);
+    epilogue(om + 64u, on, acc.c40);
+    epilogue(om + 64u, on + 64u, acc.c41);
+    epilogue(om + 65u, on, acc.c50);
+    epilogue(om + 65u, on + 64u, acc.c51);
+    epilogue(om + 66u, on, acc.c60);
+    epilogue(om + 66u, on + 64u, acc.c61);
+    epilogue(om + 67u, on, acc.c70);
+    epilogue(om + 67u, on + 64u, acc.c71);
 }
 
 // 1D grid of 256-wide workgroups over M (linear id = x + y * num_workgroups.x * 256).

@@ -67,9 +67,6 @@ struct Params {
 
 // conv_transpose's output tile: TILE_ROWS (64, or 16 for GEMMs of at most 32 rows: the
 // pipeline `conv_transpose_thin`) by BN input channels, 4x4 per thread, K tiles of BK.
-override TILE_ROWS: u32 = 64u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
 
 // conv_transpose keeps both operands as they are loaded, vec4 over k: At[m][k/4] (4 vec4 per
 // row) and Bt[n][k/4], and forms the products as dot products over k. Staging then needs no
@@ -83,25 +80,12 @@ var<workgroup> At: array<vec4<f32>, 256>;
 const BT_ROW: u32 = 5u;
 var<workgroup> Bt: array<vec4<f32>, 320>;
 
-const LBM: u32 = 128u;
-const LBN: u32 = 128u;
-const LBK: u32 = 8u;
-// vec4 per row (k) of a large stage, and per stage (LBK rows).
-const LROW: u32 = 32u;
-const LSTAGE: u32 = 256u;
-
-// conv_transpose_large: two stages of AL[k][m/4] and BL[k][n/4], 32 vec4 per k (8 KiB each,
-// 16 KiB in all). Only the variables an entry point uses count against its workgroup-memory
-// limit.
-var<workgroup> AL: array<vec4<f32>, 512>;
-var<workgroup> BL: array<vec4<f32>, 512>;
+// The tile shapes (TILE_ROWS, BN, BK; LBM, LBN, LBK), the 128x128 tile's stages AL / BL,
+// w_scalar and the micro-kernel `large_tile_step`:
+// #include gemm_core.wgsl
 
 fn s_scalar(i: u32) -> f32 {
     return s[i >> 2u][i & 3u];
-}
-
-fn w_scalar(i: u32) -> f32 {
-    return wt[i >> 2u][i & 3u];
 }
 
 fn mul_scalar(i: u32) -> f32 {
@@ -472,23 +456,8 @@ fn conv_transpose_large(
     let r = row_info(f, m0 + row);
     let bn = n0 + row;
 
-    // c<i><j>: row i (0..3: ty*4+i, 4..7: 64+ty*4+i-4), column half j (0: tx*4, 1: 64+tx*4).
-    var c00 = vec4<f32>(0.0);
-    var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0);
-    var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0);
-    var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0);
-    var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0);
-    var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0);
-    var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0);
-    var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0);
-    var c71 = vec4<f32>(0.0);
+    // This thread's 8x8 outputs (gemm_core.wgsl).
+    var acc: LargeAcc;
 
     // Double buffering as conv2d_large: stage K tile 0, then for each K tile kt: global loads of
     // tile kt+1 into registers, compute on stage kt&1, store tile kt+1 into the other stage,
@@ -510,29 +479,7 @@ fn conv_transpose_large(
         }
 
         let base = (kt & 1u) * LSTAGE;
-        for (var kk = 0u; kk < LBK; kk++) {
-            let i = base + kk * LROW;
-            let a0 = AL[i + ty];
-            let a1 = AL[i + 16u + ty];
-            let b0 = BL[i + tx];
-            let b1 = BL[i + 16u + tx];
-            c00 += a0.x * b0;
-            c01 += a0.x * b1;
-            c10 += a0.y * b0;
-            c11 += a0.y * b1;
-            c20 += a0.z * b0;
-            c21 += a0.z * b1;
-            c30 += a0.w * b0;
-            c31 += a0.w * b1;
-            c40 += a1.x * b0;
-            c41 += a1.x * b1;
-            c50 += a1.y * b0;
-            c51 += a1.y * b1;
-            c60 += a1.z * b0;
-            c61 += a1.z * b1;
-            c70 += a1.w * b0;
-            c71 += a1.w * b1;
-        }
+        large_tile_step(&acc, base, tx, ty);
 
         if (next) {
             stage_large((kt + 1u) & 1u, row, kq, a_reg, b_reg);
@@ -542,14 +489,14 @@ fn conv_transpose_large(
 
     let om = m0 + ty * 4u;
     let on = n0 + tx * 4u;
-    epilogue_large(f, om, on, c00, c01);
-    epilogue_large(f, om + 1u, on, c10, c11);
-    epilogue_large(f, om + 2u, on, c20, c21);
-    epilogue_large(f, om + 3u, on, c30, c31);
-    epilogue_large(f, om + 64u, on, c40, c41);
-    epilogue_large(f, om + 65u, on, c50, c51);
-    epilogue_large(f, om + 66u, on, c60, c61);
-    epilogue_large(f, om + 67u, on, c70, c71);
+    epilogue_large(f, om, on, acc.c00, acc.c01);
+    epilogue_large(f, om + 1u, on, acc.c10, acc.c11);
+    epilogue_large(f, om + 2u, on, acc.c20, acc.c21);
+    epilogue_large(f, om + 3u, on, acc.c30, acc.c31);
+    epilogue_large(f, om + 64u, on, acc.c40, acc.c41);
+    epilogue_large(f, om + 65u, on, acc.c50, acc.c51);
+    epilogue_large(f, om + 66u, on, acc.c60, acc.c61);
+    epilogue_large(f, om + 67u, on, acc.c70, acc.c71);
 }
 
 // Narrow variant for cin <= 4 (the stem, whose cin = 3 would leave 61 of a tile's 64 columns

@@ -1,4 +1,6 @@
-//! Every WGSL file in `shaders/` parses and validates through naga (no GPU needed).
+//! Every shader module parses and validates through naga (no GPU needed), as the GPU backend
+//! compiles it: `lafam_gpu::gpu::shader_modules()`, the convs with `shaders/gemm_core.wgsl`
+//! composed in. Every WGSL file in `shaders/` is a module or composed into one.
 
 use std::path::PathBuf;
 
@@ -13,20 +15,61 @@ fn shader_files() -> Vec<PathBuf> {
     files
 }
 
+/// The composed source of `shaders/<label>.wgsl`.
+fn composed(label: &str) -> &'static str {
+    lafam_gpu::gpu::shader_modules()
+        .iter()
+        .find(|m| m.0 == label)
+        .map(|m| m.1.as_str())
+        .unwrap_or_else(|| panic!("no module {label}"))
+}
+
+#[test]
+fn every_shader_file_is_compiled() {
+    let modules = lafam_gpu::gpu::shader_modules();
+    for path in shader_files() {
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).expect("read shader");
+        let module = modules.iter().any(|m| m.0 == stem);
+        let include = format!("// #include {stem}.wgsl");
+        let includers: Vec<&str> = modules
+            .iter()
+            .filter(|m| {
+                let file = shader_files()
+                    .into_iter()
+                    .find(|p| p.file_stem().is_some_and(|s| s == m.0))
+                    .expect("a module's file");
+                std::fs::read_to_string(file).unwrap().contains(&include)
+            })
+            .map(|m| m.0)
+            .collect();
+        assert!(
+            module || !includers.is_empty(),
+            "{} is neither a module nor composed into one",
+            path.display()
+        );
+        // A composed file appears whole in every module that includes it.
+        for m in includers {
+            assert!(composed(m).contains(&text), "{m} lacks {}", path.display());
+        }
+    }
+}
+
 #[test]
 fn every_shader_parses_and_validates() {
-    let files = shader_files();
-    assert!(!files.is_empty(), "shaders/ holds no .wgsl files");
+    let modules = lafam_gpu::gpu::shader_modules();
+    assert!(!modules.is_empty(), "no shader modules");
     let mut failures = Vec::new();
-    for path in &files {
-        let src = std::fs::read_to_string(path).expect("read shader");
-        let module = match naga::front::wgsl::parse_str(&src) {
+    for (label, src) in modules {
+        let path = PathBuf::from(format!("shaders/{label}.wgsl (composed)"));
+        let path = &path;
+        let module = match naga::front::wgsl::parse_str(src) {
             Ok(m) => m,
             Err(e) => {
                 failures.push(format!(
                     "{}: parse error:\n{}",
                     path.display(),
-                    e.emit_to_string(&src)
+                    e.emit_to_string(src)
                 ));
                 continue;
             }
@@ -39,7 +82,7 @@ fn every_shader_parses_and_validates() {
             failures.push(format!(
                 "{}: validation error:\n{}",
                 path.display(),
-                e.emit_to_string(&src)
+                e.emit_to_string(src)
             ));
             continue;
         }
@@ -132,10 +175,7 @@ fn conv_entry_points_exist() {
     let mut conv = tiles("conv2d");
     conv.push(("conv2d_narrow", None, 256));
     for (file, entries) in [("conv.wgsl", conv), ("conv_backward.wgsl", conv_backward)] {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("shaders")
-            .join(file);
-        let src = std::fs::read_to_string(&path).expect("read shader");
+        let src = composed(file.trim_end_matches(".wgsl"));
         let declared = "override TILE_ROWS: u32 = 64u;";
         assert!(src.contains(declared), "{file} declares {declared}");
         for (name, rows, invocations) in entries {

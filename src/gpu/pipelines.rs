@@ -16,8 +16,13 @@ const RESAMPLE: &str = include_str!("../../shaders/resample.wgsl");
 const CONV_BACKWARD: &str = include_str!("../../shaders/conv_backward.wgsl");
 const LRP: &str = include_str!("../../shaders/lrp.wgsl");
 const CAM: &str = include_str!("../../shaders/cam.wgsl");
+const GEMM_CORE: &str = include_str!("../../shaders/gemm_core.wgsl");
 
-/// Every shader module: its label and its WGSL source (`shaders/<label>.wgsl`).
+/// The line of a module that [`compose`] replaces with `shaders/gemm_core.wgsl`.
+const INCLUDE_GEMM_CORE: &str = "// #include gemm_core.wgsl";
+
+/// Every shader module: its label and its WGSL file (`shaders/<label>.wgsl`), before
+/// composition.
 const MODULES: [(&str, &str); 8] = [
     ("preprocess", PREPROCESS),
     ("conv", CONV),
@@ -28,6 +33,44 @@ const MODULES: [(&str, &str); 8] = [
     ("lrp", LRP),
     ("cam", CAM),
 ];
+
+/// A module's source as compiled: the file, with `shaders/gemm_core.wgsl` in place of its
+/// include line (the two convs have one; the other modules none).
+fn compose(label: &str, file: &str) -> String {
+    match file.matches(INCLUDE_GEMM_CORE).count() {
+        0 => file.to_string(),
+        1 => file.replacen(
+            INCLUDE_GEMM_CORE,
+            &format!(
+                "// ---- begin shaders/gemm_core.wgsl ----\n{GEMM_CORE}// ---- end \
+                 shaders/gemm_core.wgsl ----"
+            ),
+            1,
+        ),
+        n => panic!("shaders/{label}.wgsl includes the GEMM core {n} times"),
+    }
+}
+
+/// Every shader module: its label and its WGSL source as compiled ([`compose`]d).
+#[doc(hidden)]
+pub fn shader_modules() -> &'static [(&'static str, String)] {
+    static COMPOSED: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    COMPOSED.get_or_init(|| {
+        MODULES
+            .iter()
+            .map(|&(label, file)| (label, compose(label, file)))
+            .collect()
+    })
+}
+
+/// The compiled source of module `label`.
+fn source(label: &str) -> &'static str {
+    shader_modules()
+        .iter()
+        .find(|m| m.0 == label)
+        .map(|m| m.1.as_str())
+        .expect("a module of MODULES")
+}
 
 /// The entry points without override constants, by module: one pipeline each.
 const PLAIN_ENTRY_POINTS: [(&str, &[&str]); 6] = [
@@ -86,11 +129,7 @@ pub struct Specialisation {
 #[doc(hidden)]
 pub fn specialisations() -> Vec<Specialisation> {
     let spec = |module: &'static str, entry: &str, kernel: &str, constants: &[(&str, f64)]| {
-        let source = MODULES
-            .iter()
-            .find(|m| m.0 == module)
-            .map(|m| m.1)
-            .expect("a module of MODULES");
+        let source = source(module);
         Specialisation {
             module,
             source,
@@ -528,7 +567,7 @@ impl Pipelines {
                         constants: &[(&str, f64)]| {
             named_pipeline(layout, m, entry, entry, constants)
         };
-        let conv_m = module("conv", CONV);
+        let conv_m = module("conv", source("conv"));
         // A tiled GEMM pipeline of the shader entry `base` (conv2d, conv_transpose) for `tile`
         // with its boolean specialisations.
         let gemm =
@@ -557,7 +596,7 @@ impl Pipelines {
             let constants = conv_narrow_constants(b_vec4);
             pipeline(&conv_pl, &conv_m, "conv2d_narrow", &constants)
         });
-        let convt_m = module("conv_backward", CONV_BACKWARD);
+        let convt_m = module("conv_backward", source("conv_backward"));
         let conv_transpose = (0..ConvTransposeVariant::COUNT)
             .into_par_iter()
             .map(|i| {
@@ -572,12 +611,12 @@ impl Pipelines {
             let constants = conv_transpose_narrow_constants(k_vec4);
             pipeline(&conv_pl, &convt_m, "conv_transpose_narrow", &constants)
         });
-        let lrp_m = module("lrp", LRP);
-        let pre_m = module("preprocess", PREPROCESS);
-        let pool_m = module("pool", POOL);
-        let reduce_m = module("reduce", REDUCE);
-        let resample_m = module("resample", RESAMPLE);
-        let cam_m = module("cam", CAM);
+        let lrp_m = module("lrp", source("lrp"));
+        let pre_m = module("preprocess", source("preprocess"));
+        let pool_m = module("pool", source("pool"));
+        let reduce_m = module("reduce", source("reduce"));
+        let resample_m = module("resample", source("resample"));
+        let cam_m = module("cam", source("cam"));
         let cam = super::cam::CamPipelines {
             spatial_mean: pipeline(&lrp_pl, &cam_m, "spatial_mean", &[]),
             broadcast_spatial: pipeline(&lrp_pl, &cam_m, "broadcast_spatial", &[]),
