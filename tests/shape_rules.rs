@@ -12,6 +12,9 @@ use lafam_gpu::backend::{CamBackend, GateSign, GramOver, Pool};
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::{Shape, Upsample};
 
+/// A named call of a backend op that must fail.
+type Call<'a, B> = (&'a str, Box<dyn Fn(&mut B) -> anyhow::Result<()> + 'a>);
+
 /// Runs every bad call on `b` and returns its error messages, in order. Each call must fail.
 fn refusals<B: CamBackend>(b: &mut B) -> Vec<String> {
     let up = |b: &mut B, s: Shape, seed| b.upload(&random_tensor(s, -1.0, 1.0, seed)).unwrap();
@@ -24,7 +27,7 @@ fn refusals<B: CamBackend>(b: &mut B) -> Vec<String> {
     let masks = up(b, Shape::new(3, 6, 5, 1), 7);
     let one = up(b, Shape::new(1, 6, 5, 4), 8);
     let stem = Pool::RESNET_STEM;
-    let calls: Vec<(&str, Box<dyn Fn(&mut B) -> anyhow::Result<()>>)> = vec![
+    let calls: Vec<Call<B>> = vec![
         (
             "preprocess bytes",
             Box::new(|b| b.preprocess(&[0; 10], 1, 2, 2).map(drop)),

@@ -11,13 +11,13 @@
 //! - Activations live in pooled storage buffers (size buckets); a buffer returns to the pool
 //!   when the last tensor on it is dropped.
 
+mod buffers;
 mod cam;
 mod context;
 mod limits;
 mod lrp;
 pub mod params;
 mod pipelines;
-mod pool;
 mod profile;
 mod recorder;
 mod tiles;
@@ -34,10 +34,10 @@ use crate::io::Shown;
 use crate::ops::{ConvGeometry, ConvLayer};
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{anyhow, bail, ensure, Result};
+use buffers::BufferPool;
 use context::Context;
 use params::{ConvParams, PoolParams, PreprocessParams, ReduceParams, ResampleParams};
 use pipelines::{ConvVariant, Tile};
-use pool::BufferPool;
 use recorder::{RING_SLOTS, SLOT_BYTES};
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
