@@ -832,8 +832,7 @@ fn elementwise_ops_match_cpu() {
 #[test]
 #[ignore]
 fn lrp_vs_lafam_timing() {
-    use lafam_gpu::explain::lafam::ImageBatch;
-    use lafam_gpu::explain::{Composite, Explainer};
+    use lafam_gpu::explain::{Composite, Engine, ImageBatch, Method};
     use lafam_gpu::model::random::{random_resnet, RandomSpec};
     use lafam_gpu::model::Stage;
     use lafam_gpu::Upsample;
@@ -847,8 +846,10 @@ fn lrp_vs_lafam_timing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
     let net = random_resnet(&RandomSpec::resnet(50, 64, 1).unwrap());
-    let mut ex = Explainer::new(gpu(), &net).unwrap();
-    ex.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let mut ex = Engine::new(gpu(), &net)
+        .unwrap()
+        .with_lrp(Composite::EpsilonPlusFlat)
+        .unwrap();
     let rgb: Vec<u8> = (0..n * size * size * 3)
         .map(|i| (i * 31 % 251) as u8)
         .collect();
@@ -864,12 +865,12 @@ fn lrp_vs_lafam_timing() {
     };
     let lafam = time(&mut || {
         let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
-        ex.lafam(batch, Stage::Layer4, Upsample::Bilinear, &sizes)
+        ex.explain_method(batch, Method::Lafam, Stage::Layer4, Upsample::Bilinear, &sizes)
             .unwrap();
     });
     let lrp = time(&mut || {
         let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
-        ex.lrp(batch, Stage::Layer4, Upsample::Bilinear, &sizes, false)
+        ex.explain_method(batch, Method::Lrp, Stage::Layer4, Upsample::Bilinear, &sizes)
             .unwrap();
     });
     eprintln!(

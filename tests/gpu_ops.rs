@@ -7,8 +7,8 @@ mod common;
 use common::{check_parity, gpu, gpu_view, random_conv, random_tensor, time_tiles, RESNET_CONVS};
 use lafam_gpu::backend::Pool;
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::explain::lafam::ImageBatch;
-use lafam_gpu::explain::Explainer;
+use lafam_gpu::explain::ImageBatch;
+use lafam_gpu::explain::{Engine, Method};
 use lafam_gpu::gpu::{ConvTiles, Gpu};
 use lafam_gpu::model::{Block, BlockKind, ConvLayer, Heads, ResNet, Stage};
 use lafam_gpu::tensor::max_rel_err;
@@ -471,6 +471,40 @@ fn channel_mean_matches_cpu() {
     eprintln!("channel_mean: max rel err {worst:e}");
 }
 
+/// The channel max (LaFAM-max) is exact: the GPU's must equal the CPU's bit for bit, on a
+/// view too, with all-negative channels (the max starts at -inf, not 0).
+#[test]
+fn channel_max_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    for (i, &(shape, lo, hi)) in [
+        (Shape::new(3, 13, 9, 37), -1.0, 2.0),
+        (Shape::new(2, 7, 7, 64), -3.0, -1.0),
+        (Shape::new(1, 5, 3, 1), -1.0, 1.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = random_tensor(shape, lo, hi, 20 + i as u64);
+        for view in [None, Some(shape.n - 1)] {
+            let xg = g.upload(&x).unwrap();
+            let xc = c.upload(&x).unwrap();
+            let (xg, xc) = match view {
+                Some(j) => (g.image(&xg, j), c.image(&xc, j)),
+                None => (xg, xc),
+            };
+            let mg = g.channel_max(&xg).unwrap();
+            let mc = c.channel_max(&xc).unwrap();
+            let got = g.download(&mg).unwrap();
+            let want = c.download(&mc).unwrap();
+            assert_eq!(got.shape, want.shape, "channel_max {shape} view {view:?}");
+            assert_eq!(got.data, want.data, "channel_max {shape} view {view:?}");
+            if lo < 0.0 && hi < 0.0 {
+                assert!(want.data.iter().all(|&v| v < 0.0), "max of negatives is negative");
+            }
+        }
+    }
+}
+
 #[test]
 fn minmax_normalise_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
@@ -741,7 +775,7 @@ fn bottleneck(cin: usize, mid: usize, stride: usize, seed: u64) -> Block<ConvLay
     }
 }
 
-/// A small random ResNet of either block kind, through `Explainer<Gpu>` and `Explainer<Cpu>`.
+/// A small random ResNet of either block kind, through `Engine<Gpu>` and `Engine<Cpu>`.
 #[test]
 fn explainer_smoke_small_resnets() {
     let nets = [
@@ -774,8 +808,8 @@ fn explainer_smoke_small_resnets() {
     let rgb: Vec<u8> = (0..n * h * w * 3).map(|_| rng.random()).collect();
     let batch = ImageBatch::new(&rgb, n, h, w).unwrap();
     for net in &nets {
-        let mut eg = Explainer::new(gpu(), net).unwrap();
-        let mut ec = Explainer::new(Cpu::new(), net).unwrap();
+        let mut eg = Engine::new(gpu(), net).unwrap();
+        let mut ec = Engine::new(Cpu::new(), net).unwrap();
         let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
         let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
         for (s, (a, b)) in ag.iter().zip(&ac).enumerate() {
@@ -789,8 +823,12 @@ fn explainer_smoke_small_resnets() {
         }
         for mode in [Upsample::Nearest, Upsample::Bilinear] {
             let sizes = [(h, w), (60, 50)];
-            let mg = eg.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
-            let mc = ec.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
+            let mg = eg
+                .explain_method(batch, Method::Lafam, Stage::Layer3, mode, &sizes)
+                .unwrap();
+            let mc = ec
+                .explain_method(batch, Method::Lafam, Stage::Layer3, mode, &sizes)
+                .unwrap();
             for (a, b) in mg.iter().zip(&mc) {
                 let err = check_parity(&format!("{:?} lafam {mode:?}", net.kind), a, b);
                 eprintln!(
@@ -937,8 +975,8 @@ fn bench_resnet50_forward() {
     let gflop = 2.0 * net.macs_per_image(h, w, Stage::Layer4) as f64 / 1e9;
     let rgb = vec![128u8; h * w * 3];
     let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-    let mut eg = Explainer::new(gpu(), &net).unwrap();
-    let mut ec = Explainer::new(Cpu::new(), &net).unwrap();
+    let mut eg = Engine::new(gpu(), &net).unwrap();
+    let mut ec = Engine::new(Cpu::new(), &net).unwrap();
     let small = vec![128u8; 64 * 64 * 3];
     let warm = ImageBatch::new(&small, 1, 64, 64).unwrap();
     eg.stage_activations(warm, Stage::Layer4).unwrap();

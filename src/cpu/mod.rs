@@ -368,6 +368,17 @@ impl Backend for Cpu {
         Ok(CpuTensor::new(Shape { c: 1, ..s }, out))
     }
 
+    fn channel_max(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = x.shape;
+        ensure!(s.c > 0, "channel max of a tensor with no channels");
+        let out = x
+            .as_slice()
+            .par_chunks(s.c)
+            .map(|px| px.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect();
+        Ok(CpuTensor::new(Shape { c: 1, ..s }, out))
+    }
+
     fn minmax_normalise(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
         let s = x.shape;
         let mut out = x.as_slice().to_vec();
