@@ -376,6 +376,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         entries = s.select(entries);
     }
     let weights = resolve_weights(weights_path)?;
+    let mut explainer = args.map.open(&weights, weights_path, args.relax_masks)?;
     // What the weights are, by content (the path may differ between the machines of shards).
     let size = std::fs::metadata(&weights.source).map(|m| m.len()).ok();
     let sha256 = crate::checkpoint::download::sha256_file(&weights.source).ok();
@@ -383,7 +384,6 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the maps directory", d.shown()))?;
     }
-    let mut explainer = args.map.open(&weights, weights_path, args.relax_masks)?;
     let m = &args.map;
     let settings = json!({
         "mode": "dataset",
