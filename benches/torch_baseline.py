@@ -32,7 +32,8 @@ eval mode, random weights unless `--weights` is given (no download ever: timings
 depend on the weight values). Grad-CAM needs the classifier; random weights have one.
 
 Needs torch and torchvision; zennit for lrp; grad-cam for gradcam/eigencam; safetensors for
-.safetensors weights. Tested with torch 2.15, torchvision 0.29, zennit 0.5.1 (PyPI).
+.safetensors weights. Tested on the CPU with torch 2.15, torchvision 0.29, zennit 0.5.1 and
+grad-cam 1.5.7 (PyPI).
 """
 import argparse
 import importlib.metadata
