@@ -29,7 +29,7 @@
 //! `r_i(j)` is set; the shifts are `r_i(49) mod 7` (rows) and `r_i(50) mod 7` (columns).
 //! `tests/fixtures/gen_baselines.py` reimplements this generator in numpy.
 
-use super::engine::{max_batch, Engine};
+use super::engine::{finite_images, finite_probe, max_batch, Engine};
 use super::method::{Display, MethodInfo, Needs, Pass, Produced, Resample};
 use super::tape::{forward, TapeSpec};
 use crate::backend::CamBackend;
@@ -54,12 +54,14 @@ pub const INFO: MethodInfo = MethodInfo {
 pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
     let images = pass.images;
     let (mut imp, mut unc) = (Vec::with_capacity(images.n), Vec::with_capacity(images.n));
+    let mut non_finite = Vec::with_capacity(images.n);
     for i in 0..images.n {
         let one = images.slice(i, 1);
         let x = pass.b.preprocess(one.rgb, 1, one.h, one.w)?;
         let r = relax_one(pass.b, pass.net, pass.spec, &x, &pass.request.relax)?;
         imp.push(r.importance);
         unc.push(r.uncertainty);
+        non_finite.push(!r.finite);
     }
     let maps = [imp, unc]
         .iter()
@@ -67,7 +69,7 @@ pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>>
         .collect::<Result<_>>()?;
     Ok(Produced {
         maps,
-        non_finite: Vec::new(),
+        non_finite,
         targets: Vec::new(),
     })
 }
@@ -166,6 +168,9 @@ impl Default for RelaxConfig {
 pub struct RelaxMaps {
     pub importance: HostTensor,
     pub uncertainty: HostTensor,
+    /// Whether the unmasked image's activations were finite at every stage (else the maps
+    /// are meaningless: a ReLU can turn an overflow into zeros).
+    pub finite: bool,
 }
 
 /// The globally pooled final-stage embedding of a preprocessed batch: `[n, 1, 1, C]`.
@@ -195,7 +200,10 @@ pub fn relax_one<B: CamBackend>(
     );
     let (h, w) = (s.h, s.w);
     let per_pass = cfg.batch.min(max_batch(b, spec, h, w, Stage::Layer4)).max(1);
-    let reference = embed(b, net, x)?;
+    let tape = forward(b, net, x.clone(), TapeSpec::plain(Stage::Layer4), None)?;
+    let probe = finite_probe(b, &tape.outputs)?;
+    let reference = b.spatial_mean(tape.activations())?;
+    drop(tape);
     let mut acc: Option<B::Tensor> = None;
     let mut shift = 0f32;
     let mut start = 0usize;
@@ -214,9 +222,11 @@ pub fn relax_one<B: CamBackend>(
     }
     let sums = b.download(acc.as_ref().expect("at least one batch"))?;
     let (importance, uncertainty) = finish(&sums, shift);
+    let finite = finite_images(b, &probe)?.iter().all(|&ok| ok);
     Ok(RelaxMaps {
         importance,
         uncertainty,
+        finite,
     })
 }
 
