@@ -77,8 +77,8 @@ impl Options {
 
 /// An engine whose LRP weights are prepared on first use.
 enum Slot<B: Backend> {
-    Plain(Engine<B>),
-    Lrp(Engine<B, LrpWeights<B::Conv>>),
+    Plain(Box<Engine<B>>),
+    Lrp(Box<Engine<B, LrpWeights<B::Conv>>>),
     /// LRP preparation failed and took the engine with it.
     Lost,
 }
@@ -89,18 +89,18 @@ impl<B: CamBackend> Slot<B> {
             let Slot::Plain(engine) = std::mem::replace(self, Slot::Lost) else {
                 unreachable!("matched above");
             };
-            *self = Slot::Lrp(
+            *self = Slot::Lrp(Box::new(
                 engine
                     .with_lrp(rule)
                     .context("cannot prepare the LRP rules on the backend")?,
-            );
+            ));
         }
         Ok(())
     }
 }
 
 enum Engines {
-    Gpu(Box<Slot<Gpu>>),
+    Gpu(Slot<Gpu>),
     Cpu(Slot<Cpu>),
 }
 
@@ -108,16 +108,24 @@ enum Engines {
 macro_rules! on_engine {
     ($engines:expr, $e:ident => $body:expr) => {
         match $engines {
-            Engines::Gpu(slot) => match &mut **slot {
-                Slot::Plain($e) => $body,
-                Slot::Lrp($e) => $body,
-                Slot::Lost => bail!("the engine was lost when preparing LRP failed"),
-            },
-            Engines::Cpu(slot) => match slot {
-                Slot::Plain($e) => $body,
-                Slot::Lrp($e) => $body,
-                Slot::Lost => bail!("the engine was lost when preparing LRP failed"),
-            },
+            Engines::Gpu(slot) => on_slot!(slot, $e => $body),
+            Engines::Cpu(slot) => on_slot!(slot, $e => $body),
+        }
+    };
+}
+
+macro_rules! on_slot {
+    ($slot:expr, $e:ident => $body:expr) => {
+        match $slot {
+            Slot::Plain(boxed) => {
+                let $e = &mut **boxed;
+                $body
+            }
+            Slot::Lrp(boxed) => {
+                let $e = &mut **boxed;
+                $body
+            }
+            Slot::Lost => bail!("the engine was lost when preparing LRP failed"),
         }
     };
 }
@@ -146,8 +154,8 @@ impl Explainer {
         let describe = backend.describe();
         let kind = backend.kind();
         let engines = match backend {
-            AnyBackend::Gpu(g) => Engines::Gpu(Box::new(Slot::Plain(prepare(*g, &weights.net)?))),
-            AnyBackend::Cpu(c) => Engines::Cpu(Slot::Plain(prepare(c, &weights.net)?)),
+            AnyBackend::Gpu(g) => Engines::Gpu(Slot::Plain(Box::new(prepare(*g, &weights.net)?))),
+            AnyBackend::Cpu(c) => Engines::Cpu(Slot::Plain(Box::new(prepare(c, &weights.net)?))),
         };
         Ok(Explainer {
             engines,
@@ -304,7 +312,7 @@ impl Explainer {
     /// Starts timing every kernel (GPU timestamps); false where the adapter has none.
     pub fn start_kernel_timing(&mut self) -> bool {
         match &mut self.engines {
-            Engines::Gpu(slot) => match &mut **slot {
+            Engines::Gpu(slot) => match slot {
                 Slot::Plain(e) => e.backend.start_kernel_timing(),
                 Slot::Lrp(e) => e.backend.start_kernel_timing(),
                 Slot::Lost => false,

@@ -70,6 +70,17 @@ pub struct PlannedPass {
 
 /// Groups `methods` by the pass they need. Methods that only need the stage's activations
 /// join the LRP pass if there is one, else the gradient pass, else a plain forward pass.
+///
+/// ```
+/// use lafam_gpu::explain::method::Needs;
+/// use lafam_gpu::explain::pipeline::plan;
+/// use lafam_gpu::Method;
+///
+/// let passes = plan(&[Method::Relax, Method::Lrp, Method::Lafam]);
+/// assert_eq!(passes[0].needs, Needs::LrpTape);
+/// assert_eq!(passes[0].methods, [Method::Lafam, Method::Lrp]); // LaFAM rides on LRP's pass
+/// assert_eq!(passes[1].needs, Needs::OwnPasses);
+/// ```
 pub fn plan(methods: &[Method]) -> Vec<PlannedPass> {
     let mut methods = methods.to_vec();
     methods.sort();
@@ -136,6 +147,22 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
     /// Every requested method's maps for `images`, image `i` resampled to `out_sizes[i]`
     /// (its original resolution). The maps of an image whose activations were not finite
     /// are all NaN.
+    ///
+    /// ```
+    /// use lafam_gpu::cpu::Cpu;
+    /// use lafam_gpu::explain::{Engine, ImageBatch, Method, Request};
+    /// use lafam_gpu::model::random::{random_resnet, RandomSpec};
+    ///
+    /// let net = random_resnet(&RandomSpec::resnet(18, 4, 1)?);
+    /// let mut engine = Engine::new(Cpu::new(), &net)?;
+    /// let rgb: Vec<u8> = (0..32 * 32 * 3).map(|i| (i % 251) as u8).collect();
+    /// let images = ImageBatch::new(&rgb, 1, 32, 32)?;
+    /// let request = Request::new(&[Method::Lafam, Method::LafamMax]);
+    /// let out = engine.explain(images, &request, &[(64, 64)])?;
+    /// assert_eq!(out.len(), 2);
+    /// assert_eq!((out[0].maps[0].shape.h, out[0].maps[0].shape.w), (64, 64));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn explain(
         &mut self,
         images: ImageBatch,
