@@ -1,5 +1,5 @@
 //! The op set shared by the GPU and CPU backends. Methods (`explain`) and the forward pass
-//! (`model::forward`) are written once over this trait, so a parity test can compare the two
+//! (`explain::tape`) are written once over this trait, so a parity test can compare the two
 //! backends op by op and end to end.
 
 pub use crate::ops::{shapes, ConvLayer, ConvShape, GramOver, Pool, Upsample};
@@ -124,6 +124,12 @@ pub trait Backend {
         self.channel_mean_unchecked(x, out)
     }
 
+    /// Max over channels: [n,h,w,c] -> [n,h,w,1] (LaFAM-max).
+    fn channel_max(&mut self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        let out = shapes::channel_max(self.shape(x))?;
+        self.channel_max_unchecked(x, out)
+    }
+
     /// Per image: `(x - min) / (max - min + 1e-6)` over all of its h*w*c values.
     fn minmax_normalise(&mut self, x: &Self::Tensor) -> Result<Self::Tensor> {
         shapes::minmax_normalise(self.shape(x))?;
@@ -185,6 +191,8 @@ pub trait Backend {
     ) -> Result<Self::Tensor>;
     /// [`channel_mean`](Self::channel_mean) of a checked input.
     fn channel_mean_unchecked(&mut self, x: &Self::Tensor, out: Shape) -> Result<Self::Tensor>;
+    /// [`channel_max`](Self::channel_max) of a checked input.
+    fn channel_max_unchecked(&mut self, x: &Self::Tensor, out: Shape) -> Result<Self::Tensor>;
     /// [`minmax_normalise`](Self::minmax_normalise) of a checked input.
     fn minmax_normalise_unchecked(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// [`resize`](Self::resize) of a checked input.

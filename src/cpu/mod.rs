@@ -360,6 +360,16 @@ impl Backend for Cpu {
         Ok(CpuTensor::new(out_shape, out))
     }
 
+    fn channel_max_unchecked(&mut self, x: &CpuTensor, out_shape: Shape) -> Result<CpuTensor> {
+        let s = x.shape;
+        let out = x
+            .as_slice()
+            .par_chunks(s.c)
+            .map(|px| px.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+            .collect();
+        Ok(CpuTensor::new(out_shape, out))
+    }
+
     fn minmax_normalise_unchecked(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
         let s = x.shape;
         let mut out = x.as_slice().to_vec();

@@ -397,6 +397,31 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// `[n,h,w,c] -> oshape = [n,h,w,1]` by one of `reduce.wgsl`'s per-pixel channel
+    /// reductions.
+    fn channel_reduce(
+        &mut self,
+        x: &GpuTensor,
+        pipeline: fn(&pipelines::Pipelines) -> &wgpu::ComputePipeline,
+        what: &str,
+        oshape: Shape,
+    ) -> Result<GpuTensor> {
+        let s = x.shape;
+        self.check_bytes(&format!("{what} input"), s)?;
+        let out = self.alloc(oshape)?;
+        let pixels = oshape.len();
+        let params = ReduceParams {
+            count: pixels as u32,
+            len: s.c as u32,
+            x_off: u32_of(x.offset, "input offset")?,
+            ..Default::default()
+        };
+        self.unary(pipeline, &params, &x.buffer, &out.buffer, pixels as u64)?;
+        Ok(out)
+    }
+}
+
 impl Backend for Gpu {
     fn memory(&self) -> Option<crate::backend::MemoryStats> {
         Some(crate::backend::MemoryStats {
@@ -677,24 +702,11 @@ impl Backend for Gpu {
     }
 
     fn channel_mean_unchecked(&mut self, x: &GpuTensor, oshape: Shape) -> Result<GpuTensor> {
-        let s = x.shape;
-        self.check_bytes("channel-mean input", s)?;
-        let out = self.alloc(oshape)?;
-        let pixels = oshape.len();
-        let params = ReduceParams {
-            count: pixels as u32,
-            len: s.c as u32,
-            x_off: u32_of(x.offset, "input offset")?,
-            ..Default::default()
-        };
-        self.unary(
-            |p| &p.channel_mean,
-            &params,
-            &x.buffer,
-            &out.buffer,
-            pixels as u64,
-        )?;
-        Ok(out)
+        self.channel_reduce(x, |p| &p.channel_mean, "channel mean", oshape)
+    }
+
+    fn channel_max_unchecked(&mut self, x: &GpuTensor, oshape: Shape) -> Result<GpuTensor> {
+        self.channel_reduce(x, |p| &p.channel_max, "channel max", oshape)
     }
 
     fn minmax_normalise_unchecked(&mut self, x: &GpuTensor) -> Result<GpuTensor> {

@@ -49,7 +49,7 @@ impl Gpu {
 
     pub(super) fn check_bytes(&self, what: &str, shape: Shape) -> Result<()> {
         let bytes = shape.len() as u64 * 4;
-        // The batch planner (`Explainer::max_batch`) splits batches by this limit, so a
+        // The batch planner (`Engine::max_batch`) splits batches by this limit, so a
         // tensor over it is (almost always) one image that is too large on its own.
         let fix = if shape.n <= 1 {
             "a single image at this network input size is too large for this GPU: use a \

@@ -2,7 +2,6 @@
 //! BatchNorm folding. Generic over the conv representation `C` so the same structure holds
 //! host weights (`ConvLayer`) or a backend's prepared weights (`Backend::Conv`).
 
-pub mod forward;
 pub mod load;
 pub mod random;
 
@@ -10,7 +9,6 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use crate::ops::ConvLayer;
-pub use forward::forward;
 pub use load::{load_weights, LoadedWeights};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -112,6 +112,12 @@ pub fn channel_mean(x: Shape) -> Result<Shape> {
     Ok(Shape::new(x.n, x.h, x.w, 1))
 }
 
+/// `[n, h, w, 1]`: the channel max of a non-empty `x`.
+pub fn channel_max(x: Shape) -> Result<Shape> {
+    ensure!(!x.is_empty(), "channel max of an empty tensor {x}");
+    Ok(Shape::new(x.n, x.h, x.w, 1))
+}
+
 /// Min-max normalisation needs a non-empty `x` (its shape is the result's).
 pub fn minmax_normalise(x: Shape) -> Result<()> {
     ensure!(
