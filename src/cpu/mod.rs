@@ -351,23 +351,16 @@ impl Backend for Cpu {
     }
 
     fn channel_mean_unchecked(&mut self, x: &CpuTensor, out_shape: Shape) -> Result<CpuTensor> {
-        let s = x.shape;
-        let out = x
-            .as_slice()
-            .par_chunks(s.c)
-            .map(|px| px.iter().sum::<f32>() / s.c as f32)
-            .collect();
-        Ok(CpuTensor::new(out_shape, out))
+        let c = x.shape.c as f32;
+        Ok(channel_reduce(x, out_shape, |px| {
+            px.iter().sum::<f32>() / c
+        }))
     }
 
     fn channel_max_unchecked(&mut self, x: &CpuTensor, out_shape: Shape) -> Result<CpuTensor> {
-        let s = x.shape;
-        let out = x
-            .as_slice()
-            .par_chunks(s.c)
-            .map(|px| px.iter().copied().fold(f32::NEG_INFINITY, f32::max))
-            .collect();
-        Ok(CpuTensor::new(out_shape, out))
+        Ok(channel_reduce(x, out_shape, |px| {
+            px.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        }))
     }
 
     fn minmax_normalise_unchecked(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
@@ -468,4 +461,15 @@ impl Cpu {
             .collect();
         CpuTensor::new(a.shape, out)
     }
+}
+
+/// `[n,h,w,c] -> out_shape = [n,h,w,1]` (checked by the shape rules): `f` over each pixel's
+/// channels.
+fn channel_reduce(
+    x: &CpuTensor,
+    out_shape: Shape,
+    f: impl Fn(&[f32]) -> f32 + Sync + Send,
+) -> CpuTensor {
+    let out = x.as_slice().par_chunks(x.shape.c).map(f).collect();
+    CpuTensor::new(out_shape, out)
 }

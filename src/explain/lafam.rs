@@ -17,7 +17,16 @@ pub const INFO: MethodInfo = MethodInfo {
 };
 
 pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
-    let a = pass.tape.as_ref().context("LaFAM needs a forward pass")?.activations();
-    let mean = pass.b.channel_mean(a)?;
-    Ok(Produced::one(pass.b.minmax_normalise(&mean)?))
+    normalised_over_channels(pass, B::channel_mean)
+}
+
+/// The stage's activations reduced over channels by `reduce` (`[n,h,w,C] -> [n,h,w,1]`),
+/// min-max normalised per image.
+pub(crate) fn normalised_over_channels<B: CamBackend>(
+    pass: &mut Pass<'_, B>,
+    reduce: fn(&mut B, &B::Tensor) -> Result<B::Tensor>,
+) -> Result<Produced<B::Tensor>> {
+    let a = pass.tape.as_ref().context("needs a forward pass")?.activations();
+    let reduced = reduce(pass.b, a)?;
+    Ok(Produced::one(pass.b.minmax_normalise(&reduced)?))
 }
