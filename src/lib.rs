@@ -21,6 +21,8 @@ pub mod cli;
 pub mod cpu;
 pub mod eval;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod io;
 pub mod model;
