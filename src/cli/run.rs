@@ -12,10 +12,11 @@ use crate::backend::CamBackend;
 use crate::explain::gradcam::{CamRequest, NEEDS_CLASSIFIER};
 use crate::explain::lafam::{Explainer, ImageBatch};
 use crate::explain::relax::RelaxConfig;
+use crate::io::output::{npy_f32, png, remove_stale_temps, write_all_or_nothing, WriteFn};
 use crate::io::Shown;
 use crate::io::{
     collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
-    resize_shorter_side, shorter_side_dims, write_npy_f32, write_png,
+    resize_shorter_side, shorter_side_dims,
 };
 use crate::model::Stage;
 use crate::tensor::HostTensor;
@@ -277,6 +278,8 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
     methods.dedup();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output directory", args.out.shown()))?;
+    // Temporary files of an earlier run killed between a write and its rename.
+    remove_stale_temps(&args.out);
 
     let (mut files, errors) = collect_inputs(&args.inputs);
     if args.shard.is_some() {
@@ -648,34 +651,40 @@ impl MapSink for WriteSink<'_> {
     }
 
     fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>) {
-        // ok[i] stays true while every method succeeded for image i.
-        let mut ok = vec![true; group.len()];
-        for (method, suffix, maps) in maps {
-            let results: Vec<Result<()>> = group
-                .par_iter()
-                .zip(maps.par_iter())
-                .map(|(p, map)| {
-                    write_named_outputs(
-                        &self.args.out,
-                        &p.stem,
-                        method,
-                        suffix,
-                        &map.data,
-                        &p.original,
-                    )
+        // All the outputs of one image (every method's) are written all or nothing.
+        let results: Vec<Result<()>> = group
+            .par_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let files = maps
+                    .iter()
+                    .filter_map(|(method, suffix, maps)| {
+                        let map = maps.get(i)?;
+                        let out = &self.args.out;
+                        Some(output_files(
+                            out,
+                            &p.stem,
+                            *method,
+                            suffix,
+                            &map.data,
+                            &p.original,
+                        ))
+                    })
+                    .flatten()
+                    .collect();
+                write_all_or_nothing(files)
                     .with_context(|| format!("{}: cannot write outputs", p.path.shown()))
-                })
-                .collect();
-            for (r, ok) in results.into_iter().zip(ok.iter_mut()) {
-                if let Err(e) = r {
+            })
+            .collect();
+        for r in results {
+            match r {
+                Ok(()) => self.written += 1,
+                Err(e) => {
                     self.rep.error(format_args!("{e:#}"));
-                    *ok = false;
+                    self.failed += 1;
                 }
             }
         }
-        let good = ok.iter().filter(|&&o| o).count();
-        self.written += good;
-        self.failed += group.len() - good;
     }
 }
 
@@ -700,9 +709,21 @@ pub fn write_named_outputs(
     map: &[f32],
     original: &RgbImage,
 ) -> Result<()> {
+    write_all_or_nothing(output_files(dir, stem, method, suffix, map, original))
+}
+
+/// The three outputs of one map, named as [`write_named_outputs`] names them, for
+/// [`write_all_or_nothing`].
+pub fn output_files<'a>(
+    dir: &Path,
+    stem: &str,
+    method: Method,
+    suffix: &str,
+    map: &'a [f32],
+    original: &RgbImage,
+) -> Vec<(PathBuf, WriteFn<'a>)> {
     let (w, h) = (original.width() as usize, original.height() as usize);
     let base = format!("{stem}.{method}{suffix}");
-    write_npy_f32(&dir.join(format!("{base}.npy")), h, w, map)?;
     // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
     // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.
     let (heat, blended) = match method {
@@ -732,7 +753,9 @@ pub fn write_named_outputs(
             (heat, blended)
         }
     };
-    write_png(&dir.join(format!("{base}.png")), &heat)?;
-    write_png(&dir.join(format!("{base}.overlay.png")), &blended)?;
-    Ok(())
+    vec![
+        (dir.join(format!("{base}.npy")), npy_f32(h, w, map)),
+        (dir.join(format!("{base}.png")), png(heat)),
+        (dir.join(format!("{base}.overlay.png")), png(blended)),
+    ]
 }
