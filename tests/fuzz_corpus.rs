@@ -24,7 +24,12 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "{}: only {} files", dir.display(), files.len());
+    assert!(
+        files.len() >= 5,
+        "{}: only {} files",
+        dir.display(),
+        files.len()
+    );
     files
 }
 
@@ -84,4 +89,24 @@ fn eval_merge_corpus() {
     let ok = replay("eval_merge", lafam_gpu::fuzzing::eval_merge);
     refused(&ok, "i13-");
     assert!(ok.iter().any(|n| n == "two-shards.json"), "{ok:?}");
+}
+
+/// The inputs on which the fuzzer found a crash, hang or blow-up (`crash-*` in the corpus),
+/// each refused with its own message. Before the fixes these hung or aborted, so the test would
+/// not end.
+#[test]
+fn crashes_found_by_fuzzing_are_clear_errors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let cases: [(&str, &str, fn(&[u8]) -> anyhow::Result<()>); 1] = [(
+        // npyz's header parser takes time exponential in the bracket nesting (70 deep in 118
+        // bytes never finished).
+        "npy_map/crash-npy-header-nested-brackets-timeout",
+        "nests brackets",
+        |b| lafam_gpu::io::npy::read_map_bytes(b).map(drop),
+    )];
+    for (file, want, f) in cases {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let err = f(&bytes).expect_err(file);
+        assert!(format!("{err:#}").contains(want), "{file}: {err:#}");
+    }
 }
