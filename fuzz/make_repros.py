@@ -42,11 +42,16 @@ def torch_zip(pkl, storages=(), prefix="archive"):
     """A torch.save-like zip (stored, not deflated: torch writes stored records)."""
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{prefix}/data.pkl", pkl)
-        z.writestr(f"{prefix}/byteorder", b"little")
+
+        def put_record(name, data):
+            # A fixed date: the same bytes on every run.
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+
+        put_record(f"{prefix}/data.pkl", pkl)
+        put_record(f"{prefix}/byteorder", b"little")
         for key, data in storages:
-            z.writestr(f"{prefix}/data/{key}", data)
-        z.writestr(f"{prefix}/version", b"3\n")
+            put_record(f"{prefix}/data/{key}", data)
+        put_record(f"{prefix}/version", b"3\n")
     return b.getvalue()
 
 
