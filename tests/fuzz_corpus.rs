@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 
 type Target = fn(&[u8]) -> bool;
+/// A library call that must refuse a crash input.
+type Check = fn(&[u8]) -> anyhow::Result<()>;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,7 +99,7 @@ fn eval_merge_corpus() {
 #[test]
 fn crashes_found_by_fuzzing_are_clear_errors() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    let cases: [(&str, &str, fn(&[u8]) -> anyhow::Result<()>); 1] = [(
+    let cases: [(&str, &str, Check); 1] = [(
         // npyz's header parser takes time exponential in the bracket nesting (70 deep in 118
         // bytes never finished).
         "npy_map/crash-npy-header-nested-brackets-timeout",
