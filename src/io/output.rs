@@ -87,7 +87,8 @@ pub fn write_all_or_nothing(files: Vec<(PathBuf, WriteFn<'_>)>) -> Result<()> {
     for (path, tmp) in temps {
         if let Err(e) = tmp.persist(&path) {
             // The temporary files are removed as they drop (the failed one's with `e.file`).
-            for p in &all {
+            // (A set of one is left as it was: write_atomic's promise.)
+            for p in all.iter().filter(|_| all.len() > 1) {
                 if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
                     let _ = std::fs::remove_file(p);
                 }
