@@ -1,5 +1,7 @@
 // Reductions over NHWC f32.
 //   channel_mean: [n,h,w,c] -> [n,h,w,1], one invocation per pixel (2D grid of 256-wide groups).
+//   channel_max: the same with max (LaFAM-max); NaN activations are caught by the caller's
+//     finiteness probe, so max's unspecified NaN handling does not matter.
 //   minmax_normalise: per image (x - min) / (max - min + 1e-6) over its h*w*c values, one
 //     workgroup of 256 per image (image = x + y * num_workgroups.x): a strided min/max, a
 //     workgroup tree reduction, then the normalised write.
@@ -7,8 +9,8 @@
 // validated on the host (c > 0, image length > 0).
 
 struct Params {
-    count: u32,   // channel_mean: pixels n*h*w; minmax: images n
-    len: u32,     // channel_mean: channels c; minmax: elements per image h*w*c
+    count: u32,   // channel_mean/max: pixels n*h*w; minmax: images n
+    len: u32,     // channel_mean/max: channels c; minmax: elements per image h*w*c
     x_off: u32,   // element offset of the input view
     _p0: u32,
 }
@@ -29,6 +31,20 @@ fn channel_mean(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         s += x[base + c];
     }
     out[i] = s / f32(p.len);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn channel_max(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if (i >= p.count) {
+        return;
+    }
+    let base = p.x_off + i * p.len;
+    var m = bitcast<f32>(0xff800000u);  // -inf
+    for (var c = 0u; c < p.len; c++) {
+        m = max(m, x[base + c]);
+    }
+    out[i] = m;
 }
 
 const WG: u32 = 256u;

@@ -1,5 +1,5 @@
 //! The op set shared by the GPU and CPU backends. Methods (`explain`) and the forward pass
-//! (`model::forward`) are written once over this trait, so a parity test can compare the two
+//! (`explain::tape`) are written once over this trait, so a parity test can compare the two
 //! backends op by op and end to end.
 
 use crate::model::ConvLayer;
@@ -135,6 +135,9 @@ pub trait Backend {
 
     /// Mean over channels: [n,h,w,c] -> [n,h,w,1].
     fn channel_mean(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Max over channels: [n,h,w,c] -> [n,h,w,1] (LaFAM-max).
+    fn channel_max(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// Per image: `(x - min) / (max - min + 1e-6)` over all of its h*w*c values.
     fn minmax_normalise(&mut self, x: &Self::Tensor) -> Result<Self::Tensor>;

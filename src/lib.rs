@@ -5,7 +5,7 @@
 //! - [`tensor`]: host tensors (NHWC f32) and error measures used by tests.
 //! - [`backend`]: the op set every backend implements; methods are written once over it.
 //! - [`model`]: safetensors -> ResNet spec (key normalisation, depth/width detection, BN folding)
-//!   and the generic forward pass.
+//!   and sizes.
 //! - [`gpu`]: wgpu context, pipelines (WGSL in `shaders/`), lazy command recording.
 //! - [`cpu`]: the same ops in plain Rust (rayon + gemm), the reference for tests.
 //! - [`explain`]: the attribution methods.
@@ -13,20 +13,31 @@
 //! - [`checkpoint`]: PyTorch checkpoints without Python (audited unpickler, zip and legacy
 //!   formats), known models by name with a download cache.
 //! - [`eval`]: localisation metrics (Quantus 0.6.0 semantics), dataset readers, reports.
-//! - [`cli`]: clap subcommands (`run`, `info`, `bench`, `eval`).
+//! - [`stream`]: image files decoded, batched by size and streamed through an engine.
+//! - [`device`]: choosing and opening a backend (`auto`, `gpu`, `cpu`).
+//! - [`explainer`]: the front door, [`Explainer::open`] then [`Explainer::explain`].
+//! - [`cli`]: clap subcommands (`run`, `info`, `bench`, `eval`, `convert`): argument parsing
+//!   and output sinks only.
 
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;
 pub mod cpu;
+pub mod device;
 pub mod eval;
 pub mod explain;
+pub mod explainer;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gpu;
 pub mod io;
 pub mod model;
+pub mod stream;
 pub mod tensor;
 
 pub use backend::{Backend, Upsample};
+pub use device::BackendChoice;
+pub use explain::{Composite, Method, MethodMaps};
+pub use explainer::{Explainer, Options};
+pub use model::Stage;
 pub use tensor::{HostTensor, Shape};

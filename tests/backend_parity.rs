@@ -1,4 +1,5 @@
-//! Every method (LaFAM, LaFAM-LRP, Grad-CAM, EigenCAM, RELAX), end to end, on the GPU adapter under test against the CPU reference, on the
+//! Every method of the registry (LaFAM, LaFAM-max, LaFAM-LRP, Grad-CAM, EigenCAM, RELAX), in one
+//! request through the library pipeline, end to end, on the GPU adapter under test against the CPU reference, on the
 //! bundled sample images at 128 px with the width-8 ResNet-50 fixture. CI runs this file on
 //! lavapipe and again on SwiftShader (`LAFAM_TEST_ADAPTER` makes `common::gpu()` check which
 //! adapter it got).
@@ -14,11 +15,9 @@ mod common;
 use common::MAX_EXCLUDED;
 use lafam_gpu::backend::{Backend, CamBackend, LrpBackend, Upsample};
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::explain::gradcam::CamRequest;
-use lafam_gpu::explain::lafam::ImageBatch;
 use lafam_gpu::explain::relax::RelaxConfig;
 use lafam_gpu::explain::ties::{compare_lrp, rel_l2_err_excluding, LrpComparison, NEAR_TIE_BUDGET};
-use lafam_gpu::explain::{Composite, Explainer};
+use lafam_gpu::explain::{Composite, Engine, ImageBatch, Method, Request};
 use lafam_gpu::gpu::{Gpu, GpuOptions};
 use lafam_gpu::model::{load_weights, ConvLayer, ResNet, Stage};
 use lafam_gpu::tensor::rel_l2_err;
@@ -28,6 +27,7 @@ const SIZE: u32 = 128;
 
 struct Maps {
     lafam: Vec<f32>,
+    lafam_max: Vec<f32>,
     lrp: Vec<f32>,
     gradcam: Vec<f32>,
     eigencam: Vec<f32>,
@@ -55,30 +55,35 @@ fn sample(name: &str) -> (Vec<u8>, usize, usize) {
 fn explain<B: LrpBackend + CamBackend>(backend: B, rgb: &[u8], h: usize, w: usize) -> Maps {
     let weights = common::fixtures().join("r50_tv.safetensors");
     let spec = load_weights(&weights).unwrap().net;
-    let mut ex = Explainer::new(backend, &spec).unwrap();
-    ex.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-    let batch = ImageBatch::new(rgb, 1, h, w).unwrap();
-    let (lrp, lafam) = ex
-        .lrp(batch, Stage::Layer4, Upsample::Bilinear, &[(h, w)], true)
+    let mut ex = Engine::new(backend, &spec)
         .unwrap()
-        .remove(0);
-    let req = CamRequest {
-        lafam: false,
-        gradcam: true,
-        class: None,
-        eigencam: true,
-    };
-    let cams = ex
-        .cams(batch, Stage::Layer4, Upsample::Bilinear, req, &[(h, w)])
+        .with_lrp(Composite::EpsilonPlusFlat)
         .unwrap();
-    let (relax, relax_uncertainty) = ex.relax(batch, &RELAX, &[(h, w)]).unwrap().remove(0);
+    let batch = ImageBatch::new(rgb, 1, h, w).unwrap();
+    let req = Request {
+        methods: Method::ALL.to_vec(),
+        stage: Stage::Layer4,
+        upsample: Upsample::Bilinear,
+        class: None,
+        relax: RELAX,
+    };
+    let out = ex.explain(batch, &req, &[(h, w)]).unwrap();
+    assert_eq!(out.len(), Method::ALL.len() + 1, "every method, and RELAX's uncertainty");
+    let map = |name: &str| {
+        let m = out
+            .iter()
+            .find(|m| format!("{}{}", m.method, m.output) == name)
+            .unwrap_or_else(|| panic!("no {name} map"));
+        m.maps[0].data.clone()
+    };
     Maps {
-        relax: relax.data,
-        relax_uncertainty: relax_uncertainty.data,
-        lafam: lafam.unwrap().data,
-        lrp: lrp.data,
-        gradcam: cams.gradcam[0].data.clone(),
-        eigencam: cams.eigencam[0].data.clone(),
+        relax: map("relax"),
+        relax_uncertainty: map("relax-uncertainty"),
+        lafam: map("lafam"),
+        lafam_max: map("lafam-max"),
+        lrp: map("lrp"),
+        gradcam: map("gradcam"),
+        eigencam: map("eigencam"),
     }
 }
 
@@ -90,10 +95,14 @@ fn lrp_against_cpu(
     h: usize,
     w: usize,
 ) -> LrpComparison {
-    let mut reference = Explainer::new(Cpu::new(), spec).unwrap();
-    reference.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-    let mut other = Explainer::new(gpu, spec).unwrap();
-    other.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
+    let mut reference = Engine::new(Cpu::new(), spec)
+        .unwrap()
+        .with_lrp(Composite::EpsilonPlusFlat)
+        .unwrap();
+    let mut other = Engine::new(gpu, spec)
+        .unwrap()
+        .with_lrp(Composite::EpsilonPlusFlat)
+        .unwrap();
     let batch = ImageBatch::new(rgb, 1, h, w).unwrap();
     compare_lrp(
         &mut reference,
@@ -122,6 +131,7 @@ fn every_method_matches_cpu_on_sample_images() {
         assert!(rel_l2_err(&cmp.other, &gpu.lrp) < 1e-6);
         let errs = [
             ("lafam", rel_l2_err(&gpu.lafam, &cpu.lafam)),
+            ("lafam-max", rel_l2_err(&gpu.lafam_max, &cpu.lafam_max)),
             ("gradcam", rel_l2_err(&gpu.gradcam, &cpu.gradcam)),
             ("eigencam", rel_l2_err(&gpu.eigencam, &cpu.eigencam)),
             ("relax", rel_l2_err(&gpu.relax, &cpu.relax)),

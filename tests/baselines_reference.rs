@@ -9,13 +9,11 @@ mod common;
 use common::{gpu, read_rgb};
 use lafam_gpu::backend::CamBackend;
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::explain::gradcam::CamRequest;
-use lafam_gpu::explain::lafam::ImageBatch;
 use lafam_gpu::explain::relax::{host_masks, RelaxConfig};
-use lafam_gpu::explain::Explainer;
+use lafam_gpu::explain::{Engine, ImageBatch, Method, Request};
 use lafam_gpu::model::{load_weights, Stage};
 use lafam_gpu::tensor::max_rel_err;
-use lafam_gpu::{Backend, Upsample};
+use lafam_gpu::Backend;
 use std::path::PathBuf;
 
 /// Max abs error on the normalised CAMs (the bound).
@@ -38,9 +36,9 @@ fn npy(name: &str) -> (Vec<usize>, Vec<f32>) {
     (shape, f.into_vec::<f32>().unwrap())
 }
 
-fn explainer<B: CamBackend>(b: B, model: &str) -> Explainer<B> {
+fn explainer<B: CamBackend>(b: B, model: &str) -> Engine<B> {
     let w = load_weights(&common::fixtures().join(format!("{model}.safetensors"))).unwrap();
-    Explainer::new(b, &w.net).unwrap()
+    Engine::new(b, &w.net).unwrap()
 }
 
 fn max_abs(a: &[f32], b: &[f32]) -> f64 {
@@ -61,25 +59,21 @@ fn check_cams<B: CamBackend>(b: B, label: &str) {
             let stage: Stage = case["layer"].as_str().unwrap().parse().unwrap();
             let (rgb, h, w) = read_rgb(&format!("{image}.png"));
             let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-            let req = CamRequest {
-                gradcam: kind == "gradcam",
+            let req = Request {
+                methods: vec![kind.parse().unwrap()],
+                stage,
                 class: case["class"].as_u64().map(|c| c as usize),
-                eigencam: kind == "eigencam",
-                ..CamRequest::default()
+                ..Request::default()
             };
-            let maps = ex
-                .cams(batch, stage, Upsample::Nearest, req, &[(h, w)])
-                .unwrap();
-            let got = if req.gradcam {
+            let mut maps = ex.explain(batch, &req, &[(h, w)]).unwrap().remove(0);
+            if kind == "gradcam" {
                 assert_eq!(
-                    maps.classes,
+                    maps.targets,
                     vec![case["target"].as_u64().unwrap() as usize],
                     "{label} {image} {stage}: target class"
                 );
-                &maps.gradcam[0]
-            } else {
-                &maps.eigencam[0]
-            };
+            }
+            let got = &maps.maps.remove(0);
             let (shape, want) = npy(case["map"].as_str().unwrap());
             assert_eq!(shape, vec![h, w]);
             let err = max_abs(&got.data, &want);
@@ -197,7 +191,13 @@ fn relax_own_rng_correlates_with_reference_rng_cpu() {
         seed: 0,
     };
     let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-    let (imp, unc) = ex.relax(batch, &cfg, &[(h, w)]).unwrap().remove(0);
+    let req = Request {
+        methods: vec![Method::Relax],
+        relax: cfg,
+        ..Request::default()
+    };
+    let out = ex.explain(batch, &req, &[(h, w)]).unwrap();
+    let (imp, unc) = (&out[0].maps[0], &out[1].maps[0]);
     let (_, want_imp) = npy(case["importance"].as_str().unwrap());
     let (_, want_unc) = npy(case["uncertainty"].as_str().unwrap());
     let ci = pearson(&imp.data, &want_imp);
@@ -232,12 +232,8 @@ fn gradcam_without_classifier_is_one_clear_error() {
     let mut ex = explainer(Cpu::new(), "r18_swav");
     let (rgb, h, w) = read_rgb("img_64x64.png");
     let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-    let req = CamRequest {
-        gradcam: true,
-        ..CamRequest::default()
-    };
     let err = ex
-        .cams(batch, Stage::Layer4, Upsample::Nearest, req, &[(h, w)])
+        .explain(batch, &Request::new(&[Method::Gradcam]), &[(h, w)])
         .unwrap_err()
         .to_string();
     assert!(err.contains("Grad-CAM needs a classifier"), "{err}");
@@ -251,14 +247,10 @@ fn gradcam_class_out_of_range_is_an_error() {
     let mut ex = explainer(Cpu::new(), "r50_tv");
     let (rgb, h, w) = read_rgb("img_64x64.png");
     let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-    let req = CamRequest {
-        gradcam: true,
+    let req = Request {
         class: Some(10),
-        ..CamRequest::default()
+        ..Request::new(&[Method::Gradcam])
     };
-    let err = ex
-        .cams(batch, Stage::Layer4, Upsample::Nearest, req, &[(h, w)])
-        .unwrap_err()
-        .to_string();
+    let err = ex.explain(batch, &req, &[(h, w)]).unwrap_err().to_string();
     assert!(err.contains("--class 10 is out of range"), "{err}");
 }

@@ -8,7 +8,7 @@ mod common;
 use lafam_gpu::checkpoint::download::{cached_path, fetch, sha256_hex, Fetched, Source};
 use lafam_gpu::checkpoint::models::{find_model, KNOWN_MODELS};
 use lafam_gpu::checkpoint::{convert_bytes, read_checkpoint, Format};
-use lafam_gpu::explain::lafam::ImageBatch;
+use lafam_gpu::explain::{ImageBatch, Method};
 use lafam_gpu::model::load::load_weights_from_bytes;
 use lafam_gpu::model::{load_weights, ConvLayer, ResNet, Stage};
 use lafam_gpu::Upsample;
@@ -75,14 +75,14 @@ fn assert_same_net(a: &ResNet<ConvLayer>, b: &ResNet<ConvLayer>, label: &str) {
 
 /// LaFAM maps (layer3 and layer4, bilinear) on the CPU backend, for the fixture images.
 fn lafam_maps(net: &ResNet<ConvLayer>) -> Vec<Vec<f32>> {
-    let mut ex = lafam_gpu::explain::Explainer::new(lafam_gpu::cpu::Cpu::new(), net).unwrap();
+    let mut ex = lafam_gpu::explain::Engine::new(lafam_gpu::cpu::Cpu::new(), net).unwrap();
     let mut out = Vec::new();
     for img in ["img_64x64.png", "img_48x80.png"] {
         let (rgb, h, w) = common::read_rgb(img);
         let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
         for stage in [Stage::Layer3, Stage::Layer4] {
             let map = ex
-                .lafam(batch, stage, Upsample::Bilinear, &[(h, w)])
+                .explain_method(batch, Method::Lafam, stage, Upsample::Bilinear, &[(h, w)])
                 .unwrap()
                 .remove(0);
             out.push(map.data);

@@ -578,3 +578,47 @@ fn run_shard_splits_sorted_inputs() {
     ]);
     assert_eq!(o.status.code(), Some(2), "bad shard is a usage error");
 }
+
+/// An image the network cannot take (1x4000: 224x896000 after `--size 224`) in a dataset is
+/// one skipped entry naming the limit; the other images are still scored, on both backends.
+#[test]
+fn dataset_image_over_the_size_limit_is_skipped_and_the_rest_scored() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ds");
+    folder_dataset(&root);
+    save(
+        &RgbImage::from_fn(4000, 1, |x, _| image::Rgb([(x % 256) as u8, 7, 9])),
+        &root.join("images/thin.png"),
+    );
+    grey_mask(&root.join("masks/thin.png"), 4000, 1, &labels(4000, 1, 1, 255));
+    for backend in ["cpu", "gpu"] {
+        let json = dir.path().join(format!("{backend}.json"));
+        let o = lafam_gpu(&[
+            &"eval",
+            &"--weights",
+            &weights(),
+            &"--dataset",
+            &"folder",
+            &"--root",
+            &root,
+            &"--backend",
+            &backend,
+            &"--method",
+            &"lafam-max",
+            &"--top-k",
+            &"100",
+            &"--json",
+            &json,
+        ]);
+        let v: Value = serde_json::from_str(
+            &fs::read_to_string(&json).unwrap_or_else(|e| panic!("{e}\n{}", text(&o))),
+        )
+        .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{backend}: {}", text(&o));
+        check_scores(&v, 5);
+        assert_eq!(v["method"], "lafam-max", "{backend}");
+        let s = skipped(&v);
+        let thin = s.iter().find(|(stem, _)| stem == "thin").unwrap_or_else(|| panic!("{s:?}"));
+        assert!(thin.1.contains("896000") && thin.1.contains("8192"), "{}", thin.1);
+    }
+}

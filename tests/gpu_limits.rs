@@ -8,11 +8,10 @@
 mod common;
 
 use common::{check_lrp_parity, check_parity, random_conv, random_tensor, RESNET_CONVS};
-use lafam_gpu::backend::LrpBackend;
+use lafam_gpu::backend::{CamBackend, LrpBackend};
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::explain::lafam::ImageBatch;
 use lafam_gpu::explain::ties::{compare_lrp, NEAR_TIE_BUDGET};
-use lafam_gpu::explain::{Composite, Explainer};
+use lafam_gpu::explain::{Composite, Engine, ImageBatch, LrpWeights, Method, Request};
 use lafam_gpu::gpu::{ConvTiles, Gpu, GpuLimits, GpuOptions};
 use lafam_gpu::model::{load_weights, Stage};
 use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
@@ -179,17 +178,17 @@ fn smooth_images(n: usize, h: usize, w: usize) -> Vec<u8> {
 }
 
 /// LaFAM and LaFAM-LRP maps of `images` at every stage on `ex`, in order.
-fn all_maps<B: LrpBackend>(
-    ex: &mut Explainer<B>,
+fn all_maps<B: CamBackend>(
+    mut ex: LrpEngine<B>,
     images: ImageBatch,
     composites: &[Composite],
-) -> Vec<(String, HostTensor)> {
+) -> (LrpEngine<B>, Vec<(String, HostTensor)>) {
     let sizes = vec![(images.h, images.w); images.n];
     let mut maps = Vec::new();
     for stage in STAGES {
         for mode in [Upsample::Nearest, Upsample::Bilinear] {
             for (i, m) in ex
-                .lafam(images, stage, mode, &sizes)
+                .explain_method(images, Method::Lafam, stage, mode, &sizes)
                 .unwrap()
                 .into_iter()
                 .enumerate()
@@ -198,19 +197,25 @@ fn all_maps<B: LrpBackend>(
             }
         }
         for &composite in composites {
-            ex.enable_lrp(composite).unwrap();
-            let out = ex
-                .lrp(images, stage, Upsample::Bilinear, &sizes, true)
-                .unwrap();
-            // The LRP maps themselves are compared by `lrp_matches`.
-            for (i, (_, lafam)) in out.into_iter().enumerate() {
-                let lafam = lafam.expect("with_lafam");
+            ex = ex.with_lrp(composite).unwrap();
+            let req = Request {
+                methods: vec![Method::Lafam, Method::Lrp],
+                stage,
+                upsample: Upsample::Bilinear,
+                ..Request::default()
+            };
+            let out = ex.explain(images, &req, &sizes).unwrap();
+            // The LRP maps themselves are compared by `lrp_matches`; LaFAM from LRP's pass.
+            let lafam = out.into_iter().find(|m| m.method == Method::Lafam).unwrap();
+            for (i, lafam) in lafam.maps.into_iter().enumerate() {
                 maps.push((format!("lrp's lafam {composite} {stage} image {i}"), lafam));
             }
         }
     }
-    maps
+    (ex, maps)
 }
+
+type LrpEngine<B> = Engine<B, LrpWeights<<B as Backend>::Conv>>;
 
 /// Whole LaFAM and LaFAM-LRP runs (every stage, both upsamplings, every LRP composite) on the
 /// width-8 ResNet-50 fixture within WebGPU's limits match the CPU: the fixture images one by
@@ -219,8 +224,9 @@ fn all_maps<B: LrpBackend>(
 fn lafam_and_lrp_runs_match_cpu_within_webgpu_limits() {
     let file = common::fixtures().join("r50_tv.safetensors");
     let net = load_weights(&file).unwrap().net;
-    let mut eg = Explainer::new(webgpu(), &net).unwrap();
-    let mut ec = Explainer::new(Cpu::new(), &net).unwrap();
+    let lrp = Composite::EpsilonPlusFlat;
+    let mut eg = Engine::new(webgpu(), &net).unwrap().with_lrp(lrp).unwrap();
+    let mut ec = Engine::new(Cpu::new(), &net).unwrap().with_lrp(lrp).unwrap();
     let m = common::manifest();
     let mut inputs: Vec<(String, Vec<u8>, usize, usize, usize)> = m["images"]
         .as_object()
@@ -251,8 +257,8 @@ fn lafam_and_lrp_runs_match_cpu_within_webgpu_limits() {
         // forward's rounding decides an ill-conditioned place (lafam_gpu::explain::ties).
         for stage in STAGES {
             for &composite in composites {
-                eg.enable_lrp(composite).unwrap();
-                ec.enable_lrp(composite).unwrap();
+                eg = eg.with_lrp(composite).unwrap();
+                ec = ec.with_lrp(composite).unwrap();
                 let cmp = compare_lrp(&mut ec, &mut eg, batch, stage, NEAR_TIE_BUDGET).unwrap();
                 let label = format!("{name}: lrp {composite} {stage}");
                 let err = check_lrp_parity(&label, &cmp);
@@ -262,8 +268,10 @@ fn lafam_and_lrp_runs_match_cpu_within_webgpu_limits() {
                 count += 1;
             }
         }
-        let got = all_maps(&mut eg, batch, composites);
-        let want = all_maps(&mut ec, batch, composites);
+        let got;
+        let want;
+        (eg, got) = all_maps(eg, batch, composites);
+        (ec, want) = all_maps(ec, batch, composites);
         assert_eq!(got.len(), want.len());
         for ((label, g), (_, c)) in got.iter().zip(&want) {
             let label = format!("{name}: {label}");
@@ -294,21 +302,25 @@ fn batch_split_by_the_binding_limit_matches_cpu() {
         128 << 20,
         "WebGPU's 128 MiB binding limit"
     );
-    let mut eg = Explainer::new(g, &net).unwrap();
+    let mut eg = Engine::new(g, &net).unwrap();
     assert!(
         (n * h * w * 3 * 4) as u64 > 128 << 20,
         "the batch's input is over the limit"
     );
     assert_eq!(eg.max_batch(h, w, stage), 1, "the batch is split");
-    let mut ec = Explainer::new(Cpu::new(), &net).unwrap();
+    let mut ec = Engine::new(Cpu::new(), &net).unwrap();
     assert!(ec.max_batch(h, w, stage) >= n, "the CPU runs it whole");
     let rgb = smooth_images(n, h, w);
     let batch = ImageBatch::new(&rgb, n, h, w).unwrap();
     let sizes = vec![(h, w); n];
     let start = std::time::Instant::now();
-    let got = eg.lafam(batch, stage, Upsample::Bilinear, &sizes).unwrap();
+    let got = eg
+        .explain_method(batch, Method::Lafam, stage, Upsample::Bilinear, &sizes)
+        .unwrap();
     let gpu_s = start.elapsed().as_secs_f64();
-    let want = ec.lafam(batch, stage, Upsample::Bilinear, &sizes).unwrap();
+    let want = ec
+        .explain_method(batch, Method::Lafam, stage, Upsample::Bilinear, &sizes)
+        .unwrap();
     let mut worst = 0f64;
     for (i, (g, c)) in got.iter().zip(&want).enumerate() {
         worst = worst.max(check_parity(&format!("split batch, image {i}"), g, c));

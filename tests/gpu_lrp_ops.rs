@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    check_parity, gpu, gpu_view, random_conv, random_tensor, time_tiles, PARITY_TOL as TOL,
+    check_parity, gpu, gpu_view, random_conv, random_tensor, PARITY_TOL as TOL,
     RESNET_CONVS,
 };
 use lafam_gpu::backend::{GateSign, LrpBackend, Pool};
@@ -824,107 +824,6 @@ fn elementwise_ops_match_cpu() {
         .fill_channels(Shape::new(1, 2, 2, 3), &[1.0, 2.0])
         .is_err());
     report("lincomb/add_relu/clamp/fill_channels", worst, cases);
-}
-
-/// Informative: one LRP pass (epsilon-plus-flat, seeded at layer4) against one LaFAM pass of
-/// a random ResNet-50 on this adapter (`cargo test --release --test gpu_lrp_ops -- --ignored
-/// --nocapture`; LRP_TIMING_SIZE=224 for a larger image).
-#[test]
-#[ignore]
-fn lrp_vs_lafam_timing() {
-    use lafam_gpu::explain::lafam::ImageBatch;
-    use lafam_gpu::explain::{Composite, Explainer};
-    use lafam_gpu::model::random::{random_resnet, RandomSpec};
-    use lafam_gpu::model::Stage;
-    use lafam_gpu::Upsample;
-    use std::time::Instant;
-    let size: usize = std::env::var("LRP_TIMING_SIZE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
-    let n: usize = std::env::var("LRP_TIMING_BATCH")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let net = random_resnet(&RandomSpec::resnet(50, 64, 1).unwrap());
-    let mut ex = Explainer::new(gpu(), &net).unwrap();
-    ex.enable_lrp(Composite::EpsilonPlusFlat).unwrap();
-    let rgb: Vec<u8> = (0..n * size * size * 3)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
-    let sizes = vec![(size, size); n];
-    let time = |f: &mut dyn FnMut()| {
-        f(); // warm-up
-        let reps = 3;
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        t.elapsed().as_secs_f64() / reps as f64
-    };
-    let lafam = time(&mut || {
-        let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
-        ex.lafam(batch, Stage::Layer4, Upsample::Bilinear, &sizes)
-            .unwrap();
-    });
-    let lrp = time(&mut || {
-        let batch = ImageBatch::new(&rgb, n, size, size).unwrap();
-        ex.lrp(batch, Stage::Layer4, Upsample::Bilinear, &sizes, false)
-            .unwrap();
-    });
-    eprintln!(
-        "{}: ResNet-50 {n}x{size}x{size} layer4: LaFAM {:.1} ms, LRP {:.1} ms ({:.2}x)",
-        ex.backend.name(),
-        lafam * 1e3,
-        lrp * 1e3,
-        lrp / lafam
-    );
-}
-
-/// GFLOP/s of the 64x64 and 128x128 transposed-conv tiles and of `Auto`, runs interleaved, median of 5: a
-/// square plain GEMM (1x1, M = N = K = 1024), a 3x3 (M = 1024, N = 256, K = 2304) and
-/// ResNet-50 backward shapes at 64x64, batch 8 (layer2's 3x3/2, layer1's 1x1 256->64 and
-/// 64->256, layer4's 1x1/2 downsample and 3x3), M = input pixels, N = cin:
-/// `cargo test --release --test gpu_lrp_ops -- --ignored --nocapture bench_conv_transpose_tiles`.
-#[test]
-#[ignore = "timing, not a check"]
-fn bench_conv_transpose_tiles() {
-    let mut g = gpu();
-    // (kernel, stride, cin, cout, batch, input side)
-    let shapes = [
-        (1usize, 1usize, 1024usize, 1024usize, 1usize, 32usize),
-        (3, 1, 256, 256, 1, 32),
-        (3, 2, 128, 128, 8, 16),
-        (1, 1, 256, 64, 8, 16),
-        (1, 1, 64, 256, 8, 16),
-        (1, 2, 1024, 2048, 8, 4),
-        (3, 1, 512, 512, 8, 2),
-    ];
-    for (k, stride, cin, cout, n, side) in shapes {
-        let layer = random_conv(cin, cout, k, stride, k / 2, 2300);
-        let cg = g.prepare_conv(&layer).unwrap();
-        let (ho, wo) = layer.out_size(side, side);
-        let s = g
-            .upload(&random_tensor(Shape::new(n, ho, wo, cout), -1.0, 1.0, 2301))
-            .unwrap();
-        let m = n * side * side;
-        let in_shape = Shape::new(n, side, side, cin);
-        let gflop = 2.0 * (n * ho * wo * cout * k * k * cin) as f64 / 1e9;
-        let timed = time_tiles(&mut g, |g| {
-            g.conv_transpose(&s, &cg, side, side, None, 1.0, None)
-                .unwrap()
-        });
-        for (t, med) in timed {
-            eprintln!(
-                "conv_transpose {k}x{k}/{stride} {cin}<-{cout} M={m} N={cin} ({gflop:.3} GFLOP), \
-                 tiles {t}: median {:.1} ms = {:.2} GFLOP/s (auto: {})",
-                med * 1e3,
-                gflop / med,
-                g.conv_transpose_tile(in_shape, stride)
-            );
-        }
-    }
-    eprintln!("adapter: {}", g.adapter_summary());
 }
 
 /// Both backends check shapes through the same rules (`backend::shapes`): every bad input

@@ -4,14 +4,13 @@
 
 mod common;
 
-use common::{check_parity, gpu, gpu_view, random_conv, random_tensor, time_tiles, RESNET_CONVS};
+use common::{check_parity, gpu, gpu_view, random_conv, random_tensor, RESNET_CONVS};
 use lafam_gpu::backend::Pool;
 use lafam_gpu::cpu::Cpu;
-use lafam_gpu::explain::lafam::ImageBatch;
-use lafam_gpu::explain::Explainer;
+use lafam_gpu::explain::ImageBatch;
+use lafam_gpu::explain::{Engine, Method};
 use lafam_gpu::gpu::{ConvTiles, Gpu};
 use lafam_gpu::model::{Block, BlockKind, ConvLayer, Heads, ResNet, Stage};
-use lafam_gpu::tensor::max_rel_err;
 use lafam_gpu::{Backend, HostTensor, Shape, Upsample};
 
 /// Runs `op` on both backends with the same host inputs and compares.
@@ -471,6 +470,40 @@ fn channel_mean_matches_cpu() {
     eprintln!("channel_mean: max rel err {worst:e}");
 }
 
+/// The channel max (LaFAM-max) is exact: the GPU's must equal the CPU's bit for bit, on a
+/// view too, with all-negative channels (the max starts at -inf, not 0).
+#[test]
+fn channel_max_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    for (i, &(shape, lo, hi)) in [
+        (Shape::new(3, 13, 9, 37), -1.0, 2.0),
+        (Shape::new(2, 7, 7, 64), -3.0, -1.0),
+        (Shape::new(1, 5, 3, 1), -1.0, 1.0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = random_tensor(shape, lo, hi, 20 + i as u64);
+        for view in [None, Some(shape.n - 1)] {
+            let xg = g.upload(&x).unwrap();
+            let xc = c.upload(&x).unwrap();
+            let (xg, xc) = match view {
+                Some(j) => (g.image(&xg, j), c.image(&xc, j)),
+                None => (xg, xc),
+            };
+            let mg = g.channel_max(&xg).unwrap();
+            let mc = c.channel_max(&xc).unwrap();
+            let got = g.download(&mg).unwrap();
+            let want = c.download(&mc).unwrap();
+            assert_eq!(got.shape, want.shape, "channel_max {shape} view {view:?}");
+            assert_eq!(got.data, want.data, "channel_max {shape} view {view:?}");
+            if lo < 0.0 && hi < 0.0 {
+                assert!(want.data.iter().all(|&v| v < 0.0), "max of negatives is negative");
+            }
+        }
+    }
+}
+
 #[test]
 fn minmax_normalise_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
@@ -741,7 +774,7 @@ fn bottleneck(cin: usize, mid: usize, stride: usize, seed: u64) -> Block<ConvLay
     }
 }
 
-/// A small random ResNet of either block kind, through `Explainer<Gpu>` and `Explainer<Cpu>`.
+/// A small random ResNet of either block kind, through `Engine<Gpu>` and `Engine<Cpu>`.
 #[test]
 fn explainer_smoke_small_resnets() {
     let nets = [
@@ -774,8 +807,8 @@ fn explainer_smoke_small_resnets() {
     let rgb: Vec<u8> = (0..n * h * w * 3).map(|_| rng.random()).collect();
     let batch = ImageBatch::new(&rgb, n, h, w).unwrap();
     for net in &nets {
-        let mut eg = Explainer::new(gpu(), net).unwrap();
-        let mut ec = Explainer::new(Cpu::new(), net).unwrap();
+        let mut eg = Engine::new(gpu(), net).unwrap();
+        let mut ec = Engine::new(Cpu::new(), net).unwrap();
         let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
         let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
         for (s, (a, b)) in ag.iter().zip(&ac).enumerate() {
@@ -789,8 +822,12 @@ fn explainer_smoke_small_resnets() {
         }
         for mode in [Upsample::Nearest, Upsample::Bilinear] {
             let sizes = [(h, w), (60, 50)];
-            let mg = eg.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
-            let mc = ec.lafam(batch, Stage::Layer3, mode, &sizes).unwrap();
+            let mg = eg
+                .explain_method(batch, Method::Lafam, Stage::Layer3, mode, &sizes)
+                .unwrap();
+            let mc = ec
+                .explain_method(batch, Method::Lafam, Stage::Layer3, mode, &sizes)
+                .unwrap();
             for (a, b) in mg.iter().zip(&mc) {
                 let err = check_parity(&format!("{:?} lafam {mode:?}", net.kind), a, b);
                 eprintln!(
@@ -905,99 +942,4 @@ fn gl_backend_is_refused() {
             "{err}"
         );
     }
-}
-
-/// One timed ResNet-50-shaped forward (random weights, 224x224, batch 1) on both backends:
-/// `cargo test --release --test gpu_ops -- --ignored --nocapture bench`.
-#[test]
-#[ignore = "timing, not a check"]
-fn bench_resnet50_forward() {
-    let mut seed = 1000;
-    let mut stage = |cin: usize, mid: usize, blocks: usize, stride: usize| {
-        (0..blocks)
-            .map(|i| {
-                seed += 10;
-                let c = if i == 0 { cin } else { mid * 4 };
-                bottleneck(c, mid, if i == 0 { stride } else { 1 }, seed)
-            })
-            .collect::<Vec<_>>()
-    };
-    let net = ResNet {
-        kind: BlockKind::Bottleneck,
-        stem: random_conv(3, 64, 7, 2, 3, 1),
-        stages: [
-            stage(64, 64, 3, 1),
-            stage(256, 128, 4, 2),
-            stage(512, 256, 6, 2),
-            stage(1024, 512, 3, 2),
-        ],
-        heads: Heads::default(),
-    };
-    let (h, w) = (224, 224);
-    let gflop = 2.0 * net.macs_per_image(h, w, Stage::Layer4) as f64 / 1e9;
-    let rgb = vec![128u8; h * w * 3];
-    let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-    let mut eg = Explainer::new(gpu(), &net).unwrap();
-    let mut ec = Explainer::new(Cpu::new(), &net).unwrap();
-    let small = vec![128u8; 64 * 64 * 3];
-    let warm = ImageBatch::new(&small, 1, 64, 64).unwrap();
-    eg.stage_activations(warm, Stage::Layer4).unwrap();
-    let t = std::time::Instant::now();
-    let ag = eg.stage_activations(batch, Stage::Layer4).unwrap();
-    let tg = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
-    let ac = ec.stage_activations(batch, Stage::Layer4).unwrap();
-    let tc = t.elapsed().as_secs_f64();
-    let err = max_rel_err(&ag[3].data, &ac[3].data);
-    eprintln!(
-        "ResNet-50 forward 224x224: {gflop:.2} GFLOP; gpu ({}) {tg:.2} s = {:.1} GFLOP/s; cpu {tc:.2} s = {:.1} GFLOP/s; layer4 rel err {err:e}",
-        eg.backend.adapter_summary(),
-        gflop / tg,
-        gflop / tc
-    );
-}
-
-/// GFLOP/s of the 64x64 and 128x128 conv tiles and of `Auto`, runs interleaved, median of 5: a square plain
-/// GEMM (1x1 conv, M = N = K = 1024), a 3x3 conv (M = 1024, N = 256, K = 2304) and ResNet-50
-/// shapes at 64x64, batch 8 (stem, layer1 expand, layer3 3x3, layer4 expand):
-/// `cargo test --release --test gpu_ops -- --ignored --nocapture bench_conv_tiles`.
-#[test]
-#[ignore = "timing, not a check"]
-fn bench_conv_tiles() {
-    let mut g = gpu();
-    // (kernel, stride, cin, cout, batch, input side)
-    let shapes = [
-        (1usize, 1usize, 1024usize, 1024usize, 1usize, 32usize),
-        (3, 1, 256, 256, 1, 32),
-        (7, 2, 3, 64, 8, 64),
-        (1, 1, 64, 256, 8, 16),
-        (3, 1, 256, 256, 8, 4),
-        (1, 1, 512, 2048, 8, 2),
-    ];
-    for (k, stride, cin, cout, n, side) in shapes {
-        let layer = random_conv(cin, cout, k, stride, k / 2, 1600);
-        let cg = g.prepare_conv(&layer).unwrap();
-        let x = g
-            .upload(&random_tensor(
-                Shape::new(n, side, side, cin),
-                -1.0,
-                1.0,
-                1601,
-            ))
-            .unwrap();
-        let (ho, wo) = layer.out_size(side, side);
-        let m = n * ho * wo;
-        let gflop = 2.0 * (m * cout * k * k * cin) as f64 / 1e9;
-        let timed = time_tiles(&mut g, |g| g.conv2d(&x, &cg, None, false).unwrap());
-        for (t, med) in timed {
-            eprintln!(
-                "conv {k}x{k}/{stride} {cin}->{cout} M={m} ({gflop:.3} GFLOP), tiles {t}: \
-                 median {:.1} ms = {:.2} GFLOP/s (auto: {})",
-                med * 1e3,
-                gflop / med,
-                g.conv_tile(m, cout)
-            );
-        }
-    }
-    eprintln!("adapter: {}", g.adapter_summary());
 }

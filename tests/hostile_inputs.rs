@@ -233,7 +233,9 @@ fn overflowing_activations_are_a_per_image_error_on_both_backends() {
             &"--size",
             &"64",
             &"--method",
-            &"lafam,lrp,gradcam,eigencam",
+            &"lafam,lafam-max,lrp,gradcam,eigencam,relax",
+            &"--masks",
+            &"4",
             &"--out",
             &out,
             &fixtures().join("img_64x64.png"),
@@ -246,7 +248,7 @@ fn overflowing_activations_are_a_per_image_error_on_both_backends() {
         for (e, name) in errs.iter().zip(["img_64x64.png", "img_48x80.png"]) {
             assert!(e.contains(name), "{e}");
             assert!(e.contains("not finite") && e.contains("layer4"), "{e}");
-            for m in ["lafam", "lrp", "gradcam", "eigencam"] {
+            for m in ["lafam", "lafam-max", "lrp", "gradcam", "eigencam", "relax"] {
                 assert!(e.contains(m), "{backend}: {m} not named: {e}");
             }
         }

@@ -5,10 +5,10 @@
 mod common;
 
 use common::read_rgb;
-use lafam_gpu::backend::LrpBackend;
-use lafam_gpu::explain::lafam::ImageBatch;
+use lafam_gpu::backend::CamBackend;
+use lafam_gpu::explain::ImageBatch;
 use lafam_gpu::explain::lrp::RelevanceTrace;
-use lafam_gpu::explain::{Composite, Explainer};
+use lafam_gpu::explain::{Composite, Engine, Method};
 use lafam_gpu::model::{load_weights, ConvLayer, ResNet, Stage};
 use lafam_gpu::tensor::rel_l2_err;
 use lafam_gpu::{Backend, Upsample};
@@ -51,7 +51,7 @@ fn load(model: &str, zero_bias: bool) -> ResNet<ConvLayer> {
     net
 }
 
-fn check_zennit<B: LrpBackend>(mut make: impl FnMut() -> B) {
+fn check_zennit<B: CamBackend>(mut make: impl FnMut() -> B) {
     let m = lrp_manifest();
     let images = common::manifest()["images"].clone();
     let mut worst: BTreeMap<String, f64> = BTreeMap::new();
@@ -68,15 +68,17 @@ fn check_zennit<B: LrpBackend>(mut make: impl FnMut() -> B) {
     }
     for ((model, nobias, composite), cases) in groups {
         let composite: Composite = composite.parse().unwrap();
-        let mut ex = Explainer::new(make(), &load(&model, nobias)).unwrap();
-        ex.enable_lrp(composite).unwrap();
+        let mut ex = Engine::new(make(), &load(&model, nobias))
+            .unwrap()
+            .with_lrp(composite)
+            .unwrap();
         for case in cases {
             let image = case["image"].as_str().unwrap();
             let (rgb, h, w) = read_rgb(images[image]["file"].as_str().unwrap());
             let stage: Stage = case["layer"].as_str().unwrap().parse().unwrap();
             let batch = ImageBatch::new(&rgb, 1, h, w).unwrap();
-            let (map, _) = ex
-                .lrp(batch, stage, Upsample::Bilinear, &[(h, w)], false)
+            let map = ex
+                .explain_method(batch, Method::Lrp, stage, Upsample::Bilinear, &[(h, w)])
                 .unwrap()
                 .remove(0);
             let want = read_map(case["map"].as_str().unwrap());
@@ -116,13 +118,13 @@ fn cpu_per_stage_sums_match_zennit() {
         .iter()
         .find(|c| c["intermediate_sums"].is_object())
         .unwrap();
-    let mut ex = Explainer::new(
+    let mut ex = Engine::new(
         lafam_gpu::cpu::Cpu::new(),
         &load(case["model"].as_str().unwrap(), false),
     )
+    .unwrap()
+    .with_lrp(case["composite"].as_str().unwrap().parse().unwrap())
     .unwrap();
-    ex.enable_lrp(case["composite"].as_str().unwrap().parse().unwrap())
-        .unwrap();
     let (rgb, h, w) = read_rgb(
         images[case["image"].as_str().unwrap()]["file"]
             .as_str()
@@ -154,12 +156,13 @@ fn cpu_per_stage_sums_match_zennit() {
 #[test]
 fn flat_epsilon_conserve_relevance_without_bias() {
     for model in ["r18_swav", "r50_tv"] {
-        let mut ex = Explainer::new(lafam_gpu::cpu::Cpu::new(), &load(model, true)).unwrap();
-        ex.enable_lrp_rules(
-            lafam_gpu::explain::rules::Rule::flat(),
-            lafam_gpu::explain::rules::Rule::epsilon(),
-        )
-        .unwrap();
+        let mut ex = Engine::new(lafam_gpu::cpu::Cpu::new(), &load(model, true))
+            .unwrap()
+            .with_lrp_rules(
+                lafam_gpu::explain::rules::Rule::flat(),
+                lafam_gpu::explain::rules::Rule::epsilon(),
+            )
+            .unwrap();
         let (rgb, h, w) = read_rgb("img_48x80.png");
         for stage in [Stage::Layer2, Stage::Layer4] {
             let x = ex.backend.preprocess(&rgb, 1, h, w).unwrap();

@@ -2,7 +2,7 @@
 # The one device call (about 5 minutes on an H100): parity of the GPU against the CPU backend
 # at 224 px (both conv tile sizes), then lafam-gpu's benches and the PyTorch/zennit baseline
 # side by side on the same card. Results go to $OUT (JSON lines + logs). Prepared by
-# benches/device/prepare.sh; run as `bash benches/device/check.sh` with carry [".gl", ".dev"].
+# benches/device/prepare.sh; run as `bash benches/device/check.sh` with .gl and .dev copied along.
 # QUICK=1 is a dry run of the script itself on a slow adapter (lavapipe: tiny sizes, no
 # loader unpacking, the local ICD).
 set -uo pipefail
@@ -54,6 +54,7 @@ timeout 60 $BIN bench --arch resnet50 --backend gpu --method relax --masks $MASK
 log "PyTorch / zennit baseline on the same card"
 [ "${QUICK:-0}" = 1 ] && { log "done (quick: no baseline)"; exit 0; }
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/zennit-*.whl && export PYTHONPATH=/tmp/site
-timeout 150 python3 .dev/torch_baseline.py --batches 1,64 --reps 10 2>&1 | tee "$OUT/torch_baseline.txt"
-timeout 60 python3 .dev/torch_baseline.py --batches 64 --reps 10 --tf32 off --skip-lrp 2>&1 | tee -a "$OUT/torch_baseline.txt"
+# Strict f32 (as lafam-gpu's kernels), then PyTorch's TF32 convs for the forward-only methods.
+timeout 150 python3 benches/torch_baseline.py --methods forward,lafam,lrp --size $SIZE --batch 1,$BIG --iters $ITERS --tf32 off 2>&1 | tee "$OUT/torch_baseline.jsonl"
+timeout 60 python3 benches/torch_baseline.py --methods forward,lafam --size $SIZE --batch $BIG --iters $ITERS --tf32 on 2>&1 | tee -a "$OUT/torch_baseline.jsonl"
 log done

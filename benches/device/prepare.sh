@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Prepares a run on the lent GPU machine (see ../shared/DEVICE.md): run HERE, in the project
-# root, then call the device with carry [".gl", ".dev"] and the command
+# Prepares a run on a GPU machine that has an NVIDIA driver, PyTorch and torchvision but no
+# Vulkan loader library, no Rust toolchain and no network (how this project's lent H200 is set
+# up): run HERE, in the project root, then copy the working tree with .gl and .dev to that
+# machine and run there
 #   bash benches/device/check.sh
-# .gl holds the Vulkan loader (the device has the NVIDIA driver but no loader library), .dev the
-# release binary, the PyTorch/zennit baseline script and zennit's wheel. Nothing is built there.
+# .gl holds the Vulkan loader's .deb (unpacked there), .dev the release binary and zennit's
+# wheel; the PyTorch/zennit baseline is benches/torch_baseline.py. Nothing is built there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo '/.gl/' >> .git/info/exclude
@@ -13,7 +15,6 @@ o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp
 ls .gl/libvulkan1_*.deb >/dev/null 2>&1 || { apt-get $o update -qq; (cd .gl && apt-get $o download libvulkan1); }
 cargo build --release
 cp target/release/lafam-gpu .dev/
-cp ../shared/bench/torch_baseline.py .dev/
 # zennit 1.0.0 is not on PyPI; 0.5.1 is the newest published release.
 ls .dev/zennit-*.whl >/dev/null 2>&1 || pip download -q --no-deps -d .dev zennit==0.5.1
 du -sh .gl .dev

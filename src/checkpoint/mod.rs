@@ -23,6 +23,7 @@ pub mod models;
 pub mod pickle;
 
 use crate::io::Shown;
+use crate::model::LoadedWeights;
 use anyhow::{bail, Context, Result};
 use pickle::{unpickle, DType, Pid, StorageRef, TensorRef, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -604,4 +605,42 @@ pub fn dtype_counts(ck: &Checkpoint) -> BTreeMap<String, usize> {
         *m.entry(format!("{:?}", t.dtype.safetensors())).or_insert(0) += 1;
     }
     m
+}
+
+/// Loads a weights file: safetensors as is, a PyTorch checkpoint (zip or legacy format)
+/// converted in memory. Returns the converter's notes (dropped entries and such) with it.
+/// Errors name the file.
+pub fn open_weights(path: &Path) -> Result<(LoadedWeights, Vec<String>)> {
+    let shown = path.shown().to_string();
+    // Not read before it is known to be a regular file (a FIFO would block, /dev/zero never
+    // ends); a missing file or a directory gets load_weights' own message.
+    if let Err(e) = crate::io::files::check_regular(path) {
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
+            bail!("{shown}: {e}");
+        }
+        return Ok((load_weights_or_explain(path)?, Vec::new()));
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(_) => return Ok((load_weights_or_explain(path)?, Vec::new())),
+    };
+    if !looks_like_pytorch(&bytes) {
+        return Ok((load_weights_or_explain(path)?, Vec::new()));
+    }
+    let (st, ck) = convert_bytes(&bytes, &shown)?;
+    drop(bytes);
+    Ok((crate::model::load::load_weights_from_bytes(&st, path)?, ck.notes))
+}
+
+/// Loads weights; the error names the file (the loader's message is kept as is when it
+/// already does).
+pub fn load_weights_or_explain(path: &Path) -> Result<LoadedWeights> {
+    crate::model::load_weights(path).map_err(|e| {
+        let shown = path.shown().to_string();
+        if format!("{e:#}").contains(&shown) {
+            e
+        } else {
+            e.context(format!("{shown}: cannot load weights"))
+        }
+    })
 }

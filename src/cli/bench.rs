@@ -1,12 +1,13 @@
 //! `lafam-gpu bench`: end-to-end throughput of a method (upload -> map download) on random
 //! images. [`run_bench`] is the timing harness, shared with `benches/throughput.rs`.
 
-use super::backends::{open_backend, BackendChoice};
-use super::{resolve_weights, Method, EXIT_OK};
+use super::{resolve_weights, EXIT_OK};
 use crate::backend::{Backend, CamBackend, KernelTimes};
-use crate::explain::gradcam::CamRequest;
-use crate::explain::lafam::{Explainer, ImageBatch};
+use crate::device::{open_backend, BackendChoice};
+use crate::explain::engine::LrpState;
+use crate::explain::method::Needs;
 use crate::explain::relax::RelaxConfig;
+use crate::explain::{Engine, ImageBatch, Method, Request};
 use crate::model::random::{random_resnet, RandomSpec};
 use crate::model::{ConvLayer, Stage};
 use crate::tensor::{HostTensor, Shape};
@@ -331,8 +332,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// Times `explainer`'s method end to end (upload of RGB8 images to the maps downloaded at
 /// image size) on random `size`x`size` images: `warmup` untimed then `iters` timed calls per
 /// batch size. `backend_kind` is "gpu" or "cpu" for the report.
-pub fn run_bench<B: CamBackend>(
-    explainer: &mut Explainer<B>,
+pub fn run_bench<B: CamBackend, L: LrpState<B::Conv>>(
+    explainer: &mut Engine<B, L>,
     backend_kind: &str,
     cfg: &BenchConfig,
     mut on_result: impl FnMut(&BenchResult),
@@ -345,23 +346,22 @@ pub fn run_bench<B: CamBackend>(
     let rgb: Vec<u8> = (0..per * max_batch).map(|_| rng.random()).collect();
     // Forward-pass MACs per explained image: Grad-CAM runs to layer4, RELAX runs one forward
     // pass per mask plus the unmasked one.
-    let macs = match cfg.method {
-        Method::Gradcam => explainer
-            .spec
-            .macs_per_image(cfg.size, cfg.size, Stage::Layer4),
-        Method::Relax => {
-            (cfg.relax.masks + 1)
-                * explainer
-                    .spec
-                    .macs_per_image(cfg.size, cfg.size, Stage::Layer4)
+    let spec = &explainer.spec;
+    let macs = match cfg.method.info().needs {
+        Needs::GradientTape => spec.macs_per_image(cfg.size, cfg.size, Stage::Layer4),
+        Needs::OwnPasses => {
+            (cfg.relax.masks + 1) * spec.macs_per_image(cfg.size, cfg.size, Stage::Layer4)
         }
-        Method::Lrp => explainer
-            .spec
-            .lrp_macs_per_image(cfg.size, cfg.size, cfg.stage),
-        Method::Lafam | Method::Eigencam => {
-            explainer.spec.macs_per_image(cfg.size, cfg.size, cfg.stage)
-        }
+        Needs::LrpTape => spec.lrp_macs_per_image(cfg.size, cfg.size, cfg.stage),
+        Needs::Activations => spec.macs_per_image(cfg.size, cfg.size, cfg.stage),
     } as f64;
+    let request = Request {
+        methods: vec![cfg.method],
+        stage: cfg.stage,
+        upsample: cfg.upsample,
+        class: None,
+        relax: cfg.relax,
+    };
     let adapter = explainer.backend.name();
     let arch = explainer.spec.arch_name();
     let mut results = Vec::new();
@@ -369,35 +369,11 @@ pub fn run_bench<B: CamBackend>(
         let images = ImageBatch::new(&rgb[..per * batch], batch, cfg.size, cfg.size)?;
         let out_sizes = vec![(cfg.size, cfg.size); batch];
         // (wall seconds, device time by kernel when `timed` and the backend has timestamps)
-        let once = |ex: &mut Explainer<B>, timed: bool| -> Result<(f64, Option<KernelTimes>)> {
+        let once = |ex: &mut Engine<B, L>, timed: bool| -> Result<(f64, Option<KernelTimes>)> {
             let timed = timed && ex.backend.start_kernel_timing();
             let t = Instant::now();
-            let maps = match cfg.method {
-                Method::Lafam => ex.lafam(images, cfg.stage, cfg.upsample, &out_sizes)?,
-                Method::Lrp => ex
-                    .lrp(images, cfg.stage, cfg.upsample, &out_sizes, false)?
-                    .into_iter()
-                    .map(|(r, _)| r)
-                    .collect(),
-                Method::Gradcam | Method::Eigencam => {
-                    let req = CamRequest {
-                        gradcam: cfg.method == Method::Gradcam,
-                        eigencam: cfg.method == Method::Eigencam,
-                        ..CamRequest::default()
-                    };
-                    let maps = ex.cams(images, cfg.stage, cfg.upsample, req, &out_sizes)?;
-                    if req.gradcam {
-                        maps.gradcam
-                    } else {
-                        maps.eigencam
-                    }
-                }
-                Method::Relax => ex
-                    .relax(images, &cfg.relax, &out_sizes)?
-                    .into_iter()
-                    .map(|(r, _)| r)
-                    .collect(),
-            };
+            let mut out = ex.explain(images, &request, &out_sizes)?;
+            let maps = std::mem::take(&mut out[0].maps);
             let dt = t.elapsed().as_secs_f64();
             ensure!(
                 maps.len() == batch,
@@ -563,10 +539,12 @@ pub fn bench_results(args: &BenchArgs) -> Result<Vec<BenchResult>> {
             );
             cfg.gemm_peak = Some(p);
         }
-        let mut ex = Explainer::new(b, &net)?;
-        if args.method == Method::Lrp {
-            ex.enable_lrp(args.rule)?;
+        let ex = Engine::new(b, &net)?;
+        if args.method.info().needs == Needs::LrpTape {
+            run_bench(&mut ex.with_lrp(args.rule)?, kind, &cfg, print)
+        } else {
+            let mut ex = ex;
+            run_bench(&mut ex, kind, &cfg, print)
         }
-        run_bench(&mut ex, kind, &cfg, print)
     })
 }

@@ -11,14 +11,14 @@
 //! Outputs: a table of means ± std on stdout, `--json` (per image, mean, std, count, skipped)
 //! and `--csv` (per image), written atomically. Exit code 1 when some images were skipped.
 
-use super::backends::open_backend;
-use super::run::{stream_maps, MapArgs, MapSink, Prepared, Reporter};
-use super::{resolve_weights, Method, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
-use crate::backend::CamBackend;
+use super::run::{MapArgs, Reporter};
+use super::{resolve_weights, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
+use crate::explain::{Method, MethodMaps};
+use crate::explainer::Explainer;
+use crate::stream::{MapSink, Prepared};
 use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
 use crate::eval::report::{self, ImageScore, Report, Skipped};
 use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
-use crate::explain::lafam::Explainer;
 use crate::io::write_npy_f32;
 use crate::io::Shown;
 use crate::tensor::HostTensor;
@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// Directory of maps to score: `<stem>.npy` or `<stem>.<method>.npy` (H×W float32/64,
     /// as `run` writes them), matched to masks by stem (file name up to the first dot).
     #[arg(long, value_name = "DIR", requires = "masks", conflicts_with_all = ["weights", "merge"])]
@@ -146,7 +146,7 @@ fn annotate(
     }
 }
 
-pub fn eval(args: &EvalArgs) -> Result<u8> {
+pub(crate) fn eval(args: &EvalArgs) -> Result<u8> {
     let reports = if !args.merge.is_empty() {
         let parts = args
             .merge
@@ -337,18 +337,13 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         entries = s.select(entries);
     }
     let weights = resolve_weights(weights_path)?;
-    args.map.check_weights(&weights, weights_path)?;
+    let mut explainer = args.map.open(&weights, weights_path, args.relax_masks)?;
     // What the weights are, by content (the path may differ between the machines of shards).
     let size = std::fs::metadata(&weights.source).map(|m| m.len()).ok();
     let sha256 = crate::checkpoint::download::sha256_file(&weights.source).ok();
     if let Some(d) = &args.save_maps {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the maps directory", d.shown()))?;
-    }
-    let (backend, note) = open_backend(args.map.backend)?;
-    match &note {
-        Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
-        None => eprintln!("backend: {}", backend.describe()),
     }
     let m = &args.map;
     let settings = json!({
@@ -364,39 +359,27 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         "class": m.class,
         "relax_masks": m.method.contains(&Method::Relax).then_some(args.relax_masks),
         "seed": m.method.contains(&Method::Relax).then_some(m.seed),
-        "backend": backend.kind(),
+        "backend": explainer.backend_kind(),
     });
     let provenance = json!({
         "weights": weights.source.to_string_lossy(),
-        "adapter": backend.describe(),
+        "adapter": explainer.backend(),
         "root": root.to_string_lossy(),
     });
-    let mut reports = crate::with_backend!(backend, b => {
-        let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
-        if args.map.method.contains(&Method::Lrp) {
-            explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
-        }
-        eval_with(&mut explainer, args, kind, entries)
-    })?;
+    drop(weights);
+    let mut reports = eval_with(&mut explainer, args, kind, entries)?;
     annotate(args, &mut reports, settings, provenance);
     Ok(reports)
 }
 
-/// `eval --dataset` over a prepared explainer.
-pub fn eval_with<B: CamBackend>(
-    explainer: &mut Explainer<B>,
+/// `eval --dataset` over an opened explainer.
+fn eval_with(
+    explainer: &mut Explainer,
     args: &EvalArgs,
     kind: DatasetKind,
     entries: Vec<datasets::Entry>,
 ) -> Result<Vec<Report>> {
-    let mut methods: Vec<Method> = Vec::new();
-    for m in &args.map.method {
-        if !methods.contains(m) {
-            methods.push(*m);
-        }
-    }
-    // run's order within a batch: lafam before lrp.
-    methods.sort_by_key(|m| *m == Method::Lrp);
+    let methods = args.map.methods();
     let mut sink = ScoreSink {
         args,
         opts: args.options(),
@@ -421,12 +404,9 @@ pub fn eval_with<B: CamBackend>(
             }
         }
     }
-    let settings = args.map.settings(&methods, args.relax_masks);
-    let rep = Reporter {
-        bar: sink.rep.bar.clone(),
-    };
-    stream_maps(explainer, &jobs, &settings, &rep, &mut sink);
-    rep.bar.finish_and_clear();
+    let bar = sink.rep.bar.clone();
+    explainer.stream(&jobs, &methods, &mut sink)?;
+    bar.finish_and_clear();
     let mut reports: Vec<Report> = sink.reports.into_iter().map(|(_, r)| r).collect();
     reports.iter_mut().for_each(Report::sort);
     Ok(reports)
@@ -458,12 +438,16 @@ impl MapSink for ScoreSink<'_> {
         self.skip_all(stem, msg);
     }
 
-    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>) {
+    fn done(&mut self, n: usize) {
+        self.rep.done(n);
+    }
+
+    fn maps(&mut self, group: &[Prepared], maps: Vec<MethodMaps>) {
         // Only attribution maps are scored (not RELAX's uncertainty).
         let maps: Vec<(Method, Vec<HostTensor>)> = maps
             .into_iter()
-            .filter(|(_, suffix, _)| suffix.is_empty())
-            .map(|(m, _, list)| (m, list))
+            .filter(|m| m.output.is_empty())
+            .map(|m| (m.method, m.maps))
             .collect();
         // Per image (in parallel): its mask once, then every method's map.
         type Out = Result<Vec<(Method, Result<crate::eval::Scores, String>)>, String>;

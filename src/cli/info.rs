@@ -1,6 +1,6 @@
 //! `lafam-gpu info`: what the weights file holds and which device would run it.
 
-use super::backends::{open_backend, BackendChoice};
+use crate::device::{open_backend, BackendChoice};
 use super::{resolve_weights, EXIT_OK};
 use crate::io::Shown;
 use crate::model::BlockKind;

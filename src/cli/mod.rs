@@ -4,23 +4,22 @@
 //! Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 usage error or
 //! a fatal error (weights, backend, output directory), in which case nothing is written.
 
-pub mod backends;
-pub mod bench;
-pub mod convert;
-pub mod eval;
-pub mod info;
-pub mod run;
+mod bench;
+mod convert;
+mod eval;
+mod info;
+mod run;
 
 use crate::checkpoint::download::{cache_dir, fetch, Fetched};
 use crate::checkpoint::models::{find_model, model_names};
-use crate::checkpoint::{convert_bytes, looks_like_pytorch};
+use crate::checkpoint::{load_weights_or_explain, open_weights};
+use crate::device::BackendChoice;
+use crate::explain::Method;
 use crate::io::Shown;
-use crate::model::load::load_weights_from_bytes;
-use crate::model::{load_weights, LoadedWeights};
+use crate::model::LoadedWeights;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -31,33 +30,35 @@ pub const EXIT_FAILED: u8 = 1;
 /// Usage error or fatal error.
 pub const EXIT_FATAL: u8 = 2;
 
-/// An attribution method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Method {
-    /// LaFAM: channel mean of the layer's activations, min-max normalised, upsampled.
-    Lafam,
-    /// LaFAM-LRP: relevance propagation seeded with the layer's activations, traced back to
-    /// the input pixels (summed over RGB).
-    Lrp,
-    /// Grad-CAM (needs a linear classifier `fc`): gradient-weighted channel sum of the layer's
-    /// activations for the target class, as pytorch-grad-cam.
-    Gradcam,
-    /// EigenCAM: the layer's activations projected on their first principal component.
-    Eigencam,
-    /// RELAX: occlusion with random masks, cosine similarity of pooled layer4 embeddings;
-    /// also writes `<stem>.relax-uncertainty.npy/.png`.
-    Relax,
+// The registry's methods and the backend choice as clap values (their names and help come
+// from the library).
+impl clap::ValueEnum for Method {
+    fn value_variants<'a>() -> &'a [Self] {
+        Method::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let info = self.info();
+        Some(clap::builder::PossibleValue::new(info.name).help(info.about))
+    }
 }
 
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Method::Lafam => "lafam",
-            Method::Lrp => "lrp",
-            Method::Gradcam => "gradcam",
-            Method::Eigencam => "eigencam",
-            Method::Relax => "relax",
-        })
+impl clap::ValueEnum for BackendChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &BackendChoice::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            BackendChoice::Auto => {
+                "a hardware GPU if wgpu finds one, otherwise the CPU (the choice and why are \
+                 printed); software GPUs are only used when named through WGPU_ADAPTER_NAME"
+            }
+            BackendChoice::Gpu => {
+                "the GPU through wgpu (Vulkan, Metal, DX12), software adapters included; an \
+                 error if there is no adapter"
+            }
+            BackendChoice::Cpu => "the CPU backend (multi-threaded; the reference implementation)",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
     }
 }
 
@@ -72,18 +73,18 @@ Exit codes: 0 success, 1 some inputs failed (the others were processed), 2 usage
 The GPU adapter can be chosen with the WGPU_BACKEND and WGPU_ADAPTER_NAME environment variables, \
 the forward conv's output tile with LAFAM_GPU_TILES=auto|64|128 (default auto)."
 )]
-pub struct Cli {
+struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 
     /// Where models named by `--weights NAME` are downloaded and kept (default:
     /// $LAFAM_GPU_CACHE, else $XDG_CACHE_HOME/lafam-gpu, else ~/.cache/lafam-gpu).
     #[arg(long, global = true, value_name = "DIR")]
-    pub cache_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+enum Command {
     /// Compute attribution maps for images or directories of images and write them as .npy
     /// arrays, heatmaps and overlays.
     Run(run::RunArgs),
@@ -101,25 +102,12 @@ pub enum Command {
     Convert(convert::ConvertArgs),
 }
 
-/// Loads weights; the error names the file (the loader's message is kept as is when it
-/// already does).
-pub fn load_weights_or_explain(path: &Path) -> Result<LoadedWeights> {
-    load_weights(path).map_err(|e| {
-        let shown = path.shown().to_string();
-        if format!("{e:#}").contains(&shown) {
-            e
-        } else {
-            e.context(format!("{shown}: cannot load weights"))
-        }
-    })
-}
-
 /// `--cache-dir` of the current invocation (set by [`main_from`]).
 static CACHE_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Resolves `--weights`: a safetensors file, a PyTorch checkpoint (converted in memory) or
 /// a known model name (downloaded once into the cache, then read from there).
-pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
+pub(crate) fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
     if arg.is_file() {
         return load_file(arg);
     }
@@ -171,30 +159,13 @@ pub fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
     load_weights_or_explain(arg)
 }
 
-/// A file: safetensors as is, a PyTorch checkpoint converted in memory.
+/// A file: safetensors as is, a PyTorch checkpoint converted in memory (its notes printed).
 fn load_file(path: &Path) -> Result<LoadedWeights> {
-    let shown = path.shown().to_string();
-    // Not read before it is known to be a regular file (a FIFO would block, /dev/zero never
-    // ends); a missing file or a directory gets load_weights' own message.
-    if let Err(e) = crate::io::files::check_regular(path) {
-        if std::fs::metadata(path).is_ok_and(|m| !m.is_dir()) {
-            anyhow::bail!("{shown}: {e}");
-        }
-        return load_weights_or_explain(path);
+    let (weights, notes) = open_weights(path)?;
+    for n in &notes {
+        eprintln!("note: {}: {n}", path.shown());
     }
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(_) => return load_weights_or_explain(path),
-    };
-    if !looks_like_pytorch(&bytes) {
-        return load_weights_or_explain(path);
-    }
-    let (st, ck) = convert_bytes(&bytes, &shown)?;
-    for n in &ck.notes {
-        eprintln!("note: {shown}: {n}");
-    }
-    drop(bytes);
-    load_weights_from_bytes(&st, path)
+    Ok(weights)
 }
 
 /// The binary's entry point.

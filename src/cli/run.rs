@@ -1,31 +1,24 @@
-//! `lafam-gpu run`: attribution maps for a set of images.
-//!
-//! Pipeline: inputs are decoded (in parallel, a chunk at a time), resized so the shorter side
-//! is `--size`, grouped by network input size into batches of `--batch`, explained, and the
-//! maps are upsampled to each image's original resolution and written (in parallel). Memory
-//! stays bounded: at most a few batches' worth of decoded images are held at once.
+//! `lafam-gpu run`: attribution maps for a set of images, written as `.npy` arrays, heatmaps
+//! and overlays. The library streams the images ([`crate::stream`]); this file parses the
+//! arguments, names the outputs and writes them.
 
-use super::backends::{open_backend, BackendChoice};
-use super::{resolve_weights, Method, EXIT_FAILED, EXIT_OK};
-use crate::backend::Backend as _;
-use crate::backend::CamBackend;
-use crate::explain::gradcam::{CamRequest, NEEDS_CLASSIFIER};
-use crate::explain::lafam::{Explainer, ImageBatch};
+use super::{resolve_weights, EXIT_FAILED, EXIT_OK};
+use crate::device::BackendChoice;
+use crate::explain::method::Display;
 use crate::explain::relax::RelaxConfig;
+use crate::explain::{Method, MethodMaps};
+use crate::explainer::{Explainer, Options};
 use crate::io::output::{npy_f32, png, remove_stale_temps, write_all_or_nothing, WriteFn};
 use crate::io::Shown;
-use crate::io::{
-    collect_inputs, heatmap, heatmap_diverging, load_image, overlay, overlay_relevance,
-    resize_shorter_side, shorter_side_dims,
-};
+use crate::io::{collect_inputs, heatmap, heatmap_diverging, overlay, overlay_relevance};
 use crate::model::Stage;
-use crate::tensor::HostTensor;
+use crate::stream::{MapSink, Prepared};
 use crate::Upsample;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{Context, Result};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,7 +28,7 @@ pub const OVERLAY_ALPHA: f32 = 0.5;
 
 /// How maps are computed: the options `run` and `eval --weights` share.
 #[derive(clap::Args, Debug, Clone)]
-pub struct MapArgs {
+pub(crate) struct MapArgs {
     /// Attribution method(s), comma-separated: lafam (mean of the layer's activation maps over
     /// channels, min-max normalised: where the layer looks, at its coarse resolution) and lrp
     /// (LaFAM-LRP: relevance propagated from those activations back to the pixels: which
@@ -102,15 +95,16 @@ pub struct MapArgs {
 }
 
 impl MapArgs {
-    /// The settings [`stream_maps`] needs, with RELAX's mask count (named differently by the
-    /// two commands).
-    pub(crate) fn settings<'a>(&self, methods: &'a [Method], relax_masks: u32) -> MapSettings<'a> {
-        MapSettings {
-            layer: self.layer,
+    /// The library options these arguments stand for, with RELAX's mask count (named
+    /// differently by the two commands).
+    pub(crate) fn options(&self, relax_masks: u32) -> Options {
+        Options {
+            backend: self.backend,
+            stage: self.layer,
             upsample: self.upsample,
+            rule: self.rule,
             size: self.size,
             batch: self.batch as usize,
-            methods,
             class: self.class,
             relax: RelaxConfig {
                 masks: relax_masks as usize,
@@ -120,31 +114,42 @@ impl MapArgs {
         }
     }
 
-    /// Refuses, before any work, a method the weights cannot serve (Grad-CAM needs `fc`) and
-    /// a `--class` outside the classifier's classes (a usage error, not one per image).
-    pub(crate) fn check_weights(
-        &self,
-        weights: &crate::model::LoadedWeights,
-        path: &Path,
-    ) -> Result<()> {
+    /// The requested methods, each once.
+    pub(crate) fn methods(&self) -> Vec<Method> {
+        let mut methods = self.method.clone();
+        methods.sort();
+        methods.dedup();
+        methods
+    }
+
+    /// Opens the explainer and refuses, before any work, a method the weights cannot serve
+    /// (Grad-CAM needs `fc`) and a `--class` outside the classifier's classes (a usage
+    /// error, not one per image). Prints the `backend:` line.
+    pub(crate) fn open(&self, weights: &crate::model::LoadedWeights, path: &Path, relax_masks: u32) -> Result<Explainer> {
         if self.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
-            bail!("{}: {NEEDS_CLASSIFIER}", path.shown());
+            anyhow::bail!("{}: {}", path.shown(), crate::explain::gradcam::NEEDS_CLASSIFIER);
         }
         if let (Some(c), Some((_, _, classes))) = (self.class, &weights.net.heads.fc) {
             if c >= *classes {
-                bail!(
+                anyhow::bail!(
                     "--class {c} is out of range: the classifier of {} has {classes} classes (0..{})",
                     path.shown(),
                     classes.saturating_sub(1)
                 );
             }
         }
-        Ok(())
+        let mut explainer = Explainer::from_weights(weights, self.options(relax_masks))?;
+        match explainer.backend_note() {
+            Some(n) => eprintln!("backend: {} ({n})", explainer.backend()),
+            None => eprintln!("backend: {}", explainer.backend()),
+        }
+        explainer.check(&self.methods())?;
+        Ok(explainer)
     }
 }
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Backbone weights: a safetensors file of a torchvision-layout ResNet (SwAV, SimCLR,
     /// MoCo, torchvision; F32/F16/BF16; `module.`, `encoder_q.`... prefixes are stripped).
     #[arg(long, value_name = "FILE")]
@@ -182,21 +187,6 @@ pub struct RunArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-/// An input waiting for the network.
-pub(crate) struct Prepared {
-    pub(crate) path: PathBuf,
-    pub(crate) stem: String,
-    pub(crate) original: RgbImage,
-    /// The network's input when it differs from `original` (resized).
-    pub(crate) resized: Option<RgbImage>,
-}
-
-impl Prepared {
-    pub(crate) fn net_image(&self) -> &RgbImage {
-        self.resized.as_ref().unwrap_or(&self.original)
-    }
-}
-
 /// Error lines and the progress bar share stderr.
 pub(crate) struct Reporter {
     pub(crate) bar: ProgressBar,
@@ -228,54 +218,45 @@ impl Reporter {
     }
 }
 
-pub fn run(args: &RunArgs) -> Result<u8> {
+pub(crate) fn run(args: &RunArgs) -> Result<u8> {
     let start = Instant::now();
     let weights = resolve_weights(&args.weights)?;
-    args.map.check_weights(&weights, &args.weights)?;
     let loaded = Instant::now();
-    let (backend, note) = open_backend(args.map.backend)?;
-    let opened = Instant::now();
-    match &note {
-        Some(n) => eprintln!("backend: {} ({n})", backend.describe()),
-        None => eprintln!("backend: {}", backend.describe()),
+    let mut explainer = args.map.open(&weights, &args.weights, args.masks)?;
+    drop(weights);
+    let prepared = Instant::now();
+    let timed = args.timings && explainer.start_kernel_timing();
+    let code = run_with(&mut explainer, args)?;
+    let device = if timed {
+        explainer.stop_kernel_timing()?
+    } else {
+        None
+    };
+    if args.timings {
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        let done = Instant::now();
+        let device_ms = device.map(|d| d.total_ns() * 1e-6);
+        eprintln!(
+            "timings: weights {:.0} ms, backend and prepare {:.0} ms, explain {:.0} ms{}; \
+             total {:.0} ms{}",
+            ms(start, loaded),
+            ms(loaded, prepared),
+            ms(prepared, done),
+            device_ms.map_or(String::new(), |d| format!(" (device {d:.0} ms)")),
+            ms(start, done),
+            device_ms.map_or(String::new(), |d| format!(
+                ", {:.0} ms outside device work",
+                ms(start, done) - d
+            )),
+        );
     }
-    crate::with_backend!(backend, b => {
-        let mut explainer = Explainer::new(b, &weights.net).context("cannot prepare the network on the backend")?;
-        if args.map.method.contains(&Method::Lrp) {
-            explainer.enable_lrp(args.map.rule).context("cannot prepare the LRP rules on the backend")?;
-        }
-        let prepared = Instant::now();
-        let timed = args.timings && explainer.backend.start_kernel_timing();
-        let code = run_with(&mut explainer, args)?;
-        let device = if timed { explainer.backend.stop_kernel_timing()? } else { None };
-        if args.timings {
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            let done = Instant::now();
-            let device_ms = device.map(|d| d.total_ns() * 1e-6);
-            eprintln!(
-                "timings: weights {:.0} ms, backend {:.0} ms, prepare {:.0} ms, explain {:.0} ms{}; \
-                 total {:.0} ms{}",
-                ms(start, loaded),
-                ms(loaded, opened),
-                ms(opened, prepared),
-                ms(prepared, done),
-                device_ms.map_or(String::new(), |d| format!(" (device {d:.0} ms)")),
-                ms(start, done),
-                device_ms.map_or(String::new(), |d| format!(
-                    ", {:.0} ms outside device work",
-                    ms(start, done) - d
-                )),
-            );
-        }
-        Ok(code)
-    })
+    Ok(code)
 }
 
-/// The `run` command over an already prepared explainer (the weights are loaded and the
-/// backend opened): outputs go to `args.out`. Returns the exit code.
-pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> Result<u8> {
-    let mut methods = args.map.method.clone();
-    methods.dedup();
+/// The `run` command over an opened explainer: outputs go to `args.out`. Returns the exit
+/// code.
+fn run_with(explainer: &mut Explainer, args: &RunArgs) -> Result<u8> {
+    let methods = args.map.methods();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output directory", args.out.shown()))?;
     // Temporary files of an earlier run killed between a write and its rename.
@@ -333,14 +314,13 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
     }
 
     let rep = Reporter::new(jobs.len());
-    let settings = args.map.settings(&methods, args.masks);
     let mut sink = WriteSink {
         args,
         rep: &rep,
         written: 0,
         failed: 0,
     };
-    stream_maps(explainer, &jobs, &settings, &rep, &mut sink);
+    explainer.stream(&jobs, &methods, &mut sink)?;
     let written = sink.written;
     failed += sink.failed;
     rep.bar.finish_and_clear();
@@ -350,290 +330,6 @@ pub fn run_with<B: CamBackend>(explainer: &mut Explainer<B>, args: &RunArgs) -> 
         args.out.shown()
     );
     Ok(if failed > 0 { EXIT_FAILED } else { EXIT_OK })
-}
-
-pub(crate) fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
-    let original = load_image(path)?;
-    let (w, h) = original.dimensions();
-    let (nw, nh) = if size == 0 {
-        (w, h)
-    } else {
-        shorter_side_dims(w, h, size)
-    };
-    // Before resizing (and before the backend allocates anything for it).
-    if let Err(e) = crate::io::check_net_input(nw, nh) {
-        let given = if size == 0 {
-            "--size 0 (the image's own size)".to_string()
-        } else {
-            format!("--size {size}")
-        };
-        let fix = match crate::io::max_net_size(w, h) {
-            Some(n) => format!("use --size {n} or smaller"),
-            None => "its aspect ratio cannot fit at any --size: crop it".to_string(),
-        };
-        bail!("{}: {e} ({given} on a {w}x{h} image); {fix}", path.shown());
-    }
-    let resized = (size != 0 && w.min(h) != size).then(|| resize_shorter_side(&original, size));
-    Ok(Prepared {
-        path: path.to_path_buf(),
-        stem: stem.to_string(),
-        original,
-        resized,
-    })
-}
-
-/// What [`stream_maps`] computes.
-pub(crate) struct MapSettings<'a> {
-    pub(crate) layer: Stage,
-    pub(crate) upsample: Upsample,
-    /// Shorter side fed to the network (0 = as is).
-    pub(crate) size: u32,
-    pub(crate) batch: usize,
-    pub(crate) methods: &'a [Method],
-    /// Grad-CAM's target class (None: each image's argmax logit).
-    pub(crate) class: Option<usize>,
-    pub(crate) relax: RelaxConfig,
-}
-
-/// Receives [`stream_maps`]'s results.
-pub(crate) trait MapSink {
-    /// An input that produced no maps (decode or compute error), with the error's message.
-    fn failed(&mut self, path: &Path, stem: &str, msg: String);
-    /// One batch's images and, per method, one map per image at its original resolution
-    /// (`[1, h, w, 1]`; the count is checked), with the suffix of its output name ("" or
-    /// "-uncertainty" for RELAX's second map).
-    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>);
-}
-
-/// Decodes `jobs` (path, stem) in parallel a chunk at a time, groups them by network input
-/// size into batches of `settings.batch`, computes every method's maps and hands each batch
-/// to `sink`, advancing `rep` by every input. Memory stays bounded (a few batches' worth).
-pub(crate) fn stream_maps<B: CamBackend>(
-    explainer: &mut Explainer<B>,
-    jobs: &[(PathBuf, String)],
-    settings: &MapSettings,
-    rep: &Reporter,
-    sink: &mut dyn MapSink,
-) {
-    let batch = settings.batch.max(1);
-    // Decoded images waiting for a full batch, by network size (w, h).
-    let mut pending: BTreeMap<(u32, u32), Vec<Prepared>> = BTreeMap::new();
-    let cap = (batch * 4).max(64);
-    let chunk = batch.max(rayon::current_num_threads() * 2);
-    for part in jobs.chunks(chunk) {
-        let decoded: Vec<Result<Prepared>> = part
-            .par_iter()
-            .map(|(p, s)| prepare(p, s, settings.size))
-            .collect();
-        for (d, (path, stem)) in decoded.into_iter().zip(part) {
-            match d {
-                Err(e) => {
-                    sink.failed(path, stem, format!("{e:#}"));
-                    rep.done(1);
-                }
-                Ok(p) => {
-                    let key = p.net_image().dimensions();
-                    let group = pending.entry(key).or_default();
-                    group.push(p);
-                    if group.len() >= batch {
-                        let g = pending.remove(&key).unwrap_or_default();
-                        explain_group(explainer, settings, g, rep, sink);
-                    }
-                }
-            }
-        }
-        // Bound memory when many different sizes are waiting: flush the largest group.
-        while pending.values().map(Vec::len).sum::<usize>() > cap {
-            let key = *pending
-                .iter()
-                .max_by_key(|(_, v)| v.len())
-                .map(|(k, _)| k)
-                .expect("non-empty");
-            let g = pending.remove(&key).unwrap_or_default();
-            explain_group(explainer, settings, g, rep, sink);
-        }
-    }
-    for (_, g) in std::mem::take(&mut pending) {
-        explain_group(explainer, settings, g, rep, sink);
-    }
-}
-
-/// Every requested method's maps for one batch, with the suffix of their output names
-/// ("" or "-uncertainty"). LaFAM and LRP share LRP's taped forward pass; LaFAM (without
-/// LRP), Grad-CAM and EigenCAM share one forward pass; RELAX runs its own.
-fn compute<B: CamBackend>(
-    explainer: &mut Explainer<B>,
-    settings: &MapSettings,
-    batch: ImageBatch,
-    out_sizes: &[(usize, usize)],
-) -> Result<Vec<(Method, &'static str, Vec<HostTensor>)>> {
-    let (layer, upsample) = (settings.layer, settings.upsample);
-    let wants = |m| settings.methods.contains(&m);
-    let mut out = Vec::new();
-    if wants(Method::Lrp) {
-        let both = explainer.lrp(batch, layer, upsample, out_sizes, wants(Method::Lafam))?;
-        if wants(Method::Lafam) {
-            out.push((
-                Method::Lafam,
-                "",
-                both.iter().filter_map(|(_, l)| l.clone()).collect(),
-            ));
-        }
-        out.push((Method::Lrp, "", both.into_iter().map(|(r, _)| r).collect()));
-    }
-    let req = CamRequest {
-        lafam: wants(Method::Lafam) && !wants(Method::Lrp),
-        gradcam: wants(Method::Gradcam),
-        class: settings.class,
-        eigencam: wants(Method::Eigencam),
-    };
-    if req.lafam || req.gradcam || req.eigencam {
-        let cams = explainer.cams(batch, layer, upsample, req, out_sizes)?;
-        for (on, m, maps) in [
-            (req.lafam, Method::Lafam, cams.lafam),
-            (req.gradcam, Method::Gradcam, cams.gradcam),
-            (req.eigencam, Method::Eigencam, cams.eigencam),
-        ] {
-            if on {
-                out.push((m, "", maps));
-            }
-        }
-    }
-    if wants(Method::Relax) {
-        let maps = explainer.relax(batch, &settings.relax, out_sizes)?;
-        let (imp, unc): (Vec<_>, Vec<_>) = maps.into_iter().unzip();
-        out.push((Method::Relax, "", imp));
-        out.push((Method::Relax, "-uncertainty", unc));
-    }
-    Ok(out)
-}
-
-fn explain_group<B: CamBackend>(
-    explainer: &mut Explainer<B>,
-    settings: &MapSettings,
-    group: Vec<Prepared>,
-    rep: &Reporter,
-    sink: &mut dyn MapSink,
-) {
-    if group.is_empty() {
-        return;
-    }
-    let (w, h) = group[0].net_image().dimensions();
-    let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
-    for p in &group {
-        rgb.extend_from_slice(p.net_image().as_raw());
-    }
-    let out_sizes: Vec<(usize, usize)> = group
-        .iter()
-        .map(|p| (p.original.height() as usize, p.original.width() as usize))
-        .collect();
-    let computed = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
-        .and_then(|batch| compute(explainer, settings, batch, &out_sizes))
-        .and_then(|c| {
-            for (method, _, maps) in &c {
-                ensure!(
-                    maps.len() == group.len(),
-                    "{method}: {} maps for {} images",
-                    maps.len(),
-                    group.len()
-                );
-                for (p, map) in group.iter().zip(maps) {
-                    let (oh, ow) = (p.original.height() as usize, p.original.width() as usize);
-                    ensure!(
-                        (map.shape.n, map.shape.h, map.shape.w, map.shape.c) == (1, oh, ow, 1),
-                        "{}: {method} map has shape {}, expected [1, {oh}, {ow}, 1]",
-                        p.path.shown(),
-                        map.shape
-                    );
-                }
-            }
-            Ok(c)
-        });
-    let count = group.len();
-    match computed {
-        Ok(c) => {
-            let (group, c) = drop_non_finite(settings, group, c, sink);
-            if !group.is_empty() {
-                sink.maps(&group, c);
-            }
-        }
-        Err(e) => {
-            for p in &group {
-                sink.failed(
-                    &p.path,
-                    &p.stem,
-                    format!("{}: failed: {e:#}", p.path.shown()),
-                );
-            }
-        }
-    }
-    rep.done(count);
-}
-
-/// Per method, the output-name suffix and one map per image.
-type MethodMaps = Vec<(Method, &'static str, Vec<HostTensor>)>;
-
-/// Reports every image with a non-finite map (NaN or infinite: the network's activations
-/// overflowed f32, typically from BatchNorm statistics such as a tiny running_var) as a
-/// failed input, one line naming the methods and the stage, and returns the other images
-/// with their maps: nothing is written for a failed image.
-fn drop_non_finite(
-    settings: &MapSettings,
-    group: Vec<Prepared>,
-    computed: MethodMaps,
-    sink: &mut dyn MapSink,
-) -> (Vec<Prepared>, MethodMaps) {
-    let layer = settings.layer;
-    let mut bad: Vec<Vec<Method>> = vec![Vec::new(); group.len()];
-    for (method, _, maps) in &computed {
-        for (i, map) in maps.iter().enumerate() {
-            if map.data.iter().any(|v| !v.is_finite()) && !bad[i].contains(method) {
-                bad[i].push(*method);
-            }
-        }
-    }
-    if bad.iter().all(Vec::is_empty) {
-        return (group, computed);
-    }
-    for (p, methods) in group.iter().zip(&bad) {
-        if methods.is_empty() {
-            continue;
-        }
-        let names: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
-        let noun = if names.len() == 1 {
-            "map is"
-        } else {
-            "maps are"
-        };
-        sink.failed(
-            &p.path,
-            &p.stem,
-            format!(
-                "{}: {} {noun} not finite (the activations up to {layer} overflow f32: check \
-                 the weights' BatchNorm statistics, e.g. a tiny running_var); nothing written",
-                p.path.shown(),
-                names.join(", ")
-            ),
-        );
-    }
-    let keep: Vec<bool> = bad.iter().map(Vec::is_empty).collect();
-    let group = group
-        .into_iter()
-        .zip(&keep)
-        .filter_map(|(p, &k)| k.then_some(p))
-        .collect();
-    let computed = computed
-        .into_iter()
-        .map(|(m, suffix, maps)| {
-            let maps = maps
-                .into_iter()
-                .zip(&keep)
-                .filter_map(|(t, &k)| k.then_some(t))
-                .collect();
-            (m, suffix, maps)
-        })
-        .collect();
-    (group, computed)
 }
 
 /// `run`'s sink: writes each map's outputs.
@@ -650,7 +346,11 @@ impl MapSink for WriteSink<'_> {
         self.failed += 1;
     }
 
-    fn maps(&mut self, group: &[Prepared], maps: Vec<(Method, &'static str, Vec<HostTensor>)>) {
+    fn done(&mut self, n: usize) {
+        self.rep.done(n);
+    }
+
+    fn maps(&mut self, group: &[Prepared], maps: Vec<MethodMaps>) {
         // All the outputs of one image (every method's) are written all or nothing.
         let results: Vec<Result<()>> = group
             .par_iter()
@@ -658,14 +358,14 @@ impl MapSink for WriteSink<'_> {
             .map(|(i, p)| {
                 let files = maps
                     .iter()
-                    .filter_map(|(method, suffix, maps)| {
-                        let map = maps.get(i)?;
+                    .filter_map(|m| {
+                        let map = m.maps.get(i)?;
                         let out = &self.args.out;
                         Some(output_files(
                             out,
                             &p.stem,
-                            *method,
-                            suffix,
+                            m.method,
+                            m.output,
                             &map.data,
                             &p.original,
                         ))
@@ -688,32 +388,8 @@ impl MapSink for WriteSink<'_> {
     }
 }
 
-/// Writes `<stem>.<method>.npy`, `<stem>.<method>.png` and `<stem>.<method>.overlay.png`.
-pub fn write_outputs(
-    dir: &Path,
-    stem: &str,
-    method: Method,
-    map: &[f32],
-    original: &RgbImage,
-) -> Result<()> {
-    write_named_outputs(dir, stem, method, "", map, original)
-}
-
-/// [`write_outputs`] with `suffix` appended to the method in the names
-/// (`<stem>.relax-uncertainty.npy`).
-pub fn write_named_outputs(
-    dir: &Path,
-    stem: &str,
-    method: Method,
-    suffix: &str,
-    map: &[f32],
-    original: &RgbImage,
-) -> Result<()> {
-    write_all_or_nothing(output_files(dir, stem, method, suffix, map, original))
-}
-
-/// The three outputs of one map, named as [`write_named_outputs`] names them, for
-/// [`write_all_or_nothing`].
+/// The three outputs of one map, `<stem>.<method><suffix>.npy`, `.png` and `.overlay.png`
+/// (the suffix is "" or RELAX's "-uncertainty"), for [`write_all_or_nothing`].
 pub fn output_files<'a>(
     dir: &Path,
     stem: &str,
@@ -726,13 +402,13 @@ pub fn output_files<'a>(
     let base = format!("{stem}.{method}{suffix}");
     // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
     // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.
-    let (heat, blended) = match method {
-        Method::Lafam | Method::Gradcam | Method::Eigencam => {
+    let (heat, blended) = match method.info().display {
+        Display::Unit => {
             let heat = heatmap(map, h, w);
             let blended = overlay(original, &heat, OVERLAY_ALPHA);
             (heat, blended)
         }
-        Method::Relax => {
+        Display::Scaled => {
             let (lo, hi) = map
                 .iter()
                 .filter(|v| v.is_finite())
@@ -747,7 +423,7 @@ pub fn output_files<'a>(
             let blended = overlay(original, &heat, OVERLAY_ALPHA);
             (heat, blended)
         }
-        Method::Lrp => {
+        Display::Signed => {
             let heat = heatmap_diverging(map, h, w);
             let blended = overlay_relevance(original, map, &heat);
             (heat, blended)

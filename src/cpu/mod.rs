@@ -358,14 +358,14 @@ impl Backend for Cpu {
     }
 
     fn channel_mean(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
-        let s = x.shape;
-        ensure!(s.c > 0, "channel mean of a tensor with no channels");
-        let out = x
-            .as_slice()
-            .par_chunks(s.c)
-            .map(|px| px.iter().sum::<f32>() / s.c as f32)
-            .collect();
-        Ok(CpuTensor::new(Shape { c: 1, ..s }, out))
+        let c = x.shape.c as f32;
+        channel_reduce(x, "channel mean", |px| px.iter().sum::<f32>() / c)
+    }
+
+    fn channel_max(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
+        channel_reduce(x, "channel max", |px| {
+            px.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        })
     }
 
     fn minmax_normalise(&mut self, x: &CpuTensor) -> Result<CpuTensor> {
@@ -784,4 +784,16 @@ impl crate::backend::LrpBackend for Cpu {
             .for_each(|(i, v)| *v = values[i % shape.c]);
         Ok(CpuTensor::new(shape, data))
     }
+}
+
+/// `[n,h,w,c] -> [n,h,w,1]`: `f` over each pixel's channels.
+fn channel_reduce(
+    x: &CpuTensor,
+    what: &str,
+    f: impl Fn(&[f32]) -> f32 + Sync + Send,
+) -> Result<CpuTensor> {
+    let s = x.shape;
+    ensure!(s.c > 0, "{what} of a tensor with no channels");
+    let out = x.as_slice().par_chunks(s.c).map(f).collect();
+    Ok(CpuTensor::new(Shape { c: 1, ..s }, out))
 }

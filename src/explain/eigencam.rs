@@ -18,10 +18,30 @@
 //! `(λ₁, u₁)` gives `p = sqrt(λ₁) u₁` directly; for `Xcᵀ Xc` it gives `v₁` and `p` is projected
 //! on the device.
 
-use super::lafam::Explainer;
+use super::method::{Display, MethodInfo, Needs, Pass, Produced, Resample};
 use crate::backend::{CamBackend, GramOver};
 use crate::tensor::{HostTensor, Shape};
-use anyhow::Result;
+use anyhow::{Context, Result};
+
+pub const INFO: MethodInfo = MethodInfo {
+    name: "eigencam",
+    about: "EigenCAM: the layer's activations projected on their first principal component \
+            (pytorch-grad-cam semantics, sign fixed to agree with lafam)",
+    needs: Needs::Activations,
+    outputs: &[""],
+    resample: Resample::BilinearRenormalised,
+    display: Display::Unit,
+    needs_classifier: false,
+};
+
+pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
+    let a = pass.tape.as_ref().context("EigenCAM needs a forward pass")?.activations();
+    let (small, non_finite) = eigencam_small(pass.b, a)?;
+    Ok(Produced {
+        non_finite,
+        ..Produced::one(small)
+    })
+}
 
 /// Top eigenpair of a symmetric positive semi-definite `d x d` matrix by power iteration in
 /// f64. Returns `(λ₁, v₁)` with `|v₁| = 1`.
@@ -66,91 +86,87 @@ pub fn top_eigenpair(a: &[f32], d: usize) -> (f64, Vec<f64>) {
     (lambda.max(0.0), v)
 }
 
-impl<B: CamBackend> Explainer<B> {
-    /// EigenCAM at the stage's resolution from the stage's activations `a` (`[n, h, w, c]`):
-    /// sign-fixed, ReLU'd and min-max normalised, `[n, h, w, 1]`; with, per image, whether
-    /// its activations were not finite (its map is then meaningless: the ReLU would turn
-    /// the NaNs into zeros, so the caller must not use it).
-    pub fn eigencam_small(&mut self, a: &B::Tensor) -> Result<(B::Tensor, Vec<bool>)> {
-        let p = self.eigen_projection(a)?;
-        let hw = p.shape.h * p.shape.w;
-        let bad: Vec<bool> = (0..p.shape.n)
-            .map(|i| p.data[i * hw..(i + 1) * hw].iter().any(|v| !v.is_finite()))
-            .collect();
-        let b = &mut self.backend;
-        let relu = HostTensor::new(p.shape, p.data.iter().map(|&v| v.max(0.0)).collect());
-        let t = b.upload(&relu)?;
-        Ok((b.minmax_normalise(&t)?, bad))
-    }
+/// EigenCAM at the stage's resolution from the stage's activations `a` (`[n, h, w, c]`):
+/// sign-fixed, ReLU'd and min-max normalised, `[n, h, w, 1]`; with, per image, whether
+/// its activations were not finite (its map is then meaningless: the ReLU would turn
+/// the NaNs into zeros, so the caller must not use it).
+pub fn eigencam_small<B: CamBackend>(b: &mut B, a: &B::Tensor) -> Result<(B::Tensor, Vec<bool>)> {
+    let p = eigen_projection(b, a)?;
+    let hw = p.shape.h * p.shape.w;
+    let bad: Vec<bool> = (0..p.shape.n)
+        .map(|i| p.data[i * hw..(i + 1) * hw].iter().any(|v| !v.is_finite()))
+        .collect();
+    let relu = HostTensor::new(p.shape, p.data.iter().map(|&v| v.max(0.0)).collect());
+    let t = b.upload(&relu)?;
+    Ok((b.minmax_normalise(&t)?, bad))
+}
 
-    /// The sign-fixed projection `p = Xc v₁` of every image, `[n, h, w, 1]` (before ReLU).
-    /// An image whose activations are not finite (seen in the downloaded channel means and
-    /// Gram matrix) gets a NaN projection.
-    pub fn eigen_projection(&mut self, a: &B::Tensor) -> Result<HostTensor> {
-        let b = &mut self.backend;
-        let s = b.shape(a);
-        let hw = s.h * s.w;
-        let mean = b.spatial_mean(a)?;
-        let over = if hw <= s.c {
-            GramOver::Pixels
-        } else {
-            GramOver::Channels
-        };
-        let gram = b.centred_gram(a, &mean, over)?;
-        let cmean = b.channel_mean(a)?;
-        let gram = b.download(&gram)?;
-        let cmean = b.download(&cmean)?;
-        let d = gram.shape.h;
-        let bad: Vec<bool> = (0..s.n)
-            .map(|img| {
-                let g = &gram.data[img * d * d..(img + 1) * d * d];
-                let m = &cmean.data[img * hw..(img + 1) * hw];
-                g.iter().chain(m).any(|v| !v.is_finite())
-            })
-            .collect();
-        let mut p: Vec<f32> = Vec::with_capacity(s.n * hw);
-        match over {
-            GramOver::Pixels => {
-                for (img, &bad) in bad.iter().enumerate() {
-                    if bad {
-                        p.extend(std::iter::repeat_n(f32::NAN, hw));
-                        continue;
-                    }
-                    let (l, u) = top_eigenpair(&gram.data[img * d * d..(img + 1) * d * d], d);
-                    p.extend(u.iter().map(|&x| (x * l.sqrt()) as f32));
-                }
-            }
-            GramOver::Channels => {
-                let mut vs = Vec::with_capacity(s.n * s.c);
-                for (img, &bad) in bad.iter().enumerate() {
-                    if bad {
-                        vs.extend(std::iter::repeat_n(0.0, s.c));
-                        continue;
-                    }
-                    let (_, v) = top_eigenpair(&gram.data[img * d * d..(img + 1) * d * d], d);
-                    vs.extend(v.iter().map(|&x| x as f32));
-                }
-                let v = b.upload(&HostTensor::new(Shape::new(s.n, 1, 1, s.c), vs))?;
-                let proj = b.channel_projection(a, &v, Some(&mean), false)?;
-                p = b.download(&proj)?.data;
-                for img in (0..s.n).filter(|&i| bad[i]) {
-                    p[img * hw..(img + 1) * hw].fill(f32::NAN);
-                }
-            }
-        }
-        for img in 0..s.n {
+/// The sign-fixed projection `p = Xc v₁` of every image, `[n, h, w, 1]` (before ReLU).
+/// An image whose activations are not finite (seen in the downloaded channel means and
+/// Gram matrix) gets a NaN projection.
+pub fn eigen_projection<B: CamBackend>(b: &mut B, a: &B::Tensor) -> Result<HostTensor> {
+    let s = b.shape(a);
+    let hw = s.h * s.w;
+    let mean = b.spatial_mean(a)?;
+    let over = if hw <= s.c {
+        GramOver::Pixels
+    } else {
+        GramOver::Channels
+    };
+    let gram = b.centred_gram(a, &mean, over)?;
+    let cmean = b.channel_mean(a)?;
+    let gram = b.download(&gram)?;
+    let cmean = b.download(&cmean)?;
+    let d = gram.shape.h;
+    let bad: Vec<bool> = (0..s.n)
+        .map(|img| {
+            let g = &gram.data[img * d * d..(img + 1) * d * d];
             let m = &cmean.data[img * hw..(img + 1) * hw];
-            let mm = m.iter().map(|&x| x as f64).sum::<f64>() / hw as f64;
-            let pi = &mut p[img * hw..(img + 1) * hw];
-            let corr: f64 = pi
-                .iter()
-                .zip(m)
-                .map(|(&x, &y)| x as f64 * (y as f64 - mm))
-                .sum();
-            if corr < 0.0 {
-                pi.iter_mut().for_each(|x| *x = -*x);
+            g.iter().chain(m).any(|v| !v.is_finite())
+        })
+        .collect();
+    let mut p: Vec<f32> = Vec::with_capacity(s.n * hw);
+    match over {
+        GramOver::Pixels => {
+            for (img, &bad) in bad.iter().enumerate() {
+                if bad {
+                    p.extend(std::iter::repeat_n(f32::NAN, hw));
+                    continue;
+                }
+                let (l, u) = top_eigenpair(&gram.data[img * d * d..(img + 1) * d * d], d);
+                p.extend(u.iter().map(|&x| (x * l.sqrt()) as f32));
             }
         }
-        Ok(HostTensor::new(Shape::new(s.n, s.h, s.w, 1), p))
+        GramOver::Channels => {
+            let mut vs = Vec::with_capacity(s.n * s.c);
+            for (img, &bad) in bad.iter().enumerate() {
+                if bad {
+                    vs.extend(std::iter::repeat_n(0.0, s.c));
+                    continue;
+                }
+                let (_, v) = top_eigenpair(&gram.data[img * d * d..(img + 1) * d * d], d);
+                vs.extend(v.iter().map(|&x| x as f32));
+            }
+            let v = b.upload(&HostTensor::new(Shape::new(s.n, 1, 1, s.c), vs))?;
+            let proj = b.channel_projection(a, &v, Some(&mean), false)?;
+            p = b.download(&proj)?.data;
+            for img in (0..s.n).filter(|&i| bad[i]) {
+                p[img * hw..(img + 1) * hw].fill(f32::NAN);
+            }
+        }
     }
+    for img in 0..s.n {
+        let m = &cmean.data[img * hw..(img + 1) * hw];
+        let mm = m.iter().map(|&x| x as f64).sum::<f64>() / hw as f64;
+        let pi = &mut p[img * hw..(img + 1) * hw];
+        let corr: f64 = pi
+            .iter()
+            .zip(m)
+            .map(|(&x, &y)| x as f64 * (y as f64 - mm))
+            .sum();
+        if corr < 0.0 {
+            pi.iter_mut().for_each(|x| *x = -*x);
+        }
+    }
+    Ok(HostTensor::new(Shape::new(s.n, s.h, s.w, 1), p))
 }

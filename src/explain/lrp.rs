@@ -4,12 +4,35 @@
 //! composite (see [`rules`](super::rules)), Norm on residual adds, ReLU pass-through,
 //! winner-take-all max-pool.
 
-use super::lafam::{image_at, Explainer, ImageBatch};
+use super::engine::Engine;
+use super::method::{Display, MethodInfo, Needs, Pass, Produced, Resample};
 use super::rules::{imagenet_bounds, Composite, InputMod, Rule};
-use crate::backend::{Backend, LrpBackend, Pool, Upsample};
+use super::tape::{forward, Tape, TapeSpec};
+use crate::backend::{Backend, CamBackend, LrpBackend, Pool};
 use crate::model::{ConvLayer, ResNet, Stage};
 use crate::tensor::HostTensor;
 use anyhow::{ensure, Context, Result};
+
+pub const INFO: MethodInfo = MethodInfo {
+    name: "lrp",
+    about: "LaFAM-LRP: relevance propagated from the layer's activations back to the input \
+            pixels (--rule), summed over RGB: which pixels caused what lafam shows",
+    needs: Needs::LrpTape,
+    outputs: &[""],
+    resample: Resample::Bilinear,
+    display: Display::Signed,
+    needs_classifier: false,
+};
+
+pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
+    let weights = pass.lrp.context("LRP rules are not prepared")?;
+    let tape = pass.tape.take().context("LRP needs a taped forward pass")?;
+    let r_in = input_relevance(pass.b, pass.net, weights, tape, None)?;
+    // Summed over RGB (the mean kernel times 3); relevance is at pixel resolution already,
+    // so it is resampled bilinearly (nearest would alias).
+    let mean = pass.b.channel_mean(&r_in)?;
+    Ok(Produced::one(pass.b.lincomb(&mean, 3.0, None, 0.0)?))
+}
 
 /// The rule-modified weights of one conv, one per rule term (None where the term cannot
 /// contribute, e.g. an `x⁻` term on a conv whose input is a ReLU output).
@@ -29,6 +52,45 @@ pub struct LrpWeights<C> {
     pub first: Rule,
     pub rule: Rule,
     pub net: ResNet<LrpConv<C>>,
+}
+
+impl<C> LrpWeights<C> {
+    /// Whether the forward pass must keep each block's branch for the residual split.
+    /// Every term of most rules multiplies its relevance by the conv input (x, x⁺ or x⁻), so
+    /// a block input's relevance is zero wherever that input (a ReLU output) is: the split
+    /// can then work from the block output instead (see
+    /// [`LrpBackend::residual_split_relu`]).
+    pub fn needs_branch(&self) -> bool {
+        !self.rule.terms.iter().all(|t| {
+            matches!(
+                t.input,
+                InputMod::Identity | InputMod::Positive | InputMod::Negative
+            )
+        })
+    }
+}
+
+/// The rule-modified weights of every conv: `first` for the stem, `rule` for the others.
+pub(crate) fn prepare_lrp<B: Backend>(
+    b: &mut B,
+    spec: &ResNet<ConvLayer>,
+    first: Rule,
+    rule: Rule,
+) -> Result<LrpWeights<B::Conv>> {
+    let stem = &spec.stem as *const ConvLayer;
+    let net = spec.try_map(|c| {
+        if std::ptr::eq(c, stem) {
+            prepare_conv(b, c, &first, false)
+        } else {
+            prepare_conv(b, c, &rule, true)
+        }
+    })?;
+    Ok(LrpWeights {
+        composite: None,
+        first,
+        rule,
+        net,
+    })
 }
 
 /// The conv with a term's parameter modification applied.
@@ -88,25 +150,6 @@ fn prepare_conv<B: Backend>(
     Ok(LrpConv { terms, flat })
 }
 
-/// What the forward pass keeps for the backward: each conv's input, each block's skip
-/// operand and output (the next block's input: no extra memory). The branch is kept only
-/// where the rule's relevance is not zero wherever the block output is (see
-/// [`LrpBackend::residual_split_relu`]). Nothing else.
-struct BlockTape<T> {
-    /// Input of each conv of the branch (the first is the block input).
-    conv_inputs: Vec<T>,
-    skip: T,
-    branch: Option<T>,
-    out: T,
-}
-
-struct Tape<T> {
-    input: T,
-    stem_out: T,
-    blocks: Vec<BlockTape<T>>,
-    output: T,
-}
-
 /// Per-stage relevance sums, for conservation checks (`--debug-relevance`, tests).
 #[derive(Clone, Debug, Default)]
 pub struct RelevanceTrace {
@@ -140,7 +183,7 @@ impl ForwardTap {
         }
     }
     /// Records `t`, or returns the next recorded tensor in its place (the shapes must agree).
-    fn tap<B: Backend>(&mut self, b: &mut B, t: B::Tensor) -> Result<B::Tensor> {
+    pub(crate) fn tap<B: Backend>(&mut self, b: &mut B, t: B::Tensor) -> Result<B::Tensor> {
         if !self.replay {
             self.tensors.push(b.download(&t)?);
             return Ok(t);
@@ -161,276 +204,134 @@ impl ForwardTap {
     }
 }
 
-impl<B: LrpBackend> Explainer<B> {
-    /// Prepares the rule-modified weights for `composite` (once per process).
-    pub fn enable_lrp(&mut self, composite: Composite) -> Result<()> {
-        self.enable_lrp_rules(composite.first_rule(), composite.rule())?;
-        self.lrp.as_mut().unwrap().composite = Some(composite);
-        Ok(())
-    }
-
-    /// Prepares LRP with any pair of rules (first conv, every other conv).
-    pub fn enable_lrp_rules(&mut self, first: Rule, rule: Rule) -> Result<()> {
-        let stem = &self.spec.stem as *const ConvLayer;
-        let backend = &mut self.backend;
-        let net = self.spec.try_map(|c| {
-            if std::ptr::eq(c, stem) {
-                prepare_conv(backend, c, &first, false)
-            } else {
-                prepare_conv(backend, c, &rule, true)
-            }
-        })?;
-        self.lrp = Some(LrpWeights {
-            composite: None,
-            first,
-            rule,
-            net,
-        });
-        Ok(())
-    }
-
-    fn forward_tape(
-        &mut self,
-        x: B::Tensor,
-        upto: Stage,
-        keep_branch: bool,
-        mut tap: Option<&mut ForwardTap>,
-    ) -> Result<Tape<B::Tensor>> {
-        let b = &mut self.backend;
-        let mut tap = |b: &mut B, t: B::Tensor| match tap.as_deref_mut() {
-            Some(tap) => tap.tap(b, t),
-            None => Ok(t),
-        };
-        let stem_out = b.conv2d(&x, &self.net.stem, None, true)?;
-        let stem_out = tap(b, stem_out)?;
-        let mut h = b.max_pool(&stem_out, Pool::RESNET_STEM)?;
-        h = tap(b, h)?;
-        let mut blocks = Vec::new();
-        for block in self.net.stages[..=upto.index()].iter().flatten() {
-            let skip = match &block.downsample {
-                Some(ds) => {
-                    let skip = b.conv2d(&h, ds, None, false)?;
-                    tap(b, skip)?
-                }
-                None => h.clone(),
-            };
-            let (last, inner) = block.convs.split_last().expect("a block has convs");
-            let mut conv_inputs = vec![h.clone()];
-            let mut y = h;
-            for conv in inner {
-                y = b.conv2d(&y, conv, None, true)?;
-                y = tap(b, y)?;
-                conv_inputs.push(y.clone());
-            }
-            let branch = if keep_branch {
-                let branch = b.conv2d(&y, last, None, false)?;
-                let branch = tap(b, branch)?;
-                h = b.add_relu(&branch, &skip)?;
-                Some(branch)
-            } else {
-                // The residual add and ReLU fused into the conv, as the plain forward does.
-                h = b.conv2d(&y, last, Some(&skip), true)?;
-                None
-            };
-            h = tap(b, h)?;
-            blocks.push(BlockTape {
-                conv_inputs,
-                skip,
-                branch,
-                out: h.clone(),
-            });
-        }
-        Ok(Tape {
-            input: x,
-            stem_out,
-            blocks,
-            output: h,
-        })
-    }
-
-    /// Relevance at the input, `[n, h, w, 3]`, of the batch seeded with the stage's output.
-    /// Also returns the stage activations (for LaFAM from the same forward pass).
+impl<B: LrpBackend> Engine<B, LrpWeights<B::Conv>> {
+    /// Relevance at the input, `[n, h, w, 3]`, of a preprocessed batch `x` seeded with the
+    /// stage's output; also the stage's activations. `trace` collects per-stage relevance
+    /// sums and can record or replay the forward tensors.
     pub fn lrp_input_relevance(
         &mut self,
         x: B::Tensor,
         stage: Stage,
         mut trace: Option<&mut RelevanceTrace>,
     ) -> Result<(B::Tensor, B::Tensor)> {
-        ensure!(self.lrp.is_some(), "LRP weights not prepared (enable_lrp)");
-        // Every term of the rule multiplies its relevance by the conv input (x, x⁺ or x⁻), so a
-        // block input's relevance is zero wherever that input (a ReLU output) is: the residual
-        // split can then work from the block output instead of a kept branch.
-        let zero_where_input_zero = self.lrp.as_ref().unwrap().rule.terms.iter().all(|t| {
-            matches!(
-                t.input,
-                InputMod::Identity | InputMod::Positive | InputMod::Negative
-            )
-        });
+        let spec = TapeSpec {
+            lrp: true,
+            keep_branch: self.lrp.needs_branch(),
+            ..TapeSpec::plain(stage)
+        };
         let mut tap = trace.as_deref_mut().and_then(|t| t.forward.take());
-        let tape = self.forward_tape(x, stage, !zero_where_input_zero, tap.as_mut())?;
+        let tape = forward(&mut self.backend, &self.net, x, spec, tap.as_mut())?;
         if let Some(t) = trace.as_deref_mut() {
             t.forward = tap;
         }
-        let Explainer {
-            backend: b,
-            net,
-            lrp,
-            ..
-        } = self;
-        let lrp = lrp.as_ref().unwrap();
-        let mut record = |b: &mut B, name: String, t: &B::Tensor| -> Result<()> {
-            if let Some(tr) = trace.as_deref_mut() {
-                let host = b.download(t)?;
-                tr.sums
-                    .push((name, host.data.iter().map(|&v| v as f64).sum()));
-            }
-            Ok(())
-        };
-        let mut r = tape.output.clone();
-        record(b, format!("{stage} output (seed)"), &r)?;
-        // (rule weights, forward weights, name) of every block up to the stage, in order.
-        let mut blocks = Vec::new();
-        for (s, (lrp_blocks, fwd_blocks)) in lrp
-            .net
-            .stages
-            .iter()
-            .zip(&net.stages)
-            .take(stage.index() + 1)
-            .enumerate()
-        {
-            for (i, pair) in lrp_blocks.iter().zip(fwd_blocks).enumerate() {
-                blocks.push((pair, format!("layer{}.{i}", s + 1)));
-            }
-        }
-        // The tape is consumed block by block, so that each entry is released (and its
-        // device memory reused) as soon as the backward has used it.
-        let Tape {
-            input,
-            stem_out,
-            blocks: mut tape_blocks,
-            output,
-        } = tape;
-        ensure!(tape_blocks.len() == blocks.len(), "tape and network differ");
-        for ((block, fwd), name) in blocks.iter().rev() {
-            let BlockTape {
-                mut conv_inputs,
-                skip,
-                branch,
-                out,
-            } = tape_blocks.pop().context("tape shorter than the network")?;
-            let (r_skip, r_branch) = match &branch {
-                Some(branch) => b.residual_split(&skip, branch, &r)?,
-                None => b.residual_split_relu(&skip, &out, &r)?,
-            };
-            drop((skip, branch, out, r));
-            let mut rb = r_branch;
-            for (i, (conv, fwd_conv)) in block.convs.iter().zip(&fwd.convs).enumerate().rev() {
-                let x = if i == 0 {
-                    conv_inputs[0].clone()
-                } else {
-                    conv_inputs.pop().context("tape lacks a conv input")?
-                };
-                // The identity skip's relevance joins the first conv's result in its epilogue.
-                let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
-                rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x, &rb, acc, true)?;
-            }
-            r = match (&block.downsample, &fwd.downsample) {
-                (Some(ds), Some(fwd_ds)) => apply_rule(
-                    b,
-                    &lrp.rule,
-                    ds,
-                    fwd_ds,
-                    &conv_inputs[0],
-                    &r_skip,
-                    Some(&rb),
-                    true,
-                )?,
-                _ => rb,
-            };
-            record(b, format!("{name} input"), &r)?;
-        }
-        r = b.max_pool_backward(&stem_out, &r, Pool::RESNET_STEM)?;
-        drop(stem_out);
-        record(b, "stem output".into(), &r)?;
-        let r_in = apply_rule(
-            b,
-            &lrp.first,
-            &lrp.net.stem,
-            &net.stem,
-            &input,
-            &r,
-            None,
-            false,
-        )?;
-        record(b, "input".into(), &r_in)?;
-        Ok((r_in, output))
+        let activations = tape.activations().clone();
+        let r_in = input_relevance(&mut self.backend, &self.net, &self.lrp, tape, trace)?;
+        Ok((r_in, activations))
     }
+}
 
-    /// LaFAM-LRP maps: input relevance summed over RGB, image `i` resampled (bilinearly) to
-    /// `out_sizes[i]`; `upsample` is the LaFAM maps' mode.
-    /// With `with_lafam`, the LaFAM maps of the same forward pass come back too.
-    pub fn lrp(
-        &mut self,
-        images: ImageBatch,
-        stage: Stage,
-        upsample: Upsample,
-        out_sizes: &[(usize, usize)],
-        with_lafam: bool,
-    ) -> Result<Vec<(HostTensor, Option<HostTensor>)>> {
-        ensure!(
-            out_sizes.len() == images.n,
-            "{} output sizes for {} images",
-            out_sizes.len(),
-            images.n
-        );
-        let mut maps = Vec::with_capacity(images.n);
-        let mut start = 0;
-        for chunk in self.chunks(images, stage) {
-            let x = self
-                .backend
-                .preprocess(chunk.rgb, chunk.n, chunk.h, chunk.w)?;
-            let (r_in, activations) = self.lrp_input_relevance(x, stage, None)?;
-            let probe = self.finite_probe(std::slice::from_ref(&activations))?;
-            let mean = self.backend.channel_mean(&r_in)?;
-            let summed = self.backend.lincomb(&mean, 3.0, None, 0.0)?;
-            let small = if with_lafam {
-                Some(self.lafam_tail(&activations)?)
-            } else {
-                None
-            };
-            let mut pending = Vec::with_capacity(chunk.n);
-            for i in 0..chunk.n {
-                let (h, w) = out_sizes[start + i];
-                // Relevance is at pixel resolution already: resampled bilinearly (nearest would
-                // alias); `upsample` applies to the coarse LaFAM map.
-                let map = image_at(&mut self.backend, &summed, i, (h, w), Upsample::Bilinear)?;
-                let lafam = match &small {
-                    Some(s) => Some(image_at(&mut self.backend, s, i, (h, w), upsample)?),
-                    None => None,
-                };
-                pending.push((map, lafam));
-            }
-            for (map, lafam) in &pending {
-                let lafam = lafam
-                    .as_ref()
-                    .map(|t| self.backend.download(t))
-                    .transpose()?;
-                maps.push((self.backend.download(map)?, lafam));
-            }
-            // Non-finite stage activations: every map of the image is NaN (see
-            // `poison_non_finite`).
-            for (pair, ok) in maps[start..].iter_mut().zip(self.finite_images(&probe)?) {
-                if !ok {
-                    pair.0.data.fill(f32::NAN);
-                    if let Some(l) = &mut pair.1 {
-                        l.data.fill(f32::NAN);
-                    }
-                }
-            }
-            start += chunk.n;
+/// Relevance at the input, `[n, h, w, 3]`, seeded with the output of the tape's stage and
+/// traced back through every block. The tape is consumed block by block, so that each entry
+/// is released (and its device memory reused) as soon as the backward has used it.
+pub(crate) fn input_relevance<B: LrpBackend>(
+    b: &mut B,
+    net: &ResNet<B::Conv>,
+    lrp: &LrpWeights<B::Conv>,
+    tape: Tape<B::Tensor>,
+    mut trace: Option<&mut RelevanceTrace>,
+) -> Result<B::Tensor> {
+    let stage = tape.spec.stage;
+    ensure!(tape.spec.lrp, "the forward pass was not taped for LRP");
+    let Tape {
+        input,
+        stem_out,
+        outputs,
+        blocks: mut tape_blocks,
+        ..
+    } = tape;
+    let stem_out = stem_out.context("the tape lacks the stem output")?;
+    let output = outputs[stage.index()].clone();
+    drop(outputs);
+    let mut record = |b: &mut B, name: String, t: &B::Tensor| -> Result<()> {
+        if let Some(tr) = trace.as_deref_mut() {
+            let host = b.download(t)?;
+            tr.sums
+                .push((name, host.data.iter().map(|&v| v as f64).sum()));
         }
-        Ok(maps)
+        Ok(())
+    };
+    let mut r = output;
+    record(b, format!("{stage} output (seed)"), &r)?;
+    // (rule weights, forward weights, name) of every block up to the stage, in order.
+    let mut blocks = Vec::new();
+    for (s, (lrp_blocks, fwd_blocks)) in lrp
+        .net
+        .stages
+        .iter()
+        .zip(&net.stages)
+        .take(stage.index() + 1)
+        .enumerate()
+    {
+        for (i, pair) in lrp_blocks.iter().zip(fwd_blocks).enumerate() {
+            blocks.push((pair, format!("layer{}.{i}", s + 1)));
+        }
     }
+    ensure!(tape_blocks.len() == blocks.len(), "tape and network differ");
+    for ((block, fwd), name) in blocks.iter().rev() {
+        let super::tape::BlockTape {
+            mut conv_inputs,
+            skip,
+            branch,
+            out,
+            ..
+        } = tape_blocks.pop().context("tape shorter than the network")?;
+        let skip = skip.context("the tape lacks a skip operand")?;
+        let (r_skip, r_branch) = match &branch {
+            Some(branch) => b.residual_split(&skip, branch, &r)?,
+            None => b.residual_split_relu(&skip, &out, &r)?,
+        };
+        drop((skip, branch, out, r));
+        let mut rb = r_branch;
+        for (i, (conv, fwd_conv)) in block.convs.iter().zip(&fwd.convs).enumerate().rev() {
+            let x = if i == 0 {
+                conv_inputs[0].clone()
+            } else {
+                conv_inputs.pop().context("tape lacks a conv input")?
+            };
+            // The identity skip's relevance joins the first conv's result in its epilogue.
+            let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
+            rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x, &rb, acc, true)?;
+        }
+        r = match (&block.downsample, &fwd.downsample) {
+            (Some(ds), Some(fwd_ds)) => apply_rule(
+                b,
+                &lrp.rule,
+                ds,
+                fwd_ds,
+                &conv_inputs[0],
+                &r_skip,
+                Some(&rb),
+                true,
+            )?,
+            _ => rb,
+        };
+        record(b, format!("{name} input"), &r)?;
+    }
+    r = b.max_pool_backward(&stem_out, &r, Pool::RESNET_STEM)?;
+    drop(stem_out);
+    record(b, "stem output".into(), &r)?;
+    let r_in = apply_rule(
+        b,
+        &lrp.first,
+        &lrp.net.stem,
+        &net.stem,
+        &input,
+        &r,
+        None,
+        false,
+    )?;
+    record(b, "input".into(), &r_in)?;
+    Ok(r_in)
 }
 
 /// One conv's backward step under `rule`: `R_in = Σ_terms r_coef · input_t ⊙ convT(s_g, W_t)`

@@ -29,11 +29,50 @@
 //! `r_i(j)` is set; the shifts are `r_i(49) mod 7` (rows) and `r_i(50) mod 7` (columns).
 //! `tests/fixtures/gen_baselines.py` reimplements this generator in numpy.
 
-use super::lafam::{Explainer, ImageBatch};
-use crate::backend::{CamBackend, Upsample};
-use crate::model::{forward, Stage};
+use super::engine::{finite_images, finite_probe, max_batch, Engine};
+use super::method::{Display, MethodInfo, Needs, Pass, Produced, Resample};
+use super::tape::{forward, TapeSpec};
+use crate::backend::CamBackend;
+use crate::model::{ConvLayer, ResNet, Stage};
 use crate::tensor::{HostTensor, Shape};
 use anyhow::{ensure, Result};
+
+pub const INFO: MethodInfo = MethodInfo {
+    name: "relax",
+    about: "RELAX: occlusion with random masks (--masks, --seed), cosine similarity of pooled \
+            layer4 embeddings; also writes <stem>.relax-uncertainty.*",
+    needs: Needs::OwnPasses,
+    outputs: &["", "-uncertainty"],
+    resample: Resample::Bilinear,
+    display: Display::Scaled,
+    needs_classifier: false,
+};
+
+/// Importance and uncertainty of every image of the pass, at the network's resolution
+/// (`[n, h, w, 1]` each). Images are explained one at a time: each needs `masks` forward
+/// passes.
+pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
+    let images = pass.images;
+    let (mut imp, mut unc) = (Vec::with_capacity(images.n), Vec::with_capacity(images.n));
+    let mut non_finite = Vec::with_capacity(images.n);
+    for i in 0..images.n {
+        let one = images.slice(i, 1);
+        let x = pass.b.preprocess(one.rgb, 1, one.h, one.w)?;
+        let r = relax_one(pass.b, pass.net, pass.spec, &x, &pass.request.relax)?;
+        imp.push(r.importance);
+        unc.push(r.uncertainty);
+        non_finite.push(!r.finite);
+    }
+    let maps = [imp, unc]
+        .iter()
+        .map(|m| pass.b.upload(&HostTensor::stack(m)))
+        .collect::<Result<_>>()?;
+    Ok(Produced {
+        maps,
+        non_finite,
+        targets: Vec::new(),
+    })
+}
 
 /// Grid cells per side.
 pub const CELLS: usize = 7;
@@ -129,103 +168,72 @@ impl Default for RelaxConfig {
 pub struct RelaxMaps {
     pub importance: HostTensor,
     pub uncertainty: HostTensor,
+    /// Whether the unmasked image's activations were finite at every stage (else the maps
+    /// are meaningless: a ReLU can turn an overflow into zeros).
+    pub finite: bool,
 }
 
-impl<B: CamBackend> Explainer<B> {
-    /// The globally pooled final-stage embedding of a preprocessed batch: `[n, 1, 1, C]`.
-    pub fn embed(&mut self, x: &B::Tensor) -> Result<B::Tensor> {
-        let outs = forward(&mut self.backend, &self.net, x, Stage::Layer4)?;
-        self.backend.spatial_mean(&outs[Stage::Layer4.index()])
-    }
+/// The globally pooled final-stage embedding of a preprocessed batch: `[n, 1, 1, C]`.
+pub fn embed<B: CamBackend>(b: &mut B, net: &ResNet<B::Conv>, x: &B::Tensor) -> Result<B::Tensor> {
+    let tape = forward(b, net, x.clone(), TapeSpec::plain(Stage::Layer4), None)?;
+    b.spatial_mean(tape.activations())
+}
 
+/// RELAX for one preprocessed image `x` (`[1, h, w, 3]`), at its resolution.
+pub fn relax_one<B: CamBackend>(
+    b: &mut B,
+    net: &ResNet<B::Conv>,
+    spec: &ResNet<ConvLayer>,
+    x: &B::Tensor,
+    cfg: &RelaxConfig,
+) -> Result<RelaxMaps> {
+    ensure!(cfg.masks > 0, "RELAX needs at least one mask");
+    ensure!(cfg.batch > 0, "RELAX mask batch must be at least 1");
+    ensure!(
+        cfg.masks as u64 <= u32::MAX as u64,
+        "RELAX: at most 2^32 - 1 masks"
+    );
+    let s = b.shape(x);
+    ensure!(
+        s.n == 1 && s.c == 3,
+        "relax_one takes one RGB image, got {s}"
+    );
+    let (h, w) = (s.h, s.w);
+    let per_pass = cfg.batch.min(max_batch(b, spec, h, w, Stage::Layer4)).max(1);
+    let tape = forward(b, net, x.clone(), TapeSpec::plain(Stage::Layer4), None)?;
+    let probe = finite_probe(b, &tape.outputs)?;
+    let reference = b.spatial_mean(tape.activations())?;
+    drop(tape);
+    let mut acc: Option<B::Tensor> = None;
+    let mut shift = 0f32;
+    let mut start = 0usize;
+    while start < cfg.masks {
+        let count = per_pass.min(cfg.masks - start);
+        let masks = b.relax_masks(cfg.seed, start as u32, count, h, w)?;
+        let xm = b.mask_images(x, &masks)?;
+        let emb = embed(b, net, &xm)?;
+        let sims = b.cosine_similarity(&emb, &reference)?;
+        if start == 0 {
+            let first = b.download(&sims)?;
+            shift = (first.data.iter().map(|&v| v as f64).sum::<f64>() / count as f64) as f32;
+        }
+        acc = Some(b.relax_accumulate(acc.as_ref(), &masks, &sims, shift)?);
+        start += count;
+    }
+    let sums = b.download(acc.as_ref().expect("at least one batch"))?;
+    let (importance, uncertainty) = finish(&sums, shift);
+    let finite = finite_images(b, &probe)?.iter().all(|&ok| ok);
+    Ok(RelaxMaps {
+        importance,
+        uncertainty,
+        finite,
+    })
+}
+
+impl<B: CamBackend, L> Engine<B, L> {
     /// RELAX for one preprocessed image `x` (`[1, h, w, 3]`), at its resolution.
     pub fn relax_one(&mut self, x: &B::Tensor, cfg: &RelaxConfig) -> Result<RelaxMaps> {
-        ensure!(cfg.masks > 0, "RELAX needs at least one mask");
-        ensure!(cfg.batch > 0, "RELAX mask batch must be at least 1");
-        ensure!(
-            cfg.masks as u64 <= u32::MAX as u64,
-            "RELAX: at most 2^32 - 1 masks"
-        );
-        let s = self.backend.shape(x);
-        ensure!(
-            s.n == 1 && s.c == 3,
-            "relax_one takes one RGB image, got {s}"
-        );
-        let (h, w) = (s.h, s.w);
-        let per_pass = cfg.batch.min(self.max_batch(h, w, Stage::Layer4)).max(1);
-        let reference = self.embed(x)?;
-        let mut acc: Option<B::Tensor> = None;
-        let mut shift = 0f32;
-        let mut start = 0usize;
-        while start < cfg.masks {
-            let count = per_pass.min(cfg.masks - start);
-            let b = &mut self.backend;
-            let masks = b.relax_masks(cfg.seed, start as u32, count, h, w)?;
-            let xm = b.mask_images(x, &masks)?;
-            let emb = self.embed(&xm)?;
-            let sims = self.backend.cosine_similarity(&emb, &reference)?;
-            if start == 0 {
-                let first = self.backend.download(&sims)?;
-                shift = (first.data.iter().map(|&v| v as f64).sum::<f64>() / count as f64) as f32;
-            }
-            acc = Some(
-                self.backend
-                    .relax_accumulate(acc.as_ref(), &masks, &sims, shift)?,
-            );
-            start += count;
-        }
-        let sums = self
-            .backend
-            .download(acc.as_ref().expect("at least one batch"))?;
-        let (importance, uncertainty) = finish(&sums, shift);
-        Ok(RelaxMaps {
-            importance,
-            uncertainty,
-        })
-    }
-
-    /// RELAX maps of every image, image `i` resampled bilinearly to `out_sizes[i]`:
-    /// `(importance, uncertainty)`, each `[1, h, w, 1]`. Images are explained one at a time
-    /// (each needs `cfg.masks` forward passes).
-    pub fn relax(
-        &mut self,
-        images: ImageBatch,
-        cfg: &RelaxConfig,
-        out_sizes: &[(usize, usize)],
-    ) -> Result<Vec<(HostTensor, HostTensor)>> {
-        ensure!(
-            out_sizes.len() == images.n,
-            "{} output sizes for {} images",
-            out_sizes.len(),
-            images.n
-        );
-        let mut maps = Vec::with_capacity(images.n);
-        for (i, &(oh, ow)) in out_sizes.iter().enumerate() {
-            let one = images.slice(i, 1);
-            let x = self.backend.preprocess(one.rgb, 1, one.h, one.w)?;
-            let r = self.relax_one(&x, cfg)?;
-            if (oh, ow) == (one.h, one.w) {
-                maps.push((r.importance, r.uncertainty));
-                continue;
-            }
-            let both = HostTensor::new(
-                Shape::new(1, one.h, one.w, 2),
-                r.importance
-                    .data
-                    .iter()
-                    .zip(&r.uncertainty.data)
-                    .flat_map(|(&a, &b)| [a, b])
-                    .collect(),
-            );
-            let t = self.backend.upload(&both)?;
-            let big = self.backend.resize(&t, oh, ow, Upsample::Bilinear)?;
-            let big = self.backend.download(&big)?;
-            let shape = Shape::new(1, oh, ow, 1);
-            let imp = big.data.iter().step_by(2).copied().collect();
-            let unc = big.data.iter().skip(1).step_by(2).copied().collect();
-            maps.push((HostTensor::new(shape, imp), HostTensor::new(shape, unc)));
-        }
-        Ok(maps)
+        relax_one(&mut self.backend, &self.net, &self.spec, x, cfg)
     }
 }
 

@@ -23,8 +23,8 @@
 //! tolerance holds on the rest. A race or a wrong kernel shows up in the forward tensors or
 //! the backward, which are compared in full.
 
-use super::lafam::{Explainer, ImageBatch};
-use super::lrp::{ForwardTap, RelevanceTrace};
+use super::engine::{Engine, ImageBatch};
+use super::lrp::{ForwardTap, LrpWeights, RelevanceTrace};
 use crate::backend::{LrpBackend, Pool};
 use crate::model::Stage;
 use crate::tensor::{max_rel_err, HostTensor};
@@ -95,7 +95,7 @@ fn pool_routes(x: &HostTensor, pool: Pool) -> Vec<(usize, usize)> {
 
 /// One LRP pass with `tap` on the forward: the map per pixel and the tap back.
 fn lrp_pass<B: LrpBackend>(
-    ex: &mut Explainer<B>,
+    ex: &mut Engine<B, LrpWeights<B::Conv>>,
     images: ImageBatch,
     stage: Stage,
     tap: ForwardTap,
@@ -122,8 +122,8 @@ fn lrp_pass<B: LrpBackend>(
 /// forward-induced difference first, until what is left of it is at most `budget` of the
 /// reference map, as relative L2 and as max relative error.
 pub fn compare_lrp<R: LrpBackend, O: LrpBackend>(
-    reference: &mut Explainer<R>,
-    other: &mut Explainer<O>,
+    reference: &mut Engine<R, LrpWeights<R::Conv>>,
+    other: &mut Engine<O, LrpWeights<O::Conv>>,
     images: ImageBatch,
     stage: Stage,
     budget: f64,

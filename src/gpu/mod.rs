@@ -356,7 +356,7 @@ impl Gpu {
 
     fn check_bytes(&self, what: &str, shape: Shape) -> Result<()> {
         let bytes = shape.len() as u64 * 4;
-        // The batch planner (`Explainer::max_batch`) splits batches by this limit, so a
+        // The batch planner (`Engine::max_batch`) splits batches by this limit, so a
         // tensor over it is (almost always) one image that is too large on its own.
         let fix = if shape.n <= 1 {
             "a single image at this network input size is too large for this GPU: use a \
@@ -487,6 +487,29 @@ impl Gpu {
             &[src, dst],
             (x, y, 1),
         )
+    }
+
+    /// `[n,h,w,c] -> [n,h,w,1]` by one of `reduce.wgsl`'s per-pixel channel reductions.
+    fn channel_reduce(
+        &mut self,
+        x: &GpuTensor,
+        pipeline: fn(&pipelines::Pipelines) -> &wgpu::ComputePipeline,
+        what: &str,
+    ) -> Result<GpuTensor> {
+        let s = x.shape;
+        ensure!(!s.is_empty(), "{what} of an empty tensor {s}");
+        self.check_bytes(what, s)?;
+        let oshape = Shape::new(s.n, s.h, s.w, 1);
+        let out = self.alloc(oshape)?;
+        let pixels = oshape.len();
+        let params = [
+            pixels as u32,
+            s.c as u32,
+            u32_of(x.offset, "input offset")?,
+            0,
+        ];
+        self.unary(pipeline, &params, &x.buffer, &out.buffer, pixels as u64)?;
+        Ok(out)
     }
 }
 
@@ -874,26 +897,11 @@ impl Backend for Gpu {
     }
 
     fn channel_mean(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
-        let s = x.shape;
-        ensure!(!s.is_empty(), "channel mean of an empty tensor {s}");
-        self.check_bytes("channel-mean input", s)?;
-        let oshape = Shape::new(s.n, s.h, s.w, 1);
-        let out = self.alloc(oshape)?;
-        let pixels = oshape.len();
-        let params = [
-            pixels as u32,
-            s.c as u32,
-            u32_of(x.offset, "input offset")?,
-            0,
-        ];
-        self.unary(
-            |p| &p.channel_mean,
-            &params,
-            &x.buffer,
-            &out.buffer,
-            pixels as u64,
-        )?;
-        Ok(out)
+        self.channel_reduce(x, |p| &p.channel_mean, "channel mean")
+    }
+
+    fn channel_max(&mut self, x: &GpuTensor) -> Result<GpuTensor> {
+        self.channel_reduce(x, |p| &p.channel_max, "channel max")
     }
 
     fn minmax_normalise(&mut self, x: &GpuTensor) -> Result<GpuTensor> {

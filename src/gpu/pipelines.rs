@@ -60,7 +60,7 @@ const PLAIN_ENTRY_POINTS: [(&str, &[&str]); 6] = [
     ),
     ("preprocess", &["preprocess"]),
     ("pool", &["max_pool"]),
-    ("reduce", &["channel_mean", "minmax_normalise"]),
+    ("reduce", &["channel_mean", "channel_max", "minmax_normalise"]),
     ("resample", &["resize_nearest", "resize_bilinear"]),
 ];
 
@@ -335,6 +335,7 @@ pub(crate) struct Pipelines {
     pub preprocess: wgpu::ComputePipeline,
     pub max_pool: wgpu::ComputePipeline,
     pub channel_mean: wgpu::ComputePipeline,
+    pub channel_max: wgpu::ComputePipeline,
     pub minmax: wgpu::ComputePipeline,
     pub resize_nearest: wgpu::ComputePipeline,
     pub resize_bilinear: wgpu::ComputePipeline,
@@ -607,6 +608,7 @@ impl Pipelines {
             preprocess: pipeline(&unary_pl, &pre_m, "preprocess", &[]),
             max_pool: pipeline(&unary_pl, &pool_m, "max_pool", &[]),
             channel_mean: pipeline(&unary_pl, &reduce_m, "channel_mean", &[]),
+            channel_max: pipeline(&unary_pl, &reduce_m, "channel_max", &[]),
             minmax: pipeline(&unary_pl, &reduce_m, "minmax_normalise", &[]),
             resize_nearest: pipeline(&unary_pl, &resample_m, "resize_nearest", &[]),
             resize_bilinear: pipeline(&unary_pl, &resample_m, "resize_bilinear", &[]),

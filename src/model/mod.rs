@@ -2,14 +2,12 @@
 //! BatchNorm folding. Generic over the conv representation `C` so the same structure holds
 //! host weights (`ConvLayer`) or a backend's prepared weights (`Backend::Conv`).
 
-pub mod forward;
 pub mod load;
 pub mod random;
 
 use std::fmt;
 use std::str::FromStr;
 
-pub use forward::forward;
 pub use load::{load_weights, LoadedWeights};
 
 /// A convolution with BatchNorm folded in. Weight layout `[kh][kw][cin][cout]` (HWIO), so the

@@ -160,34 +160,3 @@ pub fn gpu_view(g: &mut Gpu, t: &lafam_gpu::HostTensor, off: usize) -> lafam_gpu
         shape: t.shape,
     }
 }
-
-/// Median seconds of `op` (recorded and downloaded) with the 64x64 and the 128x128 conv tile
-/// forced and under `Auto` (which may take the 16x64 tile), runs interleaved, the first of 6
-/// dropped; the policy is `Auto` after. For the ignored tile-timing tests.
-pub fn time_tiles(
-    g: &mut Gpu,
-    mut op: impl FnMut(&mut Gpu) -> lafam_gpu::gpu::GpuTensor,
-) -> [(lafam_gpu::gpu::ConvTiles, f64); 3] {
-    use lafam_gpu::gpu::ConvTiles;
-    use lafam_gpu::Backend;
-    let tiles = [ConvTiles::Small, ConvTiles::Large, ConvTiles::Auto];
-    let mut secs = [vec![], vec![], vec![]];
-    for rep in 0..6 {
-        for (i, &t) in tiles.iter().enumerate() {
-            g.set_conv_tiles(t);
-            let start = std::time::Instant::now();
-            let y = op(g);
-            g.download(&y).unwrap();
-            if rep > 0 {
-                secs[i].push(start.elapsed().as_secs_f64());
-            }
-        }
-    }
-    g.set_conv_tiles(ConvTiles::Auto);
-    let mut medians = tiles.map(|t| (t, 0.0));
-    for (m, v) in medians.iter_mut().zip(&mut secs) {
-        v.sort_by(f64::total_cmp);
-        m.1 = v[v.len() / 2];
-    }
-    medians
-}

@@ -1,6 +1,6 @@
-//! Backend selection for the CLI: `auto` (a hardware GPU if there is one, else the CPU),
-//! `gpu` (any adapter, software ones included), `cpu`.
-//! Every command runs generically over the chosen backend through [`with_backend!`].
+//! Choosing and opening a compute backend: `auto` (a hardware GPU if there is one, else the
+//! CPU), `gpu` (any adapter, software ones included), `cpu`. Code that is generic over the
+//! backend runs on the chosen one through [`with_backend!`](crate::with_backend).
 
 use crate::cpu::Cpu;
 use crate::gpu::{ConvTiles, Gpu, GpuOptions};
@@ -8,17 +8,39 @@ use crate::Backend;
 use anyhow::{Context, Result};
 
 /// Which compute backend to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendChoice {
     /// A hardware GPU if wgpu finds one, otherwise the CPU (the choice and why are printed).
     /// Software GPUs (lavapipe, SwiftShader, WARP) are slower than the CPU backend and only
     /// used when named through WGPU_ADAPTER_NAME.
+    #[default]
     Auto,
     /// The GPU through wgpu (Vulkan, Metal, DX12), software adapters included; an error if
     /// there is no adapter.
     Gpu,
     /// The CPU backend (multi-threaded; the reference implementation).
     Cpu,
+}
+
+impl BackendChoice {
+    pub const ALL: [BackendChoice; 3] = [BackendChoice::Auto, BackendChoice::Gpu, BackendChoice::Cpu];
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Gpu => "gpu",
+            BackendChoice::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BackendChoice::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown backend '{s}' (known: auto, gpu, cpu)"))
+    }
 }
 
 /// The backend a command runs on.
@@ -59,11 +81,11 @@ impl AnyBackend {
 macro_rules! with_backend {
     ($any:expr, $b:ident => $body:expr) => {
         match $any {
-            $crate::cli::backends::AnyBackend::Gpu($b) => {
+            $crate::device::AnyBackend::Gpu($b) => {
                 let $b = *$b;
                 $body
             }
-            $crate::cli::backends::AnyBackend::Cpu($b) => $body,
+            $crate::device::AnyBackend::Cpu($b) => $body,
         }
     };
 }
