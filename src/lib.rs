@@ -29,6 +29,8 @@ pub mod device;
 pub mod eval;
 pub mod explain;
 pub mod explainer;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod io;
 pub mod model;

@@ -1,6 +1,7 @@
 //! Hostile inputs end to end through the binary: extreme network input sizes (a per-image
 //! error, never an allocation abort) and weights whose activations overflow (a per-image
-//! error, never a silently written NaN map). CPU and GPU backends.
+//! error, never a silently written NaN map), CPU and GPU backends; a failed write (all or
+//! nothing per image) and temporary files left by a killed run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -296,4 +297,120 @@ fn max_net_size_is_the_largest_size_that_fits() {
     assert_eq!(max_net_size(64, 64), Some(2048));
     // Over 8192:1 no size fits.
     assert_eq!(max_net_size(1, 9000), None);
+}
+
+/// The pid of a process that has exited (and been reaped).
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// A failed write leaves none of that image's outputs (for every method), while the other
+/// images' are all written: all or nothing per image. The failure is simulated by a
+/// directory where the last output (the second method's overlay) goes, so every other file of
+/// the image is written and renamed first, then removed. A temporary file of a killed run is
+/// cleaned up at the start.
+#[test]
+fn failed_write_leaves_none_of_that_images_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.png");
+    let bad = dir.path().join("bad.png");
+    fs::copy(fixtures().join("img_64x64.png"), &good).unwrap();
+    fs::copy(fixtures().join("img_64x64.png"), &bad).unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join("bad.eigencam.overlay.png")).unwrap();
+    // An old output of `bad` from an earlier run: not kept next to a failed set either.
+    fs::write(out.join("bad.lafam.npy"), b"old").unwrap();
+    let stale = format!(".good.lafam.npy.lafam-{}-Ab12Cd.tmp", dead_pid());
+    fs::write(out.join(&stale), b"partial").unwrap();
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"lafam,eigencam",
+        &"--out",
+        &out,
+        &good,
+        &bad,
+    ]);
+    assert_no_abort(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let errs = error_lines(&o);
+    assert_eq!(errs.len(), 1, "{}", stderr(&o));
+    let e = &errs[0];
+    assert!(
+        e.contains("bad.png") && e.contains("bad.eigencam.overlay.png"),
+        "{e}"
+    );
+    assert_eq!(
+        names(&out),
+        [
+            "bad.eigencam.overlay.png", // the directory
+            "good.eigencam.npy",
+            "good.eigencam.overlay.png",
+            "good.eigencam.png",
+            "good.lafam.npy",
+            "good.lafam.overlay.png",
+            "good.lafam.png",
+        ]
+    );
+    assert!(out.join("bad.eigencam.overlay.png").is_dir());
+}
+
+/// Temporary files are removed when their process is gone or they are over a day old; a live
+/// process's (a concurrent shard) and files not named like ours are kept.
+#[test]
+fn stale_temporary_files_are_removed_live_ones_kept() {
+    use lafam_gpu::io::output::{remove_stale_temps, temp_owner};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut live = Command::new("sleep").arg("60").spawn().unwrap();
+    let (dead, live_pid, me) = (dead_pid(), live.id(), std::process::id());
+    let dead_name = format!(".a.lafam.npy.lafam-{dead}-x1Y2z3.tmp");
+    let live_name = format!(".b.lafam.png.lafam-{live_pid}-x1Y2z3.tmp");
+    let mine = format!(".c.lafam.npy.lafam-{me}-QWERTY.tmp");
+    let old_live = format!(".d.lafam.npy.lafam-{live_pid}-abcdef.tmp");
+    let others = [
+        ".e.lafam.npy.x1Y2z3.tmp".to_string(), // an older version's name: no pid
+        format!("f.lafam-{dead}-x1Y2z3.tmp"),  // not hidden
+        format!(".g.lafam-{dead}-.tmp"),       // no random part
+        format!(".h.lafam-{dead}x-abc.tmp"),   // not a pid
+        "notes.tmp".to_string(),
+    ];
+    for n in [&dead_name, &live_name, &mine, &old_live]
+        .into_iter()
+        .chain(&others)
+    {
+        fs::write(d.join(n), b"x").unwrap();
+    }
+    fs::create_dir(d.join(format!(".dir.lafam-{dead}-abc.tmp"))).unwrap();
+    let two_days = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+    fs::File::options()
+        .write(true)
+        .open(d.join(&old_live))
+        .unwrap()
+        .set_modified(two_days)
+        .unwrap();
+    assert_eq!(temp_owner(&dead_name), Some(dead));
+    assert_eq!(temp_owner(&others[0]), None);
+
+    let removed = remove_stale_temps(d);
+    live.kill().unwrap();
+    live.wait().unwrap();
+    let mut want = vec![dead_name.clone(), old_live.clone()];
+    want.sort();
+    assert_eq!(removed, want);
+    let left = names(d);
+    for n in [&live_name, &mine].into_iter().chain(&others) {
+        assert!(left.contains(n), "{n} removed: {left:?}");
+    }
+    assert!(
+        !left.contains(&dead_name) && !left.contains(&old_live),
+        "{left:?}"
+    );
 }

@@ -152,13 +152,9 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<u8> {
             .merge
             .iter()
             .map(|p| {
-                let text = std::fs::read_to_string(p)
+                let text = crate::io::files::read_regular(p)
                     .with_context(|| format!("{}: cannot read", p.shown()))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not JSON", p.shown()))?;
-                let r = report::reports_from_json(&v)
-                    .with_context(|| format!("{}: not an eval report", p.shown()))?;
-                report::check_means(&v).with_context(|| p.shown().to_string())?;
+                let r = report::parse_part(&text).with_context(|| p.shown().to_string())?;
                 Ok((p.shown().to_string(), r))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -198,44 +194,9 @@ fn finish(args: &EvalArgs, reports: &[Report]) -> Result<u8> {
     Ok(if skipped { EXIT_FAILED } else { EXIT_OK })
 }
 
-/// Reads an H×W map (also [1,H,W], [H,W,1], [1,H,W,1]) of float32 or float64.
+/// Reads an H×W map: see [`crate::io::npy::read_map`].
 pub fn read_map(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
-    let inner = || -> Result<(usize, usize, Vec<f32>)> {
-        crate::io::files::check_regular(path)?;
-        let f = std::fs::File::open(path).context("cannot open")?;
-        let npy = npyz::NpyFile::new(std::io::BufReader::new(f)).context("not a .npy file")?;
-        ensure!(
-            npy.order() == npyz::Order::C,
-            "Fortran-order arrays are not supported"
-        );
-        let dims: Vec<usize> = npy
-            .shape()
-            .iter()
-            .map(|&d| d as usize)
-            .filter(|&d| d != 1)
-            .collect();
-        let shape = npy.shape().to_vec();
-        let (h, w) = match (dims.as_slice(), shape.len()) {
-            ([h, w], _) => (*h, *w),
-            ([n], 2..=4) if shape[shape.len() - 1] == 1 => (*n, 1),
-            ([n], 2..=4) => (1, *n),
-            ([], 2..=4) => (1, 1),
-            _ => bail!("shape {shape:?} is not a 2-D map"),
-        };
-        let descr = npy.dtype().descr();
-        let data: Vec<f32> = if descr.contains("f4") {
-            npy.into_vec::<f32>()?
-        } else if descr.contains("f8") {
-            npy.into_vec::<f64>()?
-                .into_iter()
-                .map(|x| x as f32)
-                .collect()
-        } else {
-            bail!("dtype {descr} is not float32 or float64")
-        };
-        Ok((h, w, data))
-    };
-    inner().with_context(|| format!("{}: cannot read map", path.shown()))
+    crate::io::npy::read_map(path)
 }
 
 fn npy_files(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {

@@ -8,11 +8,9 @@ use crate::explain::method::Display;
 use crate::explain::relax::RelaxConfig;
 use crate::explain::{Method, MethodMaps};
 use crate::explainer::{Explainer, Options};
+use crate::io::output::{npy_f32, png, remove_stale_temps, write_all_or_nothing, WriteFn};
 use crate::io::Shown;
-use crate::io::{
-    collect_inputs, heatmap, heatmap_diverging, overlay, overlay_relevance, write_npy_f32,
-    write_png,
-};
+use crate::io::{collect_inputs, heatmap, heatmap_diverging, overlay, overlay_relevance};
 use crate::model::Stage;
 use crate::stream::{MapSink, Prepared};
 use crate::Upsample;
@@ -270,6 +268,8 @@ fn run_with(explainer: &mut Explainer, args: &RunArgs) -> Result<u8> {
     let methods = args.map.methods();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create the output directory", args.out.shown()))?;
+    // Temporary files of an earlier run killed between a write and its rename.
+    remove_stale_temps(&args.out);
 
     let (mut files, errors) = collect_inputs(&args.inputs);
     if args.shard.is_some() {
@@ -360,56 +360,55 @@ impl MapSink for WriteSink<'_> {
     }
 
     fn maps(&mut self, group: &[Prepared], maps: Vec<MethodMaps>) {
-        // ok[i] stays true while every method succeeded for image i.
-        let mut ok = vec![true; group.len()];
-        for MethodMaps {
-            method,
-            output: suffix,
-            maps,
-            ..
-        } in maps
-        {
-            let results: Vec<Result<()>> = group
-                .par_iter()
-                .zip(maps.par_iter())
-                .map(|(p, map)| {
-                    write_named_outputs(
-                        &self.args.out,
-                        &p.stem,
-                        method,
-                        suffix,
-                        &map.data,
-                        &p.original,
-                    )
+        // All the outputs of one image (every method's) are written all or nothing.
+        let results: Vec<Result<()>> = group
+            .par_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let files = maps
+                    .iter()
+                    .filter_map(|m| {
+                        let map = m.maps.get(i)?;
+                        let out = &self.args.out;
+                        Some(output_files(
+                            out,
+                            &p.stem,
+                            m.method,
+                            m.output,
+                            &map.data,
+                            &p.original,
+                        ))
+                    })
+                    .flatten()
+                    .collect();
+                write_all_or_nothing(files)
                     .with_context(|| format!("{}: cannot write outputs", p.path.shown()))
-                })
-                .collect();
-            for (r, ok) in results.into_iter().zip(ok.iter_mut()) {
-                if let Err(e) = r {
+            })
+            .collect();
+        for r in results {
+            match r {
+                Ok(()) => self.written += 1,
+                Err(e) => {
                     self.rep.error(format_args!("{e:#}"));
-                    *ok = false;
+                    self.failed += 1;
                 }
             }
         }
-        let good = ok.iter().filter(|&&o| o).count();
-        self.written += good;
-        self.failed += group.len() - good;
     }
 }
 
-/// Writes `<stem>.<method><suffix>.npy`, `.png` and `.overlay.png` (the suffix is "" or
-/// RELAX's "-uncertainty").
-fn write_named_outputs(
+/// The three outputs of one map, `<stem>.<method><suffix>.npy`, `.png` and `.overlay.png`
+/// (the suffix is "" or RELAX's "-uncertainty"), for [`write_all_or_nothing`].
+pub fn output_files<'a>(
     dir: &Path,
     stem: &str,
     method: Method,
     suffix: &str,
-    map: &[f32],
+    map: &'a [f32],
     original: &RgbImage,
-) -> Result<()> {
+) -> Vec<(PathBuf, WriteFn<'a>)> {
     let (w, h) = (original.width() as usize, original.height() as usize);
     let base = format!("{stem}.{method}{suffix}");
-    write_npy_f32(&dir.join(format!("{base}.npy")), h, w, map)?;
     // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
     // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.
     let (heat, blended) = match method.info().display {
@@ -439,7 +438,9 @@ fn write_named_outputs(
             (heat, blended)
         }
     };
-    write_png(&dir.join(format!("{base}.png")), &heat)?;
-    write_png(&dir.join(format!("{base}.overlay.png")), &blended)?;
-    Ok(())
+    vec![
+        (dir.join(format!("{base}.npy")), npy_f32(h, w, map)),
+        (dir.join(format!("{base}.png")), png(heat)),
+        (dir.join(format!("{base}.overlay.png")), png(blended)),
+    ]
 }

@@ -1,9 +1,10 @@
 //! Segmentation masks: label PNGs read without colour conversion, and the object mask with
 //! the void rule applied.
 
+use crate::io::image::{MAX_DECODED_BYTES, MAX_SIDE};
 use crate::io::Shown;
-use anyhow::{bail, Context, Result};
-use std::io::BufReader;
+use anyhow::{bail, ensure, Context, Result};
+use std::io::{BufRead, BufReader, Seek};
 use std::path::Path;
 
 /// What to do with void pixels (VOC's 255 "boundary / difficult", ImageNet-S's 1000 "other").
@@ -34,54 +35,75 @@ pub fn load_labels(path: &Path) -> Result<Labels> {
     let inner = || -> Result<Labels> {
         crate::io::files::check_regular(path)?;
         let file = std::fs::File::open(path).context("cannot open")?;
-        let mut dec = png::Decoder::new(BufReader::new(file));
-        dec.set_transformations(png::Transformations::STRIP_16);
-        let mut reader = dec.read_info().context("not a readable PNG")?;
-        let size = reader
-            .output_buffer_size()
-            .context("PNG too large for this machine")?;
-        let mut buf = vec![0u8; size];
-        let info = reader.next_frame(&mut buf).context("corrupt PNG")?;
-        let (w, h) = (info.width as usize, info.height as usize);
-        let channels = match info.color_type {
-            png::ColorType::Grayscale | png::ColorType::Indexed => 1,
-            png::ColorType::GrayscaleAlpha => 2,
-            png::ColorType::Rgb => 3,
-            png::ColorType::Rgba => 4,
-        };
-        let bits = info.bit_depth as usize;
-        let line = info.line_size;
-        let mut ids = Vec::with_capacity(w * h);
-        for y in 0..h {
-            if bits < 8 {
-                // 1, 2, 4-bit grey or palette: unpack MSB first, values kept raw.
-                let row = &buf[y * line..(y + 1) * line];
-                let mask = (1u16 << bits) - 1;
-                ids.extend((0..w).map(|x| {
-                    let bit = x * bits;
-                    (row[bit / 8] as u16 >> (8 - bits - bit % 8)) & mask
-                }));
-                continue;
-            }
-            if bits != 8 {
-                bail!("unexpected bit depth {bits}");
-            }
-            let row = &buf[y * line..y * line + w * channels];
-            match channels {
-                1 | 2 => ids.extend(row.chunks_exact(channels).map(|p| p[0] as u16)),
-                _ => ids.extend(
-                    row.chunks_exact(channels)
-                        .map(|p| p[0] as u16 + 256 * p[1] as u16),
-                ),
-            }
-        }
-        Ok(Labels {
-            width: w,
-            height: h,
-            ids,
-        })
+        labels_from(BufReader::new(file))
     };
     inner().with_context(|| format!("{}: cannot read mask", path.shown()))
+}
+
+/// [`load_labels`] over PNG bytes already in memory (no file name in the error).
+pub fn labels_from_bytes(bytes: &[u8]) -> Result<Labels> {
+    labels_from(std::io::Cursor::new(bytes))
+}
+
+fn labels_from<R: BufRead + Seek>(source: R) -> Result<Labels> {
+    let mut dec = png::Decoder::new(source);
+    dec.set_transformations(png::Transformations::STRIP_16);
+    let mut reader = dec.read_info().context("not a readable PNG")?;
+    // Before allocating: the same limits as for images.
+    let (iw, ih) = (reader.info().width, reader.info().height);
+    ensure!(
+        iw <= MAX_SIDE && ih <= MAX_SIDE,
+        "PNG header claims {iw}x{ih} pixels, over the limit of {MAX_SIDE} pixels a side"
+    );
+    let size = reader
+        .output_buffer_size()
+        .context("PNG too large for this machine")?;
+    ensure!(
+        size as u64 <= MAX_DECODED_BYTES,
+        "PNG {iw}x{ih} would need {} MiB decoded, over the limit of {} MiB",
+        size >> 20,
+        MAX_DECODED_BYTES >> 20
+    );
+    let mut buf = vec![0u8; size];
+    let info = reader.next_frame(&mut buf).context("corrupt PNG")?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    let channels = match info.color_type {
+        png::ColorType::Grayscale | png::ColorType::Indexed => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+    };
+    let bits = info.bit_depth as usize;
+    let line = info.line_size;
+    let mut ids = Vec::with_capacity(w * h);
+    for y in 0..h {
+        if bits < 8 {
+            // 1, 2, 4-bit grey or palette: unpack MSB first, values kept raw.
+            let row = &buf[y * line..(y + 1) * line];
+            let mask = (1u16 << bits) - 1;
+            ids.extend((0..w).map(|x| {
+                let bit = x * bits;
+                (row[bit / 8] as u16 >> (8 - bits - bit % 8)) & mask
+            }));
+            continue;
+        }
+        if bits != 8 {
+            bail!("unexpected bit depth {bits}");
+        }
+        let row = &buf[y * line..y * line + w * channels];
+        match channels {
+            1 | 2 => ids.extend(row.chunks_exact(channels).map(|p| p[0] as u16)),
+            _ => ids.extend(
+                row.chunks_exact(channels)
+                    .map(|p| p[0] as u16 + 256 * p[1] as u16),
+            ),
+        }
+    }
+    Ok(Labels {
+        width: w,
+        height: h,
+        ids,
+    })
 }
 
 /// The pixels to score and which of them are object: `ids != 0` is object, `void_id` is

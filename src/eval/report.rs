@@ -201,6 +201,15 @@ pub fn reports_from_json(v: &Value) -> Result<Vec<Report>> {
     }
 }
 
+/// Reads one `eval --merge` part: JSON holding one report or `{"reports": [...]}`, whose
+/// stated means are in range ([`check_means`]). The caller adds the file name.
+pub fn parse_part(text: &[u8]) -> Result<Vec<Report>> {
+    let v: Value = serde_json::from_slice(text).context("not JSON")?;
+    let reports = reports_from_json(&v).context("not an eval report")?;
+    check_means(&v)?;
+    Ok(reports)
+}
+
 /// Whether `v` lies in metric `m`'s range, and that range in words. Pointing game: 0 or 1;
 /// top-k intersection, relevance rank accuracy, AUC, sparseness (Gini index): [0, 1].
 /// Relevance mass accuracy is `Σ_S a / Σ a`, outside [0, 1] for signed maps (LRP): finite.
@@ -403,6 +412,15 @@ fn csv_field(s: &str) -> String {
 
 /// One row per image and method; skipped images have empty scores and a reason.
 pub fn write_csv(path: &Path, reports: &[Report]) -> Result<()> {
+    let text = csv_text(reports);
+    write_atomic(path, |w| {
+        w.write_all(text.as_bytes())?;
+        Ok(())
+    })
+}
+
+/// The CSV that [`write_csv`] writes.
+pub fn csv_text(reports: &[Report]) -> String {
     let mut text = format!("method,stem,{},skipped\n", METRICS.join(","));
     for r in reports {
         let method = csv_field(r.method.as_deref().unwrap_or(""));
@@ -423,10 +441,7 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> Result<()> {
             );
         }
     }
-    write_atomic(path, |w| {
-        w.write_all(text.as_bytes())?;
-        Ok(())
-    })
+    text
 }
 
 /// Means ± std, one column per method.

@@ -5,8 +5,9 @@ use super::files::io_reason;
 use crate::io::Shown;
 use anyhow::{anyhow, bail, Result};
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits, RgbImage};
+use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufReader, ErrorKind};
+use std::io::{BufRead, BufReader, Cursor, ErrorKind, Seek};
 use std::path::{Path, PathBuf};
 
 /// Largest width or height accepted (pixels).
@@ -40,8 +41,18 @@ fn limits() -> Limits {
 ///   outermost context is the path, so `format!("{e:#}")` reads `path: problem`.
 /// - Never panics: decoding runs under `catch_unwind` as a last guard against decoder bugs.
 pub fn load_image(path: &Path) -> Result<RgbImage> {
-    let guarded = std::panic::catch_unwind(|| load_image_inner(path));
-    let r = match guarded {
+    guarded(|| load_image_inner(path)).map_err(|e| e.context(path.shown().to_string()))
+}
+
+/// Decodes image bytes already in memory to RGB8: [`load_image`] without the file (same
+/// sniffing, limits, checks and messages; the caller adds what the bytes are called).
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+    guarded(|| decode_image_inner(bytes))
+}
+
+/// Runs a decode under `catch_unwind`, a panic becoming an error.
+fn guarded(decode: impl FnOnce() -> Result<RgbImage> + std::panic::UnwindSafe) -> Result<RgbImage> {
+    match std::panic::catch_unwind(decode) {
         Ok(r) => r,
         Err(payload) => {
             let msg = payload
@@ -53,8 +64,7 @@ pub fn load_image(path: &Path) -> Result<RgbImage> {
                 "the image decoder crashed ({msg}); the file is probably corrupt"
             ))
         }
-    };
-    r.map_err(|e| e.context(path.shown().to_string()))
+    }
 }
 
 /// Whether a JPEG's last scan is followed by its end-of-image marker (`FF D9`). Inside
@@ -68,14 +78,10 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
     bytes[last_scan + 2..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-fn open_reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
-    // Before opening: a FIFO would block here forever.
-    if super::files::check_regular(path)? == 0 {
-        bail!("empty file (0 bytes)");
-    }
-    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_reason(&e)))?;
+/// An image reader over `source` with the format sniffed from the content.
+fn sniffed<R: BufRead + Seek>(source: R) -> Result<ImageReader<R>> {
     // No path given to the reader: the format comes from the content only.
-    let mut reader = ImageReader::new(BufReader::new(file))
+    let mut reader = ImageReader::new(source)
         .with_guessed_format()
         .map_err(|e| anyhow!("cannot read: {}", io_reason(&e)))?;
     if reader.format().is_none() {
@@ -85,13 +91,45 @@ fn open_reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
     Ok(reader)
 }
 
+fn open_reader(path: &Path) -> Result<ImageReader<BufReader<File>>> {
+    // Before opening: a FIFO would block here forever.
+    if super::files::check_regular(path)? == 0 {
+        bail!("empty file (0 bytes)");
+    }
+    let file = File::open(path).map_err(|e| anyhow!("cannot open: {}", io_reason(&e)))?;
+    sniffed(BufReader::new(file))
+}
+
 fn load_image_inner(path: &Path) -> Result<RgbImage> {
+    decode_from(
+        || open_reader(path),
+        || {
+            std::fs::read(path)
+                .map(Cow::Owned)
+                .map_err(|e| anyhow!("cannot read: {}", io_reason(&e)))
+        },
+    )
+}
+
+fn decode_image_inner(bytes: &[u8]) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        bail!("empty file (0 bytes)");
+    }
+    decode_from(|| sniffed(Cursor::new(bytes)), || Ok(Cow::Borrowed(bytes)))
+}
+
+/// The decode itself, over a source opened twice by `open` (the header pass, then the
+/// pixels); `all_bytes` gives the whole content, for the JPEG completeness check only.
+fn decode_from<'a, R: BufRead + Seek>(
+    open: impl Fn() -> Result<ImageReader<R>>,
+    all_bytes: impl FnOnce() -> Result<Cow<'a, [u8]>>,
+) -> Result<RgbImage> {
     // Pass 1: the header only, to reject absurd dimensions with a precise message before the
     // decoder allocates anything for the pixels.
-    let reader = open_reader(path)?;
-    let format = reader.format().expect("checked in open_reader");
+    let reader = open()?;
+    let format = reader.format().expect("checked in sniffed");
     let fmt = format_name(format);
-    let mut header_reader = open_reader(path)?;
+    let mut header_reader = open()?;
     header_reader.limits({
         let mut l = Limits::default();
         l.max_alloc = Some(MAX_DECODED_BYTES);
@@ -110,7 +148,7 @@ fn load_image_inner(path: &Path) -> Result<RgbImage> {
     // JPEG decoders fill a truncated scan with grey and report success; PIL refuses such
     // files, and so do we.
     if format == ImageFormat::Jpeg {
-        let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read: {}", io_reason(&e)))?;
+        let bytes = all_bytes()?;
         if !jpeg_is_complete(&bytes) {
             bail!("JPEG file ends early (truncated): no end-of-image marker after its last scan");
         }

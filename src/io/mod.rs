@@ -1,8 +1,9 @@
-//! Input files (regular files only), image decoding and resizing, .npy output, colormaps and overlays, atomic writes.
+//! Input files (regular files only), image decoding and resizing, .npy maps in and out, colormaps and overlays, atomic writes.
 
 pub mod colormap;
 pub mod files;
 pub mod image;
+pub mod npy;
 pub mod output;
 
 pub use self::image::{
