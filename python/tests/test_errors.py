@@ -112,10 +112,13 @@ def test_missing_and_non_image_paths_like_the_cli(ex, tmp_path):
         lafam_gpu.load_image(text)
 
 
-def test_image_too_small_for_size_zero():
-    ex0 = lafam_gpu.Explainer(R18, backend="cpu", size=0)
-    with pytest.raises(ValueError, match="image 0"):
-        ex0.explain(np.zeros((8, 8, 3), np.uint8))
+def test_network_input_over_the_limit():
+    """A 4 x 64 image at size 1024 would be 1024 x 16384 px: refused before any work, with
+    the size that fits."""
+    big = lafam_gpu.Explainer(R18, backend="cpu", size=1024)
+    with pytest.raises(ValueError) as e:
+        big.explain([np.zeros((32, 32, 3), np.uint8), np.zeros((4, 64, 3), np.uint8)])
+    assert str(e.value).startswith("image 1: network input") and "use size=512 or smaller" in str(e.value)
 
 
 def test_overlay_bad_inputs():

@@ -101,7 +101,7 @@ def test_progress_callback_and_reuse():
 def test_info():
     ex = lafam_gpu.Explainer(R50, backend="cpu")
     info = ex.info()
-    assert info["arch"].startswith("resnet")
+    assert info["arch"].startswith("ResNet-50")
     assert info["block"] == "bottleneck"
     assert info["classes"] and info["heads"][0].startswith("fc (")
     assert len(info["stage_channels"]) == 4 and info["parameters"] > 0
