@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// An anyhow error as a Python exception with the CLI's message (`{e:#}`): a missing file is
 /// a `FileNotFoundError`, anything else `default` (ValueError for what the caller gave,
@@ -239,6 +240,8 @@ struct WeightsInfo {
 struct PyExplainer {
     inner: Mutex<Explainer>,
     weights: WeightsInfo,
+    /// The last `explain` call: (seconds in all, seconds inside the engine).
+    last: Mutex<(f64, f64)>,
 }
 
 /// Prints a download's progress through Python (stderr, tqdm where installed).
@@ -391,6 +394,7 @@ impl PyExplainer {
         Ok(PyExplainer {
             inner: Mutex::new(explainer),
             weights: info,
+            last: Mutex::new((0.0, 0.0)),
         })
     }
 
@@ -409,6 +413,8 @@ impl PyExplainer {
         methods: Option<&Bound<'py, PyAny>>,
         progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let start = Instant::now();
+        let mut engine_s = 0.0;
         let methods = match methods {
             Some(m) => parse_methods(m)?,
             None => vec![Method::Lafam],
@@ -461,8 +467,10 @@ impl PyExplainer {
         let mut outputs: Vec<(String, Vec<Option<lib::HostTensor>>)> = Vec::new();
         for chunk in &chunks {
             let batch: Vec<image::RgbImage> = chunk.iter().map(|&i| images[i].clone()).collect();
-            let out = py
-                .detach(|| ex.explain(&batch, &methods))
+            let t = Instant::now();
+            let out = py.detach(|| ex.explain(&batch, &methods));
+            engine_s += t.elapsed().as_secs_f64();
+            let out = out
                 .map_err(|e| {
                     report.close();
                     py_err(e, runtime_err)
@@ -488,6 +496,9 @@ impl PyExplainer {
             let maps: Vec<lib::HostTensor> =
                 maps.into_iter().map(|m| m.expect("every image explained")).collect();
             dict.set_item(name, maps_to_py(py, maps)?)?;
+        }
+        if let Ok(mut last) = self.last.lock() {
+            *last = (start.elapsed().as_secs_f64(), engine_s);
         }
         Ok(dict)
     }
@@ -533,6 +544,18 @@ impl PyExplainer {
         opts.set_item("mask_batch", o.relax.batch)?;
         opts.set_item("seed", o.relax.seed)?;
         d.set_item("options", opts)?;
+        Ok(d)
+    }
+
+    /// The last `explain` call's wall time and the part of it spent in the engine (the
+    /// library's `Explainer::explain`, GIL released), in seconds: `{"total_s", "engine_s"}`.
+    /// The difference is what Python adds (argument checks, array conversions, progress).
+    #[getter]
+    fn last_timings<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (total, engine) = self.last.lock().map(|g| *g).unwrap_or((0.0, 0.0));
+        let d = PyDict::new(py);
+        d.set_item("total_s", total)?;
+        d.set_item("engine_s", engine)?;
         Ok(d)
     }
 
