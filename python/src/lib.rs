@@ -13,8 +13,8 @@ use lib::io::{Display, Shown};
 use lib::model::BlockKind;
 use lib::{BackendChoice, Composite, Explainer, Method, Options, Stage, Upsample};
 use numpy::{
-    PyArrayDescrMethods,
-    PyArray1, PyArray3, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+    PyArray1, PyArray3, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -61,7 +61,10 @@ fn parse_upsample(s: &str) -> PyResult<Upsample> {
 
 fn parse_methods(methods: &Bound<'_, PyAny>) -> PyResult<Vec<Method>> {
     let names: Vec<String> = if let Ok(s) = methods.cast::<PyString>() {
-        s.to_cow()?.split(',').map(|m| m.trim().to_string()).collect()
+        s.to_cow()?
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .collect()
     } else {
         let mut v = Vec::new();
         for item in methods.try_iter().map_err(|_| {
@@ -75,7 +78,9 @@ fn parse_methods(methods: &Bound<'_, PyAny>) -> PyResult<Vec<Method>> {
     };
     let mut out: Vec<Method> = Vec::new();
     for n in &names {
-        let m: Method = n.parse().map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
+        let m: Method = n
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
         if !out.contains(&m) {
             out.push(m);
         }
@@ -92,7 +97,11 @@ fn array_images(arr: &Bound<'_, PyUntypedArray>, what: &str, out: &mut Vec<Input
     let shape = arr.shape().to_vec();
     let shape_s = format!(
         "({})",
-        shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if !arr.dtype().is_equiv_to(&numpy::dtype::<u8>(py)) {
         return Err(PyValueError::new_err(format!(
@@ -122,7 +131,9 @@ fn array_images(arr: &Bound<'_, PyUntypedArray>, what: &str, out: &mut Vec<Input
         )));
     }
     if h > u32::MAX as usize || w > u32::MAX as usize {
-        return Err(PyValueError::new_err(format!("{what}: image too large (shape {shape_s})")));
+        return Err(PyValueError::new_err(format!(
+            "{what}: image too large (shape {shape_s})"
+        )));
     }
     let typed = arr.cast::<PyArrayDyn<u8>>()?;
     let ro = typed
@@ -135,8 +146,9 @@ fn array_images(arr: &Bound<'_, PyUntypedArray>, what: &str, out: &mut Vec<Input
     };
     let per = h * w * 3;
     for k in 0..n {
-        let img = image::RgbImage::from_raw(w as u32, h as u32, all[k * per..(k + 1) * per].to_vec())
-            .expect("buffer sized h*w*3");
+        let img =
+            image::RgbImage::from_raw(w as u32, h as u32, all[k * per..(k + 1) * per].to_vec())
+                .expect("buffer sized h*w*3");
         out.push(Input::Image(img));
     }
     Ok(())
@@ -245,7 +257,11 @@ struct PyExplainer {
 }
 
 /// Prints a download's progress through Python (stderr, tqdm where installed).
-fn resolve(py: Python<'_>, arg: &Path, cache: Option<&Path>) -> PyResult<lib::model::LoadedWeights> {
+fn resolve(
+    py: Python<'_>,
+    arg: &Path,
+    cache: Option<&Path>,
+) -> PyResult<lib::model::LoadedWeights> {
     let sys = py.import("sys")?;
     let stderr = sys.getattr("stderr")?;
     let say = |s: String| {
@@ -329,8 +345,12 @@ impl PyExplainer {
         seed: u64,
         cache_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
-        let backend: BackendChoice = backend.parse().map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
-        let stage: Stage = layer.parse().map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
+        let backend: BackendChoice = backend
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
+        let stage: Stage = layer
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
         let rule: Composite = rule.parse().map_err(PyValueError::new_err)?;
         let upsample = parse_upsample(upsample)?;
         // The CLI's ranges.
@@ -434,7 +454,8 @@ impl PyExplainer {
                 lib::explain::gradcam::NEEDS_CLASSIFIER
             )));
         }
-        py.detach(|| ex.check(&methods)).map_err(|e| py_err(e, runtime_err))?;
+        py.detach(|| ex.check(&methods))
+            .map_err(|e| py_err(e, runtime_err))?;
         // Batches as one `Explainer::explain` call makes them (by network size, in order),
         // one call each, so that progress can be told between them.
         let size = ex.options().size;
@@ -459,7 +480,11 @@ impl PyExplainer {
         }
         let chunks: Vec<Vec<usize>> = groups
             .into_values()
-            .flat_map(|g| g.chunks(per_batch).map(<[usize]>::to_vec).collect::<Vec<_>>())
+            .flat_map(|g| {
+                g.chunks(per_batch)
+                    .map(<[usize]>::to_vec)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let total = images.len();
         let mut report = Progress::new(py, progress, total, chunks.len())?;
@@ -470,16 +495,20 @@ impl PyExplainer {
             let t = Instant::now();
             let out = py.detach(|| ex.explain(&batch, &methods));
             engine_s += t.elapsed().as_secs_f64();
-            let out = out
-                .map_err(|e| {
-                    report.close();
-                    py_err(e, runtime_err)
-                })?;
+            let out = out.map_err(|e| {
+                report.close();
+                py_err(e, runtime_err)
+            })?;
             drop(batch);
             if outputs.is_empty() {
                 outputs = out
                     .iter()
-                    .map(|m| (format!("{}{}", m.method.info().name, m.output), vec![None; total]))
+                    .map(|m| {
+                        (
+                            format!("{}{}", m.method.info().name, m.output),
+                            vec![None; total],
+                        )
+                    })
                     .collect();
             }
             for (slot, m) in outputs.iter_mut().zip(out) {
@@ -493,8 +522,10 @@ impl PyExplainer {
         drop(guard);
         let dict = PyDict::new(py);
         for (name, maps) in outputs {
-            let maps: Vec<lib::HostTensor> =
-                maps.into_iter().map(|m| m.expect("every image explained")).collect();
+            let maps: Vec<lib::HostTensor> = maps
+                .into_iter()
+                .map(|m| m.expect("every image explained"))
+                .collect();
             dict.set_item(name, maps_to_py(py, maps)?)?;
         }
         if let Ok(mut last) = self.last.lock() {
@@ -580,14 +611,23 @@ enum Progress<'py> {
 }
 
 impl<'py> Progress<'py> {
-    fn new(py: Python<'py>, arg: Option<&Bound<'py, PyAny>>, total: usize, batches: usize) -> PyResult<Self> {
+    fn new(
+        py: Python<'py>,
+        arg: Option<&Bound<'py, PyAny>>,
+        total: usize,
+        batches: usize,
+    ) -> PyResult<Self> {
         Ok(match arg {
             Some(a) if a.is_callable() => Progress::Callback(a.clone(), 0, total),
             Some(a) if !a.is_truthy()? => Progress::None,
-            Some(_) => Progress::Bar(tqdm(py, Some(total as u64), "img").map_err(|e| {
-                PyValueError::new_err(format!("progress=True needs tqdm ({e})"))
-            })?),
-            None if batches > 1 => tqdm(py, Some(total as u64), "img").map_or(Progress::None, Progress::Bar),
+            Some(_) => {
+                Progress::Bar(tqdm(py, Some(total as u64), "img").map_err(|e| {
+                    PyValueError::new_err(format!("progress=True needs tqdm ({e})"))
+                })?)
+            }
+            None if batches > 1 => {
+                tqdm(py, Some(total as u64), "img").map_or(Progress::None, Progress::Bar)
+            }
             None => Progress::None,
         })
     }
@@ -679,12 +719,14 @@ fn _render<'py>(
     }
     let alpha = alpha.unwrap_or(lib::io::OVERLAY_ALPHA);
     if !alpha.is_finite() {
-        return Err(PyValueError::new_err("alpha must be a finite number in [0, 1]"));
+        return Err(PyValueError::new_err(
+            "alpha must be a finite number in [0, 1]",
+        ));
     }
     let mut imgs = Vec::new();
-    let arr = image.cast::<PyUntypedArray>().map_err(|_| {
-        PyTypeError::new_err("image: expected a uint8 H x W x 3 numpy array")
-    })?;
+    let arr = image
+        .cast::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err("image: expected a uint8 H x W x 3 numpy array"))?;
     if arr.ndim() != 3 {
         return Err(PyValueError::new_err(format!(
             "image: expected an H x W x 3 array, got {} dimensions",
@@ -747,7 +789,10 @@ fn methods(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// The known model names (`Explainer("swav")` downloads once into the cache).
 #[pyfunction]
 fn known_models() -> Vec<&'static str> {
-    lib::checkpoint::models::KNOWN_MODELS.iter().map(|m| m.name).collect()
+    lib::checkpoint::models::KNOWN_MODELS
+        .iter()
+        .map(|m| m.name)
+        .collect()
 }
 
 #[pymodule]

@@ -14,7 +14,10 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug)]
 pub enum Resolving<'a> {
     /// A known model is about to be downloaded to `to` (it is not in the cache yet).
-    Downloading { model: &'static KnownModel, to: &'a Path },
+    Downloading {
+        model: &'static KnownModel,
+        to: &'a Path,
+    },
     /// Bytes received so far, and the total if the server said it.
     Progress { done: u64, total: Option<u64> },
     /// The transfer is over (successfully or not): a progress display can go.
