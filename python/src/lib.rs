@@ -139,17 +139,23 @@ fn array_images(arr: &Bound<'_, PyUntypedArray>, what: &str, out: &mut Vec<Input
     let ro = typed
         .try_readonly()
         .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
-    // The one copy: into the library's RGB images (row-major, channels last).
-    let all: Vec<u8> = match ro.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => ro.as_array().iter().copied().collect(),
-    };
+    // The one copy: into the library's RGB images (row-major, channels last), image by image.
     let per = h * w * 3;
-    for k in 0..n {
+    let mut push = |pixels: Vec<u8>| {
         let img =
-            image::RgbImage::from_raw(w as u32, h as u32, all[k * per..(k + 1) * per].to_vec())
-                .expect("buffer sized h*w*3");
+            image::RgbImage::from_raw(w as u32, h as u32, pixels).expect("buffer sized h*w*3");
         out.push(Input::Image(img));
+    };
+    // (`as_slice` also takes Fortran order, in memory order: only C order is read as is.)
+    match ro.as_slice().ok().filter(|_| arr.is_c_contiguous()) {
+        Some(all) => all.chunks_exact(per).for_each(|c| push(c.to_vec())),
+        None => {
+            // Not C-contiguous (a view, a transpose): in logical order.
+            let mut it = ro.as_array().into_iter().copied();
+            for _ in 0..n {
+                push(it.by_ref().take(per).collect());
+            }
+        }
     }
     Ok(())
 }
@@ -487,19 +493,28 @@ impl PyExplainer {
             })
             .collect();
         let total = images.len();
+        // The images in batch order (moved, not copied), so that each batch is one slice.
+        let mut slots: Vec<Option<image::RgbImage>> = images.into_iter().map(Some).collect();
+        let ordered: Vec<image::RgbImage> = chunks
+            .iter()
+            .flatten()
+            .map(|&i| slots[i].take().expect("each image in one batch"))
+            .collect();
+        drop(slots);
         let mut report = Progress::new(py, progress, total, chunks.len())?;
         // (output name, map per image)
         let mut outputs: Vec<(String, Vec<Option<lib::HostTensor>>)> = Vec::new();
+        let mut first = 0;
         for chunk in &chunks {
-            let batch: Vec<image::RgbImage> = chunk.iter().map(|&i| images[i].clone()).collect();
+            let batch = &ordered[first..first + chunk.len()];
+            first += chunk.len();
             let t = Instant::now();
-            let out = py.detach(|| ex.explain(&batch, &methods));
+            let out = py.detach(|| ex.explain(batch, &methods));
             engine_s += t.elapsed().as_secs_f64();
             let out = out.map_err(|e| {
                 report.close();
                 py_err(e, runtime_err)
             })?;
-            drop(batch);
             if outputs.is_empty() {
                 outputs = out
                     .iter()
@@ -749,9 +764,9 @@ fn _render<'py>(
         )));
     }
     let ro = map.readonly();
-    let values: Vec<f32> = match ro.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => ro.as_array().iter().copied().collect(),
+    let values: Vec<f32> = match ro.as_slice().ok().filter(|_| map.is_c_contiguous()) {
+        Some(s) => s.to_vec(),
+        None => ro.as_array().iter().copied().collect(),
     };
     let (heat, over) = py.detach(|| lib::io::render_map(&values, &img, display, alpha));
     let to_py = |im: image::RgbImage| -> PyResult<Bound<'py, PyAny>> {

@@ -88,6 +88,19 @@ def test_same_size_images_give_an_array():
     assert np.array_equal(bits(one[0]), bits(maps["lafam"][2]))
 
 
+def test_views_are_read_in_logical_order():
+    """A non-contiguous view (a mirror, a channel-last transpose) gives the maps of its copy."""
+    ex = lafam_gpu.Explainer(R18, backend="cpu", size=64)
+    img = lafam_gpu.load_image(ASSETS[0])
+    for view in (img[:, ::-1], img[::2, ::2], np.asfortranarray(img)):
+        assert not view.flags["C_CONTIGUOUS"]
+        got = ex.explain(view, methods="lafam")["lafam"]
+        want = ex.explain(np.ascontiguousarray(view), methods="lafam")["lafam"]
+        assert np.array_equal(bits(got), bits(want))
+    stack = np.stack([img, img])[:, :, ::-1]
+    assert np.array_equal(bits(ex.explain(stack)["lafam"]), bits(ex.explain(np.ascontiguousarray(stack))["lafam"]))
+
+
 def test_progress_callback_and_reuse():
     ex = lafam_gpu.Explainer(R18, backend="cpu", size=64, batch=2)
     img = lafam_gpu.load_image(ASSETS[0])
