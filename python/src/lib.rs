@@ -430,7 +430,7 @@ impl PyExplainer {
     ///
     /// `images`: a uint8 H x W x 3 array, an N x H x W x 3 array, a file path, or a list of
     /// H x W x 3 arrays and/or paths. `progress`: None (a tqdm bar when tqdm is installed and
-    /// there is more than one batch), False, True, or a callable `(done, total)`.
+    /// there are more images than one batch holds), False, True, or a callable `(done, total)`.
     #[pyo3(signature = (images, methods=None, *, progress=None))]
     fn explain<'py>(
         &self,
@@ -501,7 +501,7 @@ impl PyExplainer {
             .map(|&i| slots[i].take().expect("each image in one batch"))
             .collect();
         drop(slots);
-        let mut report = Progress::new(py, progress, total, chunks.len())?;
+        let mut report = Progress::new(py, progress, total, chunks.len() > 1 && total > per_batch)?;
         // (output name, map per image)
         let mut outputs: Vec<(String, Vec<Option<lib::HostTensor>>)> = Vec::new();
         let mut first = 0;
@@ -630,7 +630,7 @@ impl<'py> Progress<'py> {
         py: Python<'py>,
         arg: Option<&Bound<'py, PyAny>>,
         total: usize,
-        batches: usize,
+        long: bool,
     ) -> PyResult<Self> {
         Ok(match arg {
             Some(a) if a.is_callable() => Progress::Callback(a.clone(), 0, total),
@@ -640,7 +640,7 @@ impl<'py> Progress<'py> {
                     PyValueError::new_err(format!("progress=True needs tqdm ({e})"))
                 })?)
             }
-            None if batches > 1 => {
+            None if long => {
                 tqdm(py, Some(total as u64), "img").map_or(Progress::None, Progress::Bar)
             }
             None => Progress::None,
