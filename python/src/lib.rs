@@ -18,6 +18,7 @@ use numpy::{
 };
 use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::MutexExt;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -447,9 +448,10 @@ impl PyExplainer {
         };
         let inputs = read_inputs(images)?;
         let images = decode(py, inputs)?;
+        // Waits for another thread's call with the GIL released (no deadlock with it).
         let mut guard = self
             .inner
-            .lock()
+            .lock_py_attached(py)
             .map_err(|_| PyRuntimeError::new_err("the explainer was poisoned by a panic"))?;
         let ex: &mut Explainer = &mut guard;
         // Refused before any work, with the CLI's messages.
@@ -553,7 +555,7 @@ impl PyExplainer {
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let ex = self
             .inner
-            .lock()
+            .lock_py_attached(py)
             .map_err(|_| PyRuntimeError::new_err("the explainer was poisoned by a panic"))?;
         let w = &self.weights;
         let d = PyDict::new(py);
@@ -606,11 +608,11 @@ impl PyExplainer {
     }
 
     fn __repr__(&self) -> String {
-        let backend = self
-            .inner
-            .lock()
-            .map(|e| e.backend().to_string())
-            .unwrap_or_default();
+        // Never waits: another thread may be explaining.
+        let backend = match self.inner.try_lock() {
+            Ok(e) => e.backend().to_string(),
+            Err(_) => "busy".to_string(),
+        };
         format!(
             "Explainer({:?}, backend: {backend})",
             self.weights.source.to_string_lossy()

@@ -111,6 +111,29 @@ def test_progress_callback_and_reuse():
     assert np.array_equal(bits(a["eigencam"][4]), bits(b["eigencam"][0]))
 
 
+def test_threads_share_one_explainer():
+    """Calls from several threads on one Explainer wait for each other with the GIL released:
+    no deadlock, the same maps, and Python keeps running meanwhile."""
+    import threading
+
+    ex = lafam_gpu.Explainer(R18, backend="cpu", size=64, batch=1)
+    img = lafam_gpu.load_image(ASSETS[0])
+    want = ex.explain([img] * 3, methods="lrp", progress=lambda d, t: None)["lrp"]
+    got = [None] * 4
+
+    def work(k):
+        got[k] = ex.explain([img] * 3, methods="lrp", progress=lambda d, t: None)["lrp"]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    for g in got:
+        assert np.array_equal(bits(g), bits(want))
+
+
 def test_info():
     ex = lafam_gpu.Explainer(R50, backend="cpu")
     info = ex.info()
