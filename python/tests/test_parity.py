@@ -134,6 +134,27 @@ def test_threads_share_one_explainer():
         assert np.array_equal(bits(g), bits(want))
 
 
+def test_the_gil_is_released_while_the_engine_works():
+    """Python code keeps running in the main thread while another thread explains."""
+    import threading
+    import time
+
+    ex = lafam_gpu.Explainer(R18, backend="cpu", size=64, masks=400, mask_batch=50)
+    img = lafam_gpu.load_image(ASSETS[0])
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ex.explain(img, methods="relax", progress=False), done.set()))
+    start = time.perf_counter()
+    t.start()
+    ticks = 0
+    while not done.is_set():
+        ticks += 1
+        time.sleep(0.001)
+    t.join()
+    elapsed = time.perf_counter() - start
+    # With the GIL held for the whole call the loop would run about once.
+    assert elapsed > 0.05 and ticks >= 10, (elapsed, ticks)
+
+
 def test_info():
     ex = lafam_gpu.Explainer(R50, backend="cpu")
     info = ex.info()
