@@ -21,6 +21,9 @@
 pub mod download;
 pub mod models;
 pub mod pickle;
+pub mod resolve;
+
+pub use resolve::{resolve_weights, Resolving};
 
 use crate::io::Shown;
 use crate::model::LoadedWeights;

@@ -10,14 +10,12 @@ mod eval;
 mod info;
 mod run;
 
-use crate::checkpoint::download::{cache_dir, fetch, Fetched};
-use crate::checkpoint::models::{find_model, model_names};
-use crate::checkpoint::{load_weights_or_explain, open_weights};
+use crate::checkpoint::Resolving;
 use crate::device::BackendChoice;
 use crate::explain::Method;
 use crate::io::Shown;
 use crate::model::LoadedWeights;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -105,67 +103,47 @@ enum Command {
 /// `--cache-dir` of the current invocation (set by [`main_from`]).
 static CACHE_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
-/// Resolves `--weights`: a safetensors file, a PyTorch checkpoint (converted in memory) or
-/// a known model name (downloaded once into the cache, then read from there).
+/// Resolves `--weights` ([`crate::checkpoint::resolve_weights`]), telling the user about
+/// downloads (with a progress bar) and the converter's notes on stderr.
 pub(crate) fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
-    if arg.is_file() {
-        return load_file(arg);
-    }
-    let name = arg.to_string_lossy();
-    if let Some(model) = find_model(&name) {
-        let flag = CACHE_DIR.lock().map(|g| g.clone()).unwrap_or(None);
-        let cache = cache_dir(flag.as_deref())?;
-        let src = model.source();
-        let dst = crate::checkpoint::download::cached_path(&cache, &src);
-        if !dst.is_file() {
-            eprintln!(
-                "downloading {} ({}, {}; licence {}) from {}\n  to {} (once; later runs reuse it)",
-                model.name,
-                model.arch,
-                model.training,
-                model.licence,
-                model.url,
-                dst.shown()
-            );
-        }
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "  {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
-            )
-            .expect("template"),
-        );
-        let fetched = fetch(&cache, &src, &mut |done, total| {
+    let flag = CACHE_DIR.lock().map(|g| g.clone()).unwrap_or(None);
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    crate::checkpoint::resolve_weights(arg, flag.as_deref(), &mut |event| match event {
+        Resolving::Downloading { model, to } => eprintln!(
+            "downloading {} ({}, {}; licence {}) from {}\n  to {} (once; later runs reuse it)",
+            model.name,
+            model.arch,
+            model.training,
+            model.licence,
+            model.url,
+            to.shown()
+        ),
+        Resolving::Progress { done, total } => {
+            let bar = bar.get_or_insert_with(|| {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "  {bytes}/{total_bytes} {bar:30} {bytes_per_sec} eta {eta}",
+                    )
+                    .expect("template"),
+                );
+                bar
+            });
             if let Some(t) = total {
                 bar.set_length(t);
             }
             bar.set_position(done);
-        });
-        bar.finish_and_clear();
-        let fetched = fetched?;
-        if let Fetched::Downloaded(p, n, _) = &fetched {
-            eprintln!("downloaded {n} bytes to {}", p.shown());
         }
-        return load_file(fetched.path());
-    }
-    let looks_like_name = arg.components().count() == 1 && arg.extension().is_none();
-    if looks_like_name && !arg.exists() {
-        bail!(
-            "{}: no such file, and not a known model name (known: {})",
-            crate::io::escape_controls(&name),
-            model_names()
-        );
-    }
-    load_weights_or_explain(arg)
-}
-
-/// A file: safetensors as is, a PyTorch checkpoint converted in memory (its notes printed).
-fn load_file(path: &Path) -> Result<LoadedWeights> {
-    let (weights, notes) = open_weights(path)?;
-    for n in &notes {
-        eprintln!("note: {}: {n}", path.shown());
-    }
-    Ok(weights)
+        Resolving::TransferEnded => {
+            if let Some(bar) = bar.take() {
+                bar.finish_and_clear();
+            }
+        }
+        Resolving::Downloaded { path, bytes } => {
+            eprintln!("downloaded {bytes} bytes to {}", path.shown())
+        }
+        Resolving::Note { path, note } => eprintln!("note: {}: {note}", path.shown()),
+    })
 }
 
 /// The binary's entry point.

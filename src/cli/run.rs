@@ -4,13 +4,12 @@
 
 use super::{resolve_weights, EXIT_FAILED, EXIT_OK};
 use crate::device::BackendChoice;
-use crate::explain::method::Display;
 use crate::explain::relax::RelaxConfig;
 use crate::explain::{Method, MethodMaps};
 use crate::explainer::{Explainer, Options};
 use crate::io::output::{npy_f32, png, remove_stale_temps, write_all_or_nothing, WriteFn};
 use crate::io::Shown;
-use crate::io::{collect_inputs, heatmap, heatmap_diverging, overlay, overlay_relevance};
+use crate::io::{collect_inputs, render_map};
 use crate::model::Stage;
 use crate::stream::{MapSink, Prepared};
 use crate::Upsample;
@@ -24,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Blend factor of the heatmap over the image in `*.overlay.png`.
-pub const OVERLAY_ALPHA: f32 = 0.5;
+pub use crate::io::OVERLAY_ALPHA;
 
 /// How maps are computed: the options `run` and `eval --weights` share.
 #[derive(clap::Args, Debug, Clone)]
@@ -409,35 +408,7 @@ pub fn output_files<'a>(
 ) -> Vec<(PathBuf, WriteFn<'a>)> {
     let (w, h) = (original.width() as usize, original.height() as usize);
     let base = format!("{stem}.{method}{suffix}");
-    // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
-    // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.
-    let (heat, blended) = match method.info().display {
-        Display::Unit => {
-            let heat = heatmap(map, h, w);
-            let blended = overlay(original, &heat, OVERLAY_ALPHA);
-            (heat, blended)
-        }
-        Display::Scaled => {
-            let (lo, hi) = map
-                .iter()
-                .filter(|v| v.is_finite())
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
-                    (l.min(v), h.max(v))
-                });
-            let scaled: Vec<f32> = map
-                .iter()
-                .map(|&v| (v - lo) / (hi - lo).max(1e-12))
-                .collect();
-            let heat = heatmap(&scaled, h, w);
-            let blended = overlay(original, &heat, OVERLAY_ALPHA);
-            (heat, blended)
-        }
-        Display::Signed => {
-            let heat = heatmap_diverging(map, h, w);
-            let blended = overlay_relevance(original, map, &heat);
-            (heat, blended)
-        }
-    };
+    let (heat, blended) = render_map(map, original, method.info().display, OVERLAY_ALPHA);
     vec![
         (dir.join(format!("{base}.npy")), npy_f32(h, w, map)),
         (dir.join(format!("{base}.png")), png(heat)),

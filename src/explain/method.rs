@@ -35,16 +35,9 @@ pub enum Resample {
     BilinearRenormalised,
 }
 
-/// How a map is shown as an image (the values themselves are written as they are).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Display {
-    /// Values in [0, 1]: a sequential colormap.
-    Unit,
-    /// Signed relevance: a diverging colormap centred on zero.
-    Signed,
-    /// Any range (similarities, variances): min-max scaled for display only.
-    Scaled,
-}
+/// How a map is shown as an image (the values themselves are written as they are): defined
+/// with the colormaps that draw it.
+pub use crate::io::colormap::Display;
 
 /// A method's description.
 #[derive(Clone, Copy, Debug)]

@@ -3,6 +3,64 @@
 use image::{Rgb, RgbImage};
 use std::sync::OnceLock;
 
+/// Blend factor of the heatmap over the image in the CLI's `*.overlay.png` (sequential
+/// colormaps).
+pub const OVERLAY_ALPHA: f32 = 0.5;
+
+/// How a map is shown as an image (the values themselves are written as they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Display {
+    /// Values in [0, 1]: a sequential colormap.
+    Unit,
+    /// Signed relevance: a diverging colormap centred on zero.
+    Signed,
+    /// Any range (similarities, variances): min-max scaled for display only.
+    Scaled,
+}
+
+/// A map drawn as the CLI draws it: the heatmap and the heatmap over `original` (same size
+/// as the map, `original.height() * original.width()` values, row-major). `Unit` maps are
+/// painted with INFERNO and blended with `alpha` ([`OVERLAY_ALPHA`] in the CLI); `Scaled`
+/// maps are min-max scaled (finite values) first; `Signed` maps get the diverging colormap
+/// and [`overlay_relevance`], whose opacity follows `|v|` (`alpha` does not apply).
+pub fn render_map(
+    map: &[f32],
+    original: &RgbImage,
+    display: Display,
+    alpha: f32,
+) -> (RgbImage, RgbImage) {
+    let (w, h) = (original.width() as usize, original.height() as usize);
+    // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
+    // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.
+    match display {
+        Display::Unit => {
+            let heat = heatmap(map, h, w);
+            let blended = overlay(original, &heat, alpha);
+            (heat, blended)
+        }
+        Display::Scaled => {
+            let (lo, hi) = map
+                .iter()
+                .filter(|v| v.is_finite())
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                    (l.min(v), h.max(v))
+                });
+            let scaled: Vec<f32> = map
+                .iter()
+                .map(|&v| (v - lo) / (hi - lo).max(1e-12))
+                .collect();
+            let heat = heatmap(&scaled, h, w);
+            let blended = overlay(original, &heat, alpha);
+            (heat, blended)
+        }
+        Display::Signed => {
+            let heat = heatmap_diverging(map, h, w);
+            let blended = overlay_relevance(original, map, &heat);
+            (heat, blended)
+        }
+    }
+}
+
 fn lut(
     cell: &'static OnceLock<[[u8; 3]; 256]>,
     f: impl Fn(f64) -> colorous::Color,

@@ -11,7 +11,10 @@ pub use self::image::{
     shorter_side_dims, IMAGE_EXTENSIONS, MAX_NET_PIXELS, MAX_NET_SIDE,
 };
 pub use ::image::RgbImage;
-pub use colormap::{heatmap, heatmap_diverging, overlay, overlay_relevance, relevance_scale};
+pub use colormap::{
+    heatmap, heatmap_diverging, overlay, overlay_relevance, relevance_scale, render_map, Display,
+    OVERLAY_ALPHA,
+};
 pub use output::{write_atomic, write_npy_f32, write_png};
 
 /// Escapes what would let a name break out of its line or reorder it on a terminal: `\n`,
