@@ -268,6 +268,17 @@ pub trait LrpBackend: Backend {
 
     /// A tensor whose channel `c` holds `values[c]` everywhere (ones, or ZBox bounds).
     fn fill_channels(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor>;
+
+    /// Every image `k` times, `[n*k, h, w, c]`: output image `j` is input image `j / k`.
+    /// With `keep` (one channel per output image, `n*k` of them), output image `j` keeps
+    /// only channel `keep[j]` and is zero elsewhere: the conditions of a batched conditional
+    /// backward (CRP), whose lower tape is the plain repeat.
+    fn repeat_images(
+        &mut self,
+        x: &Self::Tensor,
+        k: usize,
+        keep: Option<&[u32]>,
+    ) -> Result<Self::Tensor>;
 }
 
 /// Which centred Gram matrix [`CamBackend::centred_gram`] forms from an activation `X`
@@ -356,7 +367,7 @@ pub trait CamBackend: LrpBackend {
 pub mod shapes {
     use super::{GramOver, Pool};
     use crate::tensor::Shape;
-    use anyhow::{ensure, Result};
+    use anyhow::{bail, ensure, Result};
 
     /// What the shape rules need of a convolution.
     #[derive(Clone, Copy, Debug)]
@@ -448,6 +459,23 @@ pub mod shapes {
     }
 
     /// The relevance `r` of a max-pool of `x` has the pool's output shape.
+    pub fn repeat_images(x: Shape, k: usize, keep: Option<&[u32]>) -> Result<Shape> {
+        ensure!(k >= 1, "repeat_images: k must be at least 1");
+        let out = Shape::new(x.n * k, x.h, x.w, x.c);
+        if let Some(keep) = keep {
+            ensure!(
+                keep.len() == out.n,
+                "repeat_images: {} kept channels for {} output images",
+                keep.len(),
+                out.n
+            );
+            if let Some(&c) = keep.iter().find(|&&c| c as usize >= x.c) {
+                bail!("repeat_images: channel {c} out of range ({} channels)", x.c);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn max_pool_backward(x: Shape, r: Shape, pool: Pool) -> Result<()> {
         ensure!(
             pool.kernel > 0 && pool.stride > 0 && 2 * pool.pad <= pool.kernel,
