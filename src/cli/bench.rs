@@ -361,6 +361,7 @@ pub fn run_bench<B: CamBackend, L: LrpState<B::Conv>>(
         upsample: cfg.upsample,
         class: None,
         relax: cfg.relax,
+        concepts: Default::default(),
     };
     let adapter = explainer.backend.name();
     let arch = explainer.spec.arch_name();

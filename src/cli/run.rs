@@ -91,6 +91,22 @@ pub(crate) struct MapArgs {
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
 
+    /// Concepts (--method concepts): the stage whose channels are ranked and conditioned on
+    /// (default: --layer; a lower stage decomposes the relevance of --layer hierarchically,
+    /// as CRP does).
+    #[arg(long, value_name = "LAYER")]
+    pub concept_layer: Option<Stage>,
+
+    /// Concepts: how many channels, highest relevance first (<stem>.concept-<c>.* each, and
+    /// <stem>.concepts.json).
+    #[arg(long, default_value_t = 8, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub top_concepts: u32,
+
+    /// The conditional map of these channels of --concept-layer for every image (implies
+    /// --method concepts; replaces the top-K ranking).
+    #[arg(long, value_delimiter = ',', value_name = "C")]
+    pub channel: Vec<usize>,
+
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
@@ -113,12 +129,20 @@ impl MapArgs {
                 batch: self.mask_batch as usize,
                 seed: self.seed,
             },
+            concepts: crate::explain::ConceptConfig {
+                layer: self.concept_layer,
+                top: self.top_concepts as usize,
+                channels: self.channel.clone(),
+            },
         }
     }
 
     /// The requested methods, each once.
     pub(crate) fn methods(&self) -> Vec<Method> {
         let mut methods = self.method.clone();
+        if !self.channel.is_empty() {
+            methods.push(Method::Concepts);
+        }
         methods.sort();
         methods.dedup();
         methods
@@ -353,32 +377,66 @@ impl MapSink for WriteSink<'_> {
     fn maps(&mut self, group: &[Prepared], maps: Vec<MethodMaps>) {
         // ok[i] stays true while every method succeeded for image i.
         let mut ok = vec![true; group.len()];
+        // Concepts' JSON is written once all its maps are (each entry's peak is read off them).
+        let mut side: Vec<(Method, Vec<serde_json::Value>)> = Vec::new();
+        let mut peaks: HashMap<(usize, String), [usize; 2]> = HashMap::new();
         for MethodMaps {
             method,
             output: suffix,
             maps,
+            names,
+            json,
             ..
         } in maps
         {
+            if !json.is_empty() {
+                side.push((method, json));
+            }
             let results: Vec<Result<()>> = group
                 .par_iter()
                 .zip(maps.par_iter())
-                .map(|(p, map)| {
+                .enumerate()
+                .map(|(i, (p, map))| {
+                    let name = match names.get(i) {
+                        Some(n) => n.clone(),
+                        None => format!("{method}{suffix}"),
+                    };
                     write_named_outputs(
                         &self.args.out,
                         &p.stem,
                         method,
-                        suffix,
+                        &name,
                         &map.data,
                         &p.original,
                     )
                     .with_context(|| format!("{}: cannot write outputs", p.path.shown()))
                 })
                 .collect();
+            for (i, (name, map)) in names.iter().zip(&maps).enumerate() {
+                peaks.insert((i, name.clone()), peak(&map.data, map.shape.w));
+            }
             for (r, ok) in results.into_iter().zip(ok.iter_mut()) {
                 if let Err(e) = r {
                     self.rep.error(format_args!("{e:#}"));
                     *ok = false;
+                }
+            }
+        }
+        for (method, json) in side {
+            for (i, (p, mut j)) in group.iter().zip(json).enumerate() {
+                if let Some(list) = j.get_mut("concepts").and_then(|c| c.as_array_mut()) {
+                    for c in list {
+                        let name = format!("concept-{}", c["channel"]);
+                        if let Some(&[y, x]) = peaks.get(&(i, name)) {
+                            c["peak"] = serde_json::json!([y, x]);
+                        }
+                    }
+                }
+                let path = self.args.out.join(format!("{}.{method}.json", p.stem));
+                let text = serde_json::to_string_pretty(&j).expect("JSON of numbers and strings");
+                if let Err(e) = std::fs::write(&path, text + "\n") {
+                    self.rep.error(format_args!("{}: cannot write: {e}", path.shown()));
+                    ok[i] = false;
                 }
             }
         }
@@ -388,18 +446,29 @@ impl MapSink for WriteSink<'_> {
     }
 }
 
-/// Writes `<stem>.<method><suffix>.npy`, `.png` and `.overlay.png` (the suffix is "" or
-/// RELAX's "-uncertainty").
+/// `[y, x]` of a map's maximum (the first one; NaN never wins).
+fn peak(map: &[f32], w: usize) -> [usize; 2] {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (i, &v) in map.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    [best.0 / w.max(1), best.0 % w.max(1)]
+}
+
+/// Writes `<stem>.<name>.npy`, `.png` and `.overlay.png` (the name is `<method><suffix>`,
+/// the suffix "" or RELAX's "-uncertainty", or a per-image name such as "concept-17").
 fn write_named_outputs(
     dir: &Path,
     stem: &str,
     method: Method,
-    suffix: &str,
+    name: &str,
     map: &[f32],
     original: &RgbImage,
 ) -> Result<()> {
     let (w, h) = (original.width() as usize, original.height() as usize);
-    let base = format!("{stem}.{method}{suffix}");
+    let base = format!("{stem}.{name}");
     write_npy_f32(&dir.join(format!("{base}.npy")), h, w, map)?;
     // Relevance is signed: a diverging colormap centred on zero. LaFAM and the CAMs are in
     // [0, 1]; RELAX's maps (raw similarities, variances) are min-max scaled for display only.

@@ -26,7 +26,13 @@ pub const INFO: MethodInfo = MethodInfo {
 
 pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
     let weights = pass.lrp.context("LRP rules are not prepared")?;
-    let tape = pass.tape.take().context("LRP needs a taped forward pass")?;
+    // Concepts run after LaFAM-LRP in the same pass and need the tape too.
+    let tape = if pass.request.methods.contains(&super::Method::Concepts) {
+        pass.tape.clone()
+    } else {
+        pass.tape.take()
+    }
+    .context("LRP needs a taped forward pass")?;
     let r_in = input_relevance(pass.b, pass.net, weights, tape, None)?;
     // Summed over RGB (the mean kernel times 3); relevance is at pixel resolution already,
     // so it is resampled bilinearly (nearest would alias).
@@ -238,9 +244,38 @@ pub(crate) fn input_relevance<B: LrpBackend>(
     net: &ResNet<B::Conv>,
     lrp: &LrpWeights<B::Conv>,
     tape: Tape<B::Tensor>,
+    trace: Option<&mut RelevanceTrace>,
+) -> Result<B::Tensor> {
+    conditional_relevance(b, net, lrp, tape, trace, None)
+}
+
+/// Conditions a backward pass at a stage's output (CRP): given the relevance `R [n, h, w, c]`
+/// arriving there, returns the conditioned relevance `[n*k, h, w, c]` (image `i`'s `k`
+/// conditions at `i*k..(i+1)*k`) and `k`.
+pub(crate) type Conditioner<'a, B> =
+    &'a mut dyn FnMut(&mut B, &<B as Backend>::Tensor) -> Result<(<B as Backend>::Tensor, usize)>;
+
+/// [`input_relevance`], optionally conditioned at the output of stage `at.0` (`<=` the tape's
+/// stage) by `at.1`: from there on the backward runs once over the `n*k` conditions, the
+/// tape of the lower blocks repeated `k` times per image ([`LrpBackend::repeat_images`])
+/// rather than recomputed. Returns `[n*k, h, w, 3]`.
+pub(crate) fn conditional_relevance<B: LrpBackend>(
+    b: &mut B,
+    net: &ResNet<B::Conv>,
+    lrp: &LrpWeights<B::Conv>,
+    tape: Tape<B::Tensor>,
     mut trace: Option<&mut RelevanceTrace>,
+    mut at: Option<(Stage, Conditioner<'_, B>)>,
 ) -> Result<B::Tensor> {
     let stage = tape.spec.stage;
+    if let Some((layer, _)) = &at {
+        ensure!(
+            *layer <= stage,
+            "the concept layer {layer} is above the explained layer {stage}"
+        );
+    }
+    // Repeats per image once conditioned (None before).
+    let mut k: Option<usize> = None;
     ensure!(tape.spec.lrp, "the forward pass was not taped for LRP");
     let Tape {
         input,
@@ -273,19 +308,43 @@ pub(crate) fn input_relevance<B: LrpBackend>(
         .enumerate()
     {
         for (i, pair) in lrp_blocks.iter().zip(fwd_blocks).enumerate() {
-            blocks.push((pair, format!("layer{}.{i}", s + 1)));
+            blocks.push((pair, format!("layer{}.{i}", s + 1), s));
         }
     }
     ensure!(tape_blocks.len() == blocks.len(), "tape and network differ");
-    for ((block, fwd), name) in blocks.iter().rev() {
+    // Conditions the relevance once the backward reaches the output of stage `layer`.
+    let mut condition = |b: &mut B, r: B::Tensor, s: usize, k: &mut Option<usize>| -> Result<B::Tensor> {
+        match &mut at {
+            Some((layer, f)) if k.is_none() && s <= layer.index() => {
+                let (conditioned, repeats) = f(b, &r)?;
+                *k = Some(repeats);
+                Ok(conditioned)
+            }
+            _ => Ok(r),
+        }
+    };
+    let rep = |b: &mut B, t: B::Tensor, k: Option<usize>| -> Result<B::Tensor> {
+        match k {
+            Some(k) if k > 1 => b.repeat_images(&t, k, None),
+            _ => Ok(t),
+        }
+    };
+    for ((block, fwd), name, s) in blocks.iter().rev() {
+        r = condition(b, r, *s, &mut k)?;
         let super::tape::BlockTape {
-            mut conv_inputs,
+            conv_inputs,
             skip,
             branch,
             out,
             ..
         } = tape_blocks.pop().context("tape shorter than the network")?;
-        let skip = skip.context("the tape lacks a skip operand")?;
+        let mut conv_inputs = conv_inputs
+            .into_iter()
+            .map(|t| rep(b, t, k))
+            .collect::<Result<Vec<_>>>()?;
+        let skip = rep(b, skip.context("the tape lacks a skip operand")?, k)?;
+        let branch = branch.map(|t| rep(b, t, k)).transpose()?;
+        let out = rep(b, out, k)?;
         let (r_skip, r_branch) = match &branch {
             Some(branch) => b.residual_split(&skip, branch, &r)?,
             None => b.residual_split_relu(&skip, &out, &r)?,
@@ -317,6 +376,8 @@ pub(crate) fn input_relevance<B: LrpBackend>(
         };
         record(b, format!("{name} input"), &r)?;
     }
+    let stem_out = rep(b, stem_out, k)?;
+    let input = rep(b, input, k)?;
     r = b.max_pool_backward(&stem_out, &r, Pool::RESNET_STEM)?;
     drop(stem_out);
     record(b, "stem output".into(), &r)?;

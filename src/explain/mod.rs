@@ -17,6 +17,7 @@ pub mod ties;
 pub use engine::{Engine, ImageBatch, NoLrp};
 pub use lrp::LrpWeights;
 pub use pipeline::{MethodMaps, Request};
+pub use concepts::ConceptConfig;
 pub use rules::Composite;
 
 // The registry: one line per method (variant => module). The module holds the method's
@@ -34,6 +35,9 @@ method::methods! {
     Eigencam => eigencam,
     /// RELAX: occlusion with random masks, similarity of embeddings.
     Relax => relax,
+    /// Concepts (CRP): the concept layer's channels ranked by relevance, with conditional
+    /// LaFAM-LRP maps.
+    Concepts => concepts,
 }
 
 impl std::fmt::Display for Method {

@@ -68,9 +68,8 @@ pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>>
         .map(|m| pass.b.upload(&HostTensor::stack(m)))
         .collect::<Result<_>>()?;
     Ok(Produced {
-        maps,
         non_finite,
-        targets: Vec::new(),
+        ..Produced::many(maps)
     })
 }
 
