@@ -338,9 +338,14 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
             out,
             ..
         } = tape_blocks.pop().context("tape shorter than the network")?;
+        // Conditioned: each conv input repeated per condition, and as it was, for the
+        // denominators z (the same for every condition of an image: computed once).
         let mut conv_inputs = conv_inputs
             .into_iter()
-            .map(|t| rep(b, t, k))
+            .map(|t| match k {
+                Some(k) if k > 1 => Ok((b.repeat_images(&t, k, None)?, Some(t))),
+                _ => Ok((t, None)),
+            })
             .collect::<Result<Vec<_>>>()?;
         let skip = rep(b, skip.context("the tape lacks a skip operand")?, k)?;
         let branch = branch.map(|t| rep(b, t, k)).transpose()?;
@@ -359,7 +364,7 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
             };
             // The identity skip's relevance joins the first conv's result in its epilogue.
             let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
-            rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x, &rb, acc, true)?;
+            rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x.0, &rb, acc, true, shared_input(&x, k))?;
         }
         r = match (&block.downsample, &fwd.downsample) {
             (Some(ds), Some(fwd_ds)) => apply_rule(
@@ -367,17 +372,18 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
                 &lrp.rule,
                 ds,
                 fwd_ds,
-                &conv_inputs[0],
+                &conv_inputs[0].0,
                 &r_skip,
                 Some(&rb),
                 true,
+                shared_input(&conv_inputs[0], k),
             )?,
             _ => rb,
         };
         record(b, format!("{name} input"), &r)?;
     }
     let stem_out = rep(b, stem_out, k)?;
-    let input = rep(b, input, k)?;
+    let input_rep = rep(b, input.clone(), k)?;
     r = b.max_pool_backward(&stem_out, &r, Pool::RESNET_STEM)?;
     drop(stem_out);
     record(b, "stem output".into(), &r)?;
@@ -386,18 +392,26 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
         &lrp.first,
         &lrp.net.stem,
         &net.stem,
-        &input,
+        &input_rep,
         &r,
         None,
         false,
+        k.filter(|&k| k > 1).map(|k| (&input, k)),
     )?;
     record(b, "input".into(), &r_in)?;
     Ok(r_in)
 }
 
+/// A conditioned conv input `(repeated, Some(base))` as [`apply_rule`]'s `shared`.
+fn shared_input<T>(pair: &(T, Option<T>), k: Option<usize>) -> Option<(&T, usize)> {
+    pair.1.as_ref().map(|base| (base, k.unwrap_or(1)))
+}
+
 /// One conv's backward step under `rule`: `R_in = Σ_terms r_coef · input_t ⊙ convT(s_g, W_t)`
 /// with `s_g = R / stab(Σ_{t in g} z_coef · conv(input_t, W_t))` (+ `acc`). `nonneg_input`:
-/// `x >= 0` (a ReLU output), so `x⁺ = x` needs no pass.
+/// `x >= 0` (a ReLU output), so `x⁺ = x` needs no pass. `shared`: `x` is `base` repeated `k`
+/// times per image (the conditions of a conditional backward, [`conditional_relevance`]): the
+/// denominators depend on the input only, so they are computed once on `base` and repeated.
 #[allow(clippy::too_many_arguments)]
 fn apply_rule<B: LrpBackend>(
     b: &mut B,
@@ -408,6 +422,7 @@ fn apply_rule<B: LrpBackend>(
     r: &B::Tensor,
     acc: Option<&B::Tensor>,
     nonneg_input: bool,
+    shared: Option<(&B::Tensor, usize)>,
 ) -> Result<B::Tensor> {
     let shape = b.shape(x);
     if let Some(flat) = &conv.flat {
@@ -432,7 +447,18 @@ fn apply_rule<B: LrpBackend>(
         }
     }
     let fused = |t: &super::rules::Term| {
-        members[t.group] == 1 && t.z_coef == 1.0 && rule.gates[t.group].is_none()
+        shared.is_none() && members[t.group] == 1 && t.z_coef == 1.0 && rule.gates[t.group].is_none()
+    };
+    // The inputs and denominators are computed on `base` when shared.
+    let (x, shape) = match shared {
+        Some((base, _)) => (base, b.shape(base)),
+        None => (x, shape),
+    };
+    let repeat = |b: &mut B, t: B::Tensor| -> Result<B::Tensor> {
+        match shared {
+            Some((_, k)) if k > 1 => b.repeat_images(&t, k, None),
+            _ => Ok(t),
+        }
     };
     let mut ratios: Vec<Option<B::Tensor>> = vec![None; rule.gates.len()];
     let mut inputs: Vec<Option<B::Tensor>> = Vec::with_capacity(rule.terms.len());
@@ -480,10 +506,15 @@ fn apply_rule<B: LrpBackend>(
         inputs.push(Some(input));
     }
     let gate_out = if rule.gates.iter().any(Option::is_some) {
-        Some(b.conv2d(x, forward, None, false)?)
+        let g = b.conv2d(x, forward, None, false)?;
+        Some(repeat(b, g)?)
     } else {
         None
     };
+    let z: Vec<Option<B::Tensor>> = z
+        .into_iter()
+        .map(|zg| zg.map(|t| repeat(b, t)).transpose())
+        .collect::<Result<_>>()?;
     for ((zg, gate), ratio) in z.iter().zip(&rule.gates).zip(&mut ratios) {
         if ratio.is_some() {
             continue;
@@ -502,13 +533,17 @@ fn apply_rule<B: LrpBackend>(
         let (Some(w), Some(input)) = (w, input) else {
             continue;
         };
-        let mul = (t.input != InputMod::Ones).then_some(input);
+        let mul = match (t.input != InputMod::Ones, shared) {
+            (false, _) => None,
+            (true, Some(_)) => Some(repeat(b, input.clone())?),
+            (true, None) => Some(input.clone()),
+        };
         out = Some(b.conv_transpose(
             &ratios[t.group],
             w,
             shape.h,
             shape.w,
-            mul,
+            mul.as_ref(),
             t.r_coef,
             out.as_ref(),
         )?);
