@@ -352,11 +352,13 @@ pub fn run_bench<B: CamBackend, L: LrpState<B::Conv>>(
         Needs::OwnPasses => {
             (cfg.relax.masks + 1) * spec.macs_per_image(cfg.size, cfg.size, Stage::Layer4)
         }
-        // Concepts: one forward, then the backward once per condition (8 by default).
+        // Concepts (8 by default, concept layer = stage): one forward and the denominators
+        // once, the transposed convs (about half the backward) once per condition.
         Needs::LrpTape if cfg.method == Method::Concepts => {
             let fwd = spec.macs_per_image(cfg.size, cfg.size, cfg.stage);
+            let lrp = spec.lrp_macs_per_image(cfg.size, cfg.size, cfg.stage);
             let k = crate::explain::ConceptConfig::default().top;
-            fwd + k * (spec.lrp_macs_per_image(cfg.size, cfg.size, cfg.stage) - fwd)
+            lrp + (k - 1) * (lrp - fwd) / 2
         }
         Needs::LrpTape => spec.lrp_macs_per_image(cfg.size, cfg.size, cfg.stage),
         Needs::Activations => spec.macs_per_image(cfg.size, cfg.size, cfg.stage),
