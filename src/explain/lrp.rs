@@ -450,6 +450,7 @@ fn apply_rule<B: LrpBackend>(
         shared.is_none() && members[t.group] == 1 && t.z_coef == 1.0 && rule.gates[t.group].is_none()
     };
     // The inputs and denominators are computed on `base` when shared.
+    let x_all = x;
     let (x, shape) = match shared {
         Some((base, _)) => (base, b.shape(base)),
         None => (x, shape),
@@ -533,8 +534,11 @@ fn apply_rule<B: LrpBackend>(
         let (Some(w), Some(input)) = (w, input) else {
             continue;
         };
+        // x itself (or x⁺ = x after a ReLU) is already repeated: `x_all`.
+        let plain_x = t.input == InputMod::Identity || (t.input == InputMod::Positive && nonneg_input);
         let mul = match (t.input != InputMod::Ones, shared) {
             (false, _) => None,
+            (true, Some(_)) if plain_x => Some(x_all.clone()),
             (true, Some(_)) => Some(repeat(b, input.clone())?),
             (true, None) => Some(input.clone()),
         };
