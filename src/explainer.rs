@@ -235,7 +235,8 @@ impl Explainer {
                     0 => (w, h),
                     s => crate::io::shorter_side_dims(w, h, s),
                 };
-                crate::io::check_net_input(nw, nh).with_context(|| format!("image {i} ({w}x{h})"))?;
+                crate::io::check_net_input(nw, nh)
+                    .with_context(|| format!("image {i} ({w}x{h})"))?;
                 Ok(if (nw, nh) == (w, h) {
                     img.clone()
                 } else {
@@ -299,7 +300,10 @@ impl Explainer {
             }
         }
         for ((slot, maps), targets) in slots.iter_mut().zip(per_image).zip(targets) {
-            slot.maps = maps.into_iter().map(|m| m.expect("every image explained")).collect();
+            slot.maps = maps
+                .into_iter()
+                .map(|m| m.expect("every image explained"))
+                .collect();
             slot.targets = targets.into_iter().flatten().collect();
         }
         for ((slot, names), jsons) in slots.iter_mut().zip(names).zip(jsons) {

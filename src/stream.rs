@@ -267,4 +267,3 @@ fn drop_non_finite(
         .collect();
     (group, computed)
 }
-

@@ -834,9 +834,25 @@ fn concepts_write_maps_per_channel_and_a_ranking() {
     let imgs = good_images(dir.path());
     let out = dir.path().join("out");
     let o = lafam_gpu(&[
-        &"run", &"--weights", &weights(), &"--backend", &"cpu", &"--method", &"concepts",
-        &"--layer", &"layer4", &"--concept-layer", &"layer3", &"--top-concepts", &"3",
-        &"--size", &"0", &"--out", &out, &imgs[0], &imgs[1],
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"concepts",
+        &"--layer",
+        &"layer4",
+        &"--concept-layer",
+        &"layer3",
+        &"--top-concepts",
+        &"3",
+        &"--size",
+        &"0",
+        &"--out",
+        &out,
+        &imgs[0],
+        &imgs[1],
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for (stem, h, w) in [("img_64x64", 64u64, 64u64), ("img_48x80", 48, 80)] {
@@ -856,32 +872,50 @@ fn concepts_write_maps_per_channel_and_a_ranking() {
             assert!(r <= last, "{stem}: not sorted by relevance");
             last = r;
             assert!((c["share"].as_f64().unwrap() - r / total).abs() < 1e-9);
-            let (y, x) = (c["peak"][0].as_u64().unwrap(), c["peak"][1].as_u64().unwrap());
+            let (y, x) = (
+                c["peak"][0].as_u64().unwrap(),
+                c["peak"][1].as_u64().unwrap(),
+            );
             assert!(y < h && x < w, "{stem}: peak outside the image");
             let name = format!("{stem}.concept-{}", c["channel"]);
             let (shape, data) = read_npy(&out.join(format!("{name}.npy")));
             assert_eq!(shape, [h, w]);
             assert!(data.iter().all(|v| v.is_finite()));
             for suffix in ["png", "overlay.png"] {
-                assert!(out.join(format!("{name}.{suffix}")).is_file(), "{name}.{suffix}");
+                assert!(
+                    out.join(format!("{name}.{suffix}")).is_file(),
+                    "{name}.{suffix}"
+                );
             }
         }
     }
     // --channel: exactly these channels, for every image, without --method concepts.
     let out2 = dir.path().join("out2");
     let o = lafam_gpu(&[
-        &"run", &"--weights", &weights(), &"--backend", &"cpu", &"--channel", &"5,2",
-        &"--size", &"0", &"--out", &out2, &imgs[0],
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--channel",
+        &"5,2",
+        &"--size",
+        &"0",
+        &"--out",
+        &out2,
+        &imgs[0],
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for c in [2, 5] {
         assert!(out2.join(format!("img_64x64.concept-{c}.npy")).is_file());
     }
-    assert!(out2.join("img_64x64.lafam.npy").is_file(), "the default method still runs");
-    let j: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(out2.join("img_64x64.concepts.json")).unwrap(),
-    )
-    .unwrap();
+    assert!(
+        out2.join("img_64x64.lafam.npy").is_file(),
+        "the default method still runs"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out2.join("img_64x64.concepts.json")).unwrap())
+            .unwrap();
     let mut listed: Vec<u64> = j["concepts"]
         .as_array()
         .unwrap()
@@ -892,13 +926,27 @@ fn concepts_write_maps_per_channel_and_a_ranking() {
     assert_eq!(listed, [2, 5]);
     // Refused before any image.
     for bad in [
-        vec!["--method", "concepts", "--layer", "layer2", "--concept-layer", "layer3"],
+        vec![
+            "--method",
+            "concepts",
+            "--layer",
+            "layer2",
+            "--concept-layer",
+            "layer3",
+        ],
         vec!["--channel", "100000"],
     ] {
         let out3 = dir.path().join("out3");
         let w = weights();
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
-            vec![&"run", &"--weights", &w, &"--backend", &"cpu", &"--out", &out3];
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"run",
+            &"--weights",
+            &w,
+            &"--backend",
+            &"cpu",
+            &"--out",
+            &out3,
+        ];
         for a in &bad {
             args.push(a);
         }

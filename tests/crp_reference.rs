@@ -112,7 +112,9 @@ fn check_crp<B: CamBackend>(mut make: impl FnMut() -> B) {
                 assert!(e <= TOL, "{label}: channel {c} map relative L2 error {e:e}");
                 err = err.max(e);
             }
-            let e = worst.entry(label.split('/').skip(2).collect::<Vec<_>>().join("/")).or_default();
+            let e = worst
+                .entry(label.split('/').skip(2).collect::<Vec<_>>().join("/"))
+                .or_default();
             *e = e.max(err);
             count += 1;
         }
@@ -149,7 +151,10 @@ fn sum_over_channels_is_lrp<B: CamBackend>(b: B) {
         .unwrap()
         .with_lrp(Composite::EpsilonPlusFlat)
         .unwrap();
-    for (stage, concept) in [(Stage::Layer4, Stage::Layer4), (Stage::Layer4, Stage::Layer2)] {
+    for (stage, concept) in [
+        (Stage::Layer4, Stage::Layer4),
+        (Stage::Layer4, Stage::Layer2),
+    ] {
         let c = spec.stage_channels()[concept.index()];
         let req = Request {
             methods: vec![Method::Lrp, Method::Concepts],
@@ -174,8 +179,13 @@ fn sum_over_channels_is_lrp<B: CamBackend>(b: B) {
             }
             let sum: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
             let err = rel_l2_err(&sum, &out[0].maps[i].data);
-            eprintln!("{stage}/{concept} image {i}: {c} conditional maps vs LaFAM-LRP, rel L2 {err:e}");
-            assert!(err <= 1e-5, "{stage}/{concept} image {i}: relative L2 error {err:e}");
+            eprintln!(
+                "{stage}/{concept} image {i}: {c} conditional maps vs LaFAM-LRP, rel L2 {err:e}"
+            );
+            assert!(
+                err <= 1e-5,
+                "{stage}/{concept} image {i}: relative L2 error {err:e}"
+            );
         }
     }
 }

@@ -7,8 +7,7 @@
 mod common;
 
 use common::{
-    check_parity, gpu, gpu_view, random_conv, random_tensor, PARITY_TOL as TOL,
-    RESNET_CONVS,
+    check_parity, gpu, gpu_view, random_conv, random_tensor, PARITY_TOL as TOL, RESNET_CONVS,
 };
 use lafam_gpu::backend::{GateSign, LrpBackend, Pool};
 use lafam_gpu::cpu::Cpu;
@@ -966,9 +965,12 @@ fn backends_refuse_the_same_shapes_with_the_same_message() {
 fn repeat_images_matches_cpu() {
     let (mut g, mut c) = (gpu(), Cpu::new());
     let mut cases = 0;
-    for (si, &(shape, k)) in [(Shape::new(1, 3, 5, 7), 3usize), (Shape::new(2, 4, 3, 64), 4)]
-        .iter()
-        .enumerate()
+    for (si, &(shape, k)) in [
+        (Shape::new(1, 3, 5, 7), 3usize),
+        (Shape::new(2, 4, 3, 64), 4),
+    ]
+    .iter()
+    .enumerate()
     {
         let a = random_tensor(shape, -1.0, 1.0, 120 + si as u64);
         let ac = c.upload(&a).unwrap();
@@ -982,8 +984,14 @@ fn repeat_images_matches_cpu() {
                 let yc = c.repeat_images(&ac, k, keep).unwrap();
                 let got = g.download(&yg).unwrap();
                 let want = c.download(&yc).unwrap();
-                assert_eq!(got, want, "repeat_images {shape} k={k} keep={keep:?} off={off}");
-                assert_eq!(want.shape, Shape::new(shape.n * k, shape.h, shape.w, shape.c));
+                assert_eq!(
+                    got, want,
+                    "repeat_images {shape} k={k} keep={keep:?} off={off}"
+                );
+                assert_eq!(
+                    want.shape,
+                    Shape::new(shape.n * k, shape.h, shape.w, shape.c)
+                );
                 let per = shape.image_len();
                 for (j, img) in want.data.chunks(per).enumerate() {
                     let src = &a.data[(j / k) * per..(j / k + 1) * per];
@@ -1001,7 +1009,11 @@ fn repeat_images_matches_cpu() {
         g.upload(&HostTensor::zeros(a)).unwrap(),
         c.upload(&HostTensor::zeros(a)).unwrap(),
     );
-    for (k, keep) in [(0usize, None), (2, Some(&[0u32][..])), (2, Some(&[0u32, 3][..]))] {
+    for (k, keep) in [
+        (0usize, None),
+        (2, Some(&[0u32][..])),
+        (2, Some(&[0u32, 3][..])),
+    ] {
         let eg = g.repeat_images(&ag, k, keep).unwrap_err().to_string();
         let ec = c.repeat_images(&ac, k, keep).unwrap_err().to_string();
         assert_eq!(eg, ec);

@@ -13,14 +13,14 @@
 
 use super::run::{MapArgs, Reporter};
 use super::{resolve_weights, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
-use crate::explain::{Method, MethodMaps};
-use crate::explainer::Explainer;
-use crate::stream::{MapSink, Prepared};
 use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
 use crate::eval::report::{self, ImageScore, Report, Skipped};
 use crate::eval::{load_labels, score_labels, MetricOptions, Ties, VoidMode};
+use crate::explain::{Method, MethodMaps};
+use crate::explainer::Explainer;
 use crate::io::write_npy_f32;
 use crate::io::Shown;
+use crate::stream::{MapSink, Prepared};
 use crate::tensor::HostTensor;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;

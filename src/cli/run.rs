@@ -151,9 +151,18 @@ impl MapArgs {
     /// Opens the explainer and refuses, before any work, a method the weights cannot serve
     /// (Grad-CAM needs `fc`) and a `--class` outside the classifier's classes (a usage
     /// error, not one per image). Prints the `backend:` line.
-    pub(crate) fn open(&self, weights: &crate::model::LoadedWeights, path: &Path, relax_masks: u32) -> Result<Explainer> {
+    pub(crate) fn open(
+        &self,
+        weights: &crate::model::LoadedWeights,
+        path: &Path,
+        relax_masks: u32,
+    ) -> Result<Explainer> {
         if self.method.contains(&Method::Gradcam) && weights.net.heads.fc.is_none() {
-            anyhow::bail!("{}: {}", path.shown(), crate::explain::gradcam::NEEDS_CLASSIFIER);
+            anyhow::bail!(
+                "{}: {}",
+                path.shown(),
+                crate::explain::gradcam::NEEDS_CLASSIFIER
+            );
         }
         if let (Some(c), Some((_, _, classes))) = (self.class, &weights.net.heads.fc) {
             if c >= *classes {
@@ -435,7 +444,8 @@ impl MapSink for WriteSink<'_> {
                 let path = self.args.out.join(format!("{}.{method}.json", p.stem));
                 let text = serde_json::to_string_pretty(&j).expect("JSON of numbers and strings");
                 if let Err(e) = std::fs::write(&path, text + "\n") {
-                    self.rep.error(format_args!("{}: cannot write: {e}", path.shown()));
+                    self.rep
+                        .error(format_args!("{}: cannot write: {e}", path.shown()));
                     ok[i] = false;
                 }
             }

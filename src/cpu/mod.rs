@@ -796,23 +796,34 @@ impl crate::backend::LrpBackend for Cpu {
         Ok(CpuTensor::new(shape, data))
     }
 
-    fn repeat_images(&mut self, x: &CpuTensor, k: usize, keep: Option<&[u32]>) -> Result<CpuTensor> {
+    fn repeat_images(
+        &mut self,
+        x: &CpuTensor,
+        k: usize,
+        keep: Option<&[u32]>,
+    ) -> Result<CpuTensor> {
         let shape = shapes::repeat_images(x.shape, k, keep)?;
-        let mut data = zeros(&format!("repeat_images output {shape}"), shape.len(), shape.n)?;
+        let mut data = zeros(
+            &format!("repeat_images output {shape}"),
+            shape.len(),
+            shape.n,
+        )?;
         let (per, c) = (shape.image_len(), shape.c);
         let xs = x.as_slice();
-        data.par_chunks_mut(per.max(1)).enumerate().for_each(|(j, out)| {
-            let src = &xs[(j / k) * per..(j / k + 1) * per];
-            match keep {
-                None => out.copy_from_slice(src),
-                Some(keep) => {
-                    let ch = keep[j] as usize;
-                    for (o, s) in out.chunks_mut(c).zip(src.chunks(c)) {
-                        o[ch] = s[ch];
+        data.par_chunks_mut(per.max(1))
+            .enumerate()
+            .for_each(|(j, out)| {
+                let src = &xs[(j / k) * per..(j / k + 1) * per];
+                match keep {
+                    None => out.copy_from_slice(src),
+                    Some(keep) => {
+                        let ch = keep[j] as usize;
+                        for (o, s) in out.chunks_mut(c).zip(src.chunks(c)) {
+                            o[ch] = s[ch];
+                        }
                     }
                 }
-            }
-        });
+            });
         Ok(CpuTensor::new(shape, data))
     }
 }

@@ -91,7 +91,10 @@ pub fn conditions(
     );
     let c = channels[layer.index()];
     if let Some(&bad) = cfg.channels.iter().find(|&&ch| ch >= c) {
-        anyhow::bail!("--channel {bad} is out of range: {layer} has {c} channels (0..{})", c - 1);
+        anyhow::bail!(
+            "--channel {bad} is out of range: {layer} has {c} channels (0..{})",
+            c - 1
+        );
     }
     let k = if cfg.channels.is_empty() {
         cfg.top.min(c)
@@ -106,7 +109,10 @@ pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>>
     let weights = pass.lrp.context("LRP rules are not prepared")?;
     // LaFAM-LRP may share the pass and consume the tape first: it leaves a copy (a
     // reference-counted handle per tensor) when concepts are requested too.
-    let tape = pass.tape.take().context("concepts need a taped forward pass")?;
+    let tape = pass
+        .tape
+        .take()
+        .context("concepts need a taped forward pass")?;
     let cfg = &pass.request.concepts;
     let (layer, k) = conditions(cfg, pass.request.stage, pass.spec.stage_channels())?;
     let n = pass.images.n;
@@ -140,7 +146,11 @@ pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>>
         None,
         Some((layer, &mut condition)),
     )?;
-    ensure!(rankings.len() == n, "{} rankings for {n} images", rankings.len());
+    ensure!(
+        rankings.len() == n,
+        "{} rankings for {n} images",
+        rankings.len()
+    );
     // Summed over RGB as LaFAM-LRP: [n*k, h, w, 1], image i's condition j at i*k + j.
     let mean = pass.b.channel_mean(&r_in)?;
     drop(r_in);

@@ -313,16 +313,17 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
     }
     ensure!(tape_blocks.len() == blocks.len(), "tape and network differ");
     // Conditions the relevance once the backward reaches the output of stage `layer`.
-    let mut condition = |b: &mut B, r: B::Tensor, s: usize, k: &mut Option<usize>| -> Result<B::Tensor> {
-        match &mut at {
-            Some((layer, f)) if k.is_none() && s <= layer.index() => {
-                let (conditioned, repeats) = f(b, &r)?;
-                *k = Some(repeats);
-                Ok(conditioned)
+    let mut condition =
+        |b: &mut B, r: B::Tensor, s: usize, k: &mut Option<usize>| -> Result<B::Tensor> {
+            match &mut at {
+                Some((layer, f)) if k.is_none() && s <= layer.index() => {
+                    let (conditioned, repeats) = f(b, &r)?;
+                    *k = Some(repeats);
+                    Ok(conditioned)
+                }
+                _ => Ok(r),
             }
-            _ => Ok(r),
-        }
-    };
+        };
     let rep = |b: &mut B, t: B::Tensor, k: Option<usize>| -> Result<B::Tensor> {
         match k {
             Some(k) if k > 1 => b.repeat_images(&t, k, None),
@@ -364,7 +365,17 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
             };
             // The identity skip's relevance joins the first conv's result in its epilogue.
             let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
-            rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x.0, &rb, acc, true, shared_input(&x, k))?;
+            rb = apply_rule(
+                b,
+                &lrp.rule,
+                conv,
+                fwd_conv,
+                &x.0,
+                &rb,
+                acc,
+                true,
+                shared_input(&x, k),
+            )?;
         }
         r = match (&block.downsample, &fwd.downsample) {
             (Some(ds), Some(fwd_ds)) => apply_rule(
@@ -447,7 +458,10 @@ fn apply_rule<B: LrpBackend>(
         }
     }
     let fused = |t: &super::rules::Term| {
-        shared.is_none() && members[t.group] == 1 && t.z_coef == 1.0 && rule.gates[t.group].is_none()
+        shared.is_none()
+            && members[t.group] == 1
+            && t.z_coef == 1.0
+            && rule.gates[t.group].is_none()
     };
     // The inputs and denominators are computed on `base` when shared.
     let x_all = x;
@@ -535,7 +549,8 @@ fn apply_rule<B: LrpBackend>(
             continue;
         };
         // x itself (or x⁺ = x after a ReLU) is already repeated: `x_all`.
-        let plain_x = t.input == InputMod::Identity || (t.input == InputMod::Positive && nonneg_input);
+        let plain_x =
+            t.input == InputMod::Identity || (t.input == InputMod::Positive && nonneg_input);
         let mul = match (t.input != InputMod::Ones, shared) {
             (false, _) => None,
             (true, Some(_)) if plain_x => Some(x_all.clone()),

@@ -14,10 +14,10 @@ pub mod rules;
 pub mod tape;
 pub mod ties;
 
+pub use concepts::ConceptConfig;
 pub use engine::{Engine, ImageBatch, NoLrp};
 pub use lrp::LrpWeights;
 pub use pipeline::{MethodMaps, Request};
-pub use concepts::ConceptConfig;
 pub use rules::Composite;
 
 // The registry: one line per method (variant => module). The module holds the method's

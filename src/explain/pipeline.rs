@@ -3,9 +3,9 @@
 //! makes its maps from it, and the pipeline resamples them to each image's size, downloads
 //! them in one submission and marks the maps of images with non-finite activations.
 
+use super::concepts::ConceptConfig;
 use super::engine::{finite_images, finite_probe, Engine, ImageBatch, LrpState};
 use super::method::{Needs, Pass, Resample};
-use super::concepts::ConceptConfig;
 use super::relax::RelaxConfig;
 use super::tape::{forward, TapeSpec};
 use super::Method;
@@ -330,8 +330,8 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
             let mut host = Vec::with_capacity(tensors.len());
             for (i, t) in tensors.iter().enumerate() {
                 let mut map = b.download(t)?;
-                let not_finite = !finite.get(i).copied().unwrap_or(true)
-                    || bad.get(i).copied().unwrap_or(false);
+                let not_finite =
+                    !finite.get(i).copied().unwrap_or(true) || bad.get(i).copied().unwrap_or(false);
                 if not_finite {
                     // Min-max normalisation and ReLUs can turn non-finite activations into
                     // finite but meaningless values (all zeros): a NaN map says so.

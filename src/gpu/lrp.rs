@@ -399,7 +399,12 @@ impl LrpBackend for Gpu {
         Ok(out)
     }
 
-    fn repeat_images(&mut self, x: &GpuTensor, k: usize, keep: Option<&[u32]>) -> Result<GpuTensor> {
+    fn repeat_images(
+        &mut self,
+        x: &GpuTensor,
+        k: usize,
+        keep: Option<&[u32]>,
+    ) -> Result<GpuTensor> {
         let shape = shapes::repeat_images(x.shape, k, keep)?;
         self.check_view("repeat_images operand", x)?;
         let out = self.alloc(shape)?;

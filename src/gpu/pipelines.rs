@@ -61,7 +61,10 @@ const PLAIN_ENTRY_POINTS: [(&str, &[&str]); 6] = [
     ),
     ("preprocess", &["preprocess"]),
     ("pool", &["max_pool"]),
-    ("reduce", &["channel_mean", "channel_max", "minmax_normalise"]),
+    (
+        "reduce",
+        &["channel_mean", "channel_max", "minmax_normalise"],
+    ),
     ("resample", &["resize_nearest", "resize_bilinear"]),
 ];
 
