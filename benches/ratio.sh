@@ -6,10 +6,13 @@
 # absolute times drift, pairs taken close together keep the ratio honest). Where the adapter
 # has timestamp queries, the ratio of the device times (`device_ms`) is printed too.
 #   benches/ratio.sh [BACKEND=gpu] [SIZE=224] [BATCH=1] [PAIRS=5] [ITERS=3]
-# BIN overrides the binary (default target/release/lafam-gpu). Needs python3 (no jq).
+# BIN overrides the binary (default target/release/lafam-gpu); A and B the two methods
+# (default lafam and lrp: `A=lrp B=concepts` gives the cost of K = 8 conditional maps).
+# Needs python3 (no jq).
 set -euo pipefail
 BACKEND=${1:-gpu}; SIZE=${2:-224}; BATCH=${3:-1}; PAIRS=${4:-5}; ITERS=${5:-3}
 BIN=${BIN:-target/release/lafam-gpu}
+A=${A:-lafam}; B=${B:-lrp}
 
 # One bench: prints "median_ms device_ms" (device_ms "-" when not measured).
 bench_ms() {
@@ -27,14 +30,15 @@ print("%.2f" % r["median_ms"], "-" if d is None else "%.2f" % d)'
 
 pairs=()
 for p in $(seq "$PAIRS"); do
-  la=$(bench_ms lafam); lr=$(bench_ms lrp)
+  la=$(bench_ms "$A"); lr=$(bench_ms "$B")
   read -r a ad <<<"$la"; read -r b bd <<<"$lr"
   pairs+=("$a $ad $b $bd")
-  echo "pair $p: LaFAM $a ms (device $ad), LRP $b ms (device $bd)"
+  echo "pair $p: $A $a ms (device $ad), $B $b ms (device $bd)"
 done
 printf '%s\n' "${pairs[@]}" | python3 -c '
 import statistics, sys
 backend, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ma, mb = sys.argv[4], sys.argv[5]
 wall, dev = [], []
 for line in sys.stdin:
     a, ad, b, bd = line.split()
@@ -42,8 +46,8 @@ for line in sys.stdin:
     if ad != "-" and bd != "-":
         dev.append(float(bd) / float(ad))
 def show(what, r):
-    print(f"LRP/LaFAM {what} on {backend}, {size}x{size}, batch {batch}: median "
+    print(f"{mb}/{ma} {what} on {backend}, {size}x{size}, batch {batch}: median "
           f"{statistics.median(r):.3f} of {len(r)} pairs ({min(r):.3f}-{max(r):.3f})")
 show("wall time", wall)
 if dev:
-    show("device time", dev)' "$BACKEND" "$SIZE" "$BATCH"
+    show("device time", dev)' "$BACKEND" "$SIZE" "$BATCH" "$A" "$B"

@@ -126,6 +126,23 @@ fn fill_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     out0[i] = a[i % p.c];
 }
 
+// Every image of `a` repeated: out0 image j = a image j / k (h = elements per image, w = k).
+// flags bit 0: b holds one channel per output image (as f32) and only that channel is kept.
+@compute @workgroup_size(256, 1, 1)
+fn repeat_images(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if (i >= p.total) {
+        return;
+    }
+    let j = i / p.h;
+    let v = a[p.a_off + (j / p.w) * p.h + i % p.h];
+    if ((p.flags & 1u) != 0u && (i % p.c) != u32(b[j])) {
+        out0[i] = 0.0;
+    } else {
+        out0[i] = v;
+    }
+}
+
 // Gradient of a max-pool with implicit -inf padding, in two passes (src/gpu/lrp.rs):
 // max_pool_argmax finds each output window's first maximum once, and max_pool_backward gathers,
 // for each input element, the relevance of the windows whose maximum it is. (A single gather

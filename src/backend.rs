@@ -335,6 +335,20 @@ pub trait LrpBackend: Backend {
         self.fill_channels_unchecked(shape, values)
     }
 
+    /// Every image `k` times, `[n*k, h, w, c]`: output image `j` is input image `j / k`.
+    /// With `keep` (one channel per output image, `n*k` of them), output image `j` keeps
+    /// only channel `keep[j]` and is zero elsewhere: the conditions of a batched conditional
+    /// backward (CRP), whose lower tape is the plain repeat.
+    fn repeat_images(
+        &mut self,
+        x: &Self::Tensor,
+        k: usize,
+        keep: Option<&[u32]>,
+    ) -> Result<Self::Tensor> {
+        let out = shapes::repeat_images(self.shape(x), k, keep)?;
+        self.repeat_images_unchecked(x, k, keep, out)
+    }
+
     // The implementations (see [`Backend`]).
 
     /// [`conv_transpose`](Self::conv_transpose) of checked operands; `out` is
@@ -398,6 +412,14 @@ pub trait LrpBackend: Backend {
     fn clamp_unchecked(&mut self, x: &Self::Tensor, lo: f32, hi: f32) -> Result<Self::Tensor>;
     /// [`fill_channels`](Self::fill_channels) with checked values.
     fn fill_channels_unchecked(&mut self, shape: Shape, values: &[f32]) -> Result<Self::Tensor>;
+    /// [`repeat_images`](Self::repeat_images) of checked operands; `out` is `[n*k, h, w, c]`.
+    fn repeat_images_unchecked(
+        &mut self,
+        x: &Self::Tensor,
+        k: usize,
+        keep: Option<&[u32]>,
+        out: Shape,
+    ) -> Result<Self::Tensor>;
 }
 
 /// The ops of the baseline methods (Grad-CAM, EigenCAM, RELAX), on top of the LRP ops (the

@@ -45,6 +45,8 @@ pub struct Options {
     /// Grad-CAM's target class (None: each image's argmax logit).
     pub class: Option<usize>,
     pub relax: RelaxConfig,
+    /// The concepts method's layer and channels.
+    pub concepts: crate::explain::ConceptConfig,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             batch: 16,
             class: None,
             relax: RelaxConfig::default(),
+            concepts: Default::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl Options {
             upsample: self.upsample,
             class: self.class,
             relax: self.relax,
+            concepts: self.concepts.clone(),
         }
     }
 }
@@ -248,6 +252,8 @@ impl Explainer {
         let mut slots: Vec<MethodMaps> = Vec::new();
         let mut per_image: Vec<Vec<Option<crate::HostTensor>>> = Vec::new();
         let mut targets: Vec<Vec<Option<usize>>> = Vec::new();
+        let mut names: Vec<Vec<Option<String>>> = Vec::new();
+        let mut jsons: Vec<Vec<Option<serde_json::Value>>> = Vec::new();
         for ((w, h), members) in groups {
             for batch in members.chunks(self.options.batch.max(1)) {
                 let mut rgb = Vec::with_capacity(batch.len() * (w * h * 3) as usize);
@@ -268,12 +274,22 @@ impl Explainer {
                             output: m.output,
                             maps: Vec::new(),
                             targets: Vec::new(),
+                            names: Vec::new(),
+                            json: Vec::new(),
                         })
                         .collect();
                     per_image = vec![vec![None; nets.len()]; slots.len()];
                     targets = vec![vec![None; nets.len()]; slots.len()];
+                    names = vec![vec![None; nets.len()]; slots.len()];
+                    jsons = vec![vec![None; nets.len()]; slots.len()];
                 }
                 for (k, m) in out.into_iter().enumerate() {
+                    for (&i, name) in batch.iter().zip(m.names) {
+                        names[k][i] = Some(name);
+                    }
+                    for (&i, j) in batch.iter().zip(m.json) {
+                        jsons[k][i] = Some(j);
+                    }
                     for (&i, map) in batch.iter().zip(m.maps) {
                         per_image[k][i] = Some(map);
                     }
@@ -289,6 +305,10 @@ impl Explainer {
                 .map(|m| m.expect("every image explained"))
                 .collect();
             slot.targets = targets.into_iter().flatten().collect();
+        }
+        for ((slot, names), jsons) in slots.iter_mut().zip(names).zip(jsons) {
+            slot.names = names.into_iter().flatten().collect();
+            slot.json = jsons.into_iter().flatten().collect();
         }
         Ok(slots)
     }

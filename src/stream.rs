@@ -252,6 +252,16 @@ fn drop_non_finite(
                 .zip(&keep)
                 .filter_map(|(t, &k)| k.then_some(t))
                 .collect();
+            m.names = std::mem::take(&mut m.names)
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(t, &k)| k.then_some(t))
+                .collect();
+            m.json = std::mem::take(&mut m.json)
+                .into_iter()
+                .zip(&keep)
+                .filter_map(|(t, &k)| k.then_some(t))
+                .collect();
             m
         })
         .collect();

@@ -17,7 +17,7 @@ use lafam_gpu::backend::{Backend, CamBackend, LrpBackend, Upsample};
 use lafam_gpu::cpu::Cpu;
 use lafam_gpu::explain::relax::RelaxConfig;
 use lafam_gpu::explain::ties::{compare_lrp, rel_l2_err_excluding, LrpComparison, NEAR_TIE_BUDGET};
-use lafam_gpu::explain::{Composite, Engine, ImageBatch, Method, Request};
+use lafam_gpu::explain::{Composite, ConceptConfig, Engine, ImageBatch, Method, Request};
 use lafam_gpu::gpu::{Gpu, GpuOptions};
 use lafam_gpu::model::{load_weights, ConvLayer, ResNet, Stage};
 use lafam_gpu::tensor::rel_l2_err;
@@ -33,6 +33,8 @@ struct Maps {
     eigencam: Vec<f32>,
     relax: Vec<f32>,
     relax_uncertainty: Vec<f32>,
+    /// Conditional maps of layer3's channels 3 and 1.
+    concepts: [Vec<f32>; 2],
 }
 
 /// RELAX with few masks: the same kernels as 3000, in seconds on a software GPU.
@@ -66,13 +68,27 @@ fn explain<B: LrpBackend + CamBackend>(backend: B, rgb: &[u8], h: usize, w: usiz
         upsample: Upsample::Bilinear,
         class: None,
         relax: RELAX,
+        // Two fixed channels of layer3 under the layer4 seed (a ranking could differ between
+        // the backends on a near-tie).
+        concepts: ConceptConfig {
+            layer: Some(Stage::Layer3),
+            top: 2,
+            channels: vec![3, 1],
+        },
     };
     let out = ex.explain(batch, &req, &[(h, w)]).unwrap();
     assert_eq!(
         out.len(),
-        Method::ALL.len() + 1,
-        "every method, and RELAX's uncertainty"
+        Method::ALL.len() + 2,
+        "every method, RELAX's uncertainty and two concepts"
     );
+    let concept = |name: &str| {
+        let m = out
+            .iter()
+            .find(|m| m.names.first().is_some_and(|n| n == name))
+            .unwrap_or_else(|| panic!("no {name} map"));
+        m.maps[0].data.clone()
+    };
     let map = |name: &str| {
         let m = out
             .iter()
@@ -88,6 +104,7 @@ fn explain<B: LrpBackend + CamBackend>(backend: B, rgb: &[u8], h: usize, w: usiz
         lrp: map("lrp"),
         gradcam: map("gradcam"),
         eigencam: map("eigencam"),
+        concepts: [concept("concept-3"), concept("concept-1")],
     }
 }
 
@@ -151,6 +168,15 @@ fn every_method_matches_cpu_on_sample_images() {
             (
                 "lrp",
                 rel_l2_err_excluding(&gpu.lrp, &cpu.lrp, &cmp.excluded),
+            ),
+            // The conditional maps go through the same ties as LaFAM-LRP's.
+            (
+                "concept-3",
+                rel_l2_err_excluding(&gpu.concepts[0], &cpu.concepts[0], &cmp.excluded),
+            ),
+            (
+                "concept-1",
+                rel_l2_err_excluding(&gpu.concepts[1], &cpu.concepts[1], &cmp.excluded),
             ),
         ];
         let whole = rel_l2_err(&gpu.lrp, &cpu.lrp);

@@ -823,3 +823,137 @@ fn weights_that_are_not_regular_files_are_refused() {
         }
     }
 }
+
+/// `--method concepts` and `--channel`: per image the conditional maps of the listed channels
+/// at the original resolution and `<stem>.concepts.json` (highest relevance first, shares of
+/// the total, each entry's peak inside the image); a concept layer above `--layer` or a
+/// channel out of range is refused before any image.
+#[test]
+fn concepts_write_maps_per_channel_and_a_ranking() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = good_images(dir.path());
+    let out = dir.path().join("out");
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--method",
+        &"concepts",
+        &"--layer",
+        &"layer4",
+        &"--concept-layer",
+        &"layer3",
+        &"--top-concepts",
+        &"3",
+        &"--size",
+        &"0",
+        &"--out",
+        &out,
+        &imgs[0],
+        &imgs[1],
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (stem, h, w) in [("img_64x64", 64u64, 64u64), ("img_48x80", 48, 80)] {
+        let j: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(out.join(format!("{stem}.concepts.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(j["layer"], "layer4");
+        assert_eq!(j["concept_layer"], "layer3");
+        assert_eq!(j["rule"], "epsilon-plus-flat");
+        let list = j["concepts"].as_array().unwrap();
+        assert_eq!(list.len(), 3);
+        let total = j["total_relevance"].as_f64().unwrap();
+        let mut last = f64::INFINITY;
+        for c in list {
+            let r = c["relevance"].as_f64().unwrap();
+            assert!(r <= last, "{stem}: not sorted by relevance");
+            last = r;
+            assert!((c["share"].as_f64().unwrap() - r / total).abs() < 1e-9);
+            let (y, x) = (
+                c["peak"][0].as_u64().unwrap(),
+                c["peak"][1].as_u64().unwrap(),
+            );
+            assert!(y < h && x < w, "{stem}: peak outside the image");
+            let name = format!("{stem}.concept-{}", c["channel"]);
+            let (shape, data) = read_npy(&out.join(format!("{name}.npy")));
+            assert_eq!(shape, [h, w]);
+            assert!(data.iter().all(|v| v.is_finite()));
+            for suffix in ["png", "overlay.png"] {
+                assert!(
+                    out.join(format!("{name}.{suffix}")).is_file(),
+                    "{name}.{suffix}"
+                );
+            }
+        }
+    }
+    // --channel: exactly these channels, for every image, without --method concepts.
+    let out2 = dir.path().join("out2");
+    let o = lafam_gpu(&[
+        &"run",
+        &"--weights",
+        &weights(),
+        &"--backend",
+        &"cpu",
+        &"--channel",
+        &"5,2",
+        &"--size",
+        &"0",
+        &"--out",
+        &out2,
+        &imgs[0],
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for c in [2, 5] {
+        assert!(out2.join(format!("img_64x64.concept-{c}.npy")).is_file());
+    }
+    assert!(
+        out2.join("img_64x64.lafam.npy").is_file(),
+        "the default method still runs"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out2.join("img_64x64.concepts.json")).unwrap())
+            .unwrap();
+    let mut listed: Vec<u64> = j["concepts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_u64().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [2, 5]);
+    // Refused before any image.
+    for bad in [
+        vec![
+            "--method",
+            "concepts",
+            "--layer",
+            "layer2",
+            "--concept-layer",
+            "layer3",
+        ],
+        vec!["--channel", "100000"],
+    ] {
+        let out3 = dir.path().join("out3");
+        let w = weights();
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"run",
+            &"--weights",
+            &w,
+            &"--backend",
+            &"cpu",
+            &"--out",
+            &out3,
+        ];
+        for a in &bad {
+            args.push(a);
+        }
+        args.push(&imgs[0]);
+        let o = lafam_gpu(&args);
+        assert!(!o.status.success(), "{bad:?} accepted");
+        assert!(!out3.join("img_64x64.lafam.npy").exists());
+        assert!(stderr(&o).contains("layer"), "{bad:?}: {}", stderr(&o));
+    }
+}

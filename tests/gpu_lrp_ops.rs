@@ -957,3 +957,66 @@ fn backends_refuse_the_same_shapes_with_the_same_message() {
     let y = g.conv2d(&xg, &cg, None, true).unwrap();
     assert_eq!(g.download(&y).unwrap().shape, Shape::new(1, 3, 3, 8));
 }
+
+/// `repeat_images` (the conditions of the batched conditional backward, CRP): the plain
+/// repeat and the one-channel-per-output-image restriction, at offset 0 and on an unaligned
+/// view, agree exactly with the CPU and with the definition; bad inputs are refused alike.
+#[test]
+fn repeat_images_matches_cpu() {
+    let (mut g, mut c) = (gpu(), Cpu::new());
+    let mut cases = 0;
+    for (si, &(shape, k)) in [
+        (Shape::new(1, 3, 5, 7), 3usize),
+        (Shape::new(2, 4, 3, 64), 4),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = random_tensor(shape, -1.0, 1.0, 120 + si as u64);
+        let ac = c.upload(&a).unwrap();
+        let keep: Vec<u32> = (0..shape.n * k)
+            .map(|j| ((j * 5 + 2) % shape.c) as u32)
+            .collect();
+        for off in [0usize, 3] {
+            let ag = gpu_view(&mut g, &a, off);
+            for keep in [None, Some(keep.as_slice())] {
+                let yg = g.repeat_images(&ag, k, keep).unwrap();
+                let yc = c.repeat_images(&ac, k, keep).unwrap();
+                let got = g.download(&yg).unwrap();
+                let want = c.download(&yc).unwrap();
+                assert_eq!(
+                    got, want,
+                    "repeat_images {shape} k={k} keep={keep:?} off={off}"
+                );
+                assert_eq!(
+                    want.shape,
+                    Shape::new(shape.n * k, shape.h, shape.w, shape.c)
+                );
+                let per = shape.image_len();
+                for (j, img) in want.data.chunks(per).enumerate() {
+                    let src = &a.data[(j / k) * per..(j / k + 1) * per];
+                    for (i, (&v, &s)) in img.iter().zip(src).enumerate() {
+                        let kept = keep.is_none_or(|kp| i % shape.c == kp[j] as usize);
+                        assert_eq!(v, if kept { s } else { 0.0 });
+                    }
+                }
+                cases += 1;
+            }
+        }
+    }
+    let a = Shape::new(1, 2, 2, 3);
+    let (ag, ac) = (
+        g.upload(&HostTensor::zeros(a)).unwrap(),
+        c.upload(&HostTensor::zeros(a)).unwrap(),
+    );
+    for (k, keep) in [
+        (0usize, None),
+        (2, Some(&[0u32][..])),
+        (2, Some(&[0u32, 3][..])),
+    ] {
+        let eg = g.repeat_images(&ag, k, keep).unwrap_err().to_string();
+        let ec = c.repeat_images(&ac, k, keep).unwrap_err().to_string();
+        assert_eq!(eg, ec);
+    }
+    report("repeat_images", 0.0, cases);
+}

@@ -352,6 +352,14 @@ pub fn run_bench<B: CamBackend, L: LrpState<B::Conv>>(
         Needs::OwnPasses => {
             (cfg.relax.masks + 1) * spec.macs_per_image(cfg.size, cfg.size, Stage::Layer4)
         }
+        // Concepts (8 by default, concept layer = stage): one forward and the denominators
+        // once, the transposed convs (about half the backward) once per condition.
+        Needs::LrpTape if cfg.method == Method::Concepts => {
+            let fwd = spec.macs_per_image(cfg.size, cfg.size, cfg.stage);
+            let lrp = spec.lrp_macs_per_image(cfg.size, cfg.size, cfg.stage);
+            let k = crate::explain::ConceptConfig::default().top;
+            lrp + (k - 1) * (lrp - fwd) / 2
+        }
         Needs::LrpTape => spec.lrp_macs_per_image(cfg.size, cfg.size, cfg.stage),
         Needs::Activations => spec.macs_per_image(cfg.size, cfg.size, cfg.stage),
     } as f64;
@@ -361,6 +369,7 @@ pub fn run_bench<B: CamBackend, L: LrpState<B::Conv>>(
         upsample: cfg.upsample,
         class: None,
         relax: cfg.relax,
+        concepts: Default::default(),
     };
     let adapter = explainer.backend.name();
     let arch = explainer.spec.arch_name();

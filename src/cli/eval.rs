@@ -324,6 +324,11 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         (Some(k), Some(r)) => (k, r),
         _ => bail!("--weights needs --dataset and --root"),
     };
+    ensure!(
+        !args.map.methods().contains(&Method::Concepts),
+        "eval does not score --method concepts or --channel (one map per channel, not one \
+         per image): use `run` for them"
+    );
     let mut entries = datasets::entries(kind, root, &args.split)?;
     ensure!(
         !entries.is_empty(),

@@ -88,6 +88,22 @@ pub(crate) struct MapArgs {
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
 
+    /// Concepts (--method concepts): the stage whose channels are ranked and conditioned on
+    /// (default: --layer; a lower stage decomposes the relevance of --layer hierarchically,
+    /// as CRP does).
+    #[arg(long, value_name = "LAYER")]
+    pub concept_layer: Option<Stage>,
+
+    /// Concepts: how many channels, highest relevance first (<stem>.concept-<c>.* each, and
+    /// <stem>.concepts.json).
+    #[arg(long, default_value_t = 8, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub top_concepts: u32,
+
+    /// The conditional map of these channels of --concept-layer for every image (implies
+    /// --method concepts; replaces the top-K ranking).
+    #[arg(long, value_delimiter = ',', value_name = "C")]
+    pub channel: Vec<usize>,
+
     /// Compute backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
@@ -110,12 +126,20 @@ impl MapArgs {
                 batch: self.mask_batch as usize,
                 seed: self.seed,
             },
+            concepts: crate::explain::ConceptConfig {
+                layer: self.concept_layer,
+                top: self.top_concepts as usize,
+                channels: self.channel.clone(),
+            },
         }
     }
 
     /// The requested methods, each once.
     pub(crate) fn methods(&self) -> Vec<Method> {
         let mut methods = self.method.clone();
+        if !self.channel.is_empty() {
+            methods.push(Method::Concepts);
+        }
         methods.sort();
         methods.dedup();
         methods
@@ -359,27 +383,32 @@ impl MapSink for WriteSink<'_> {
     }
 
     fn maps(&mut self, group: &[Prepared], maps: Vec<MethodMaps>) {
-        // All the outputs of one image (every method's) are written all or nothing.
+        // All the outputs of one image (every method's maps, and side outputs such as
+        // concepts' JSON) are written all or nothing.
         let results: Vec<Result<()>> = group
             .par_iter()
             .enumerate()
             .map(|(i, p)| {
-                let files = maps
-                    .iter()
-                    .filter_map(|m| {
-                        let map = m.maps.get(i)?;
-                        let out = &self.args.out;
-                        Some(output_files(
-                            out,
-                            &p.stem,
-                            m.method,
-                            m.output,
-                            &map.data,
-                            &p.original,
-                        ))
-                    })
-                    .flatten()
-                    .collect();
+                let out = &self.args.out;
+                let mut files = Vec::new();
+                let mut peaks: HashMap<String, [usize; 2]> = HashMap::new();
+                for m in &maps {
+                    let Some(map) = m.maps.get(i) else { continue };
+                    let name = match m.names.get(i) {
+                        Some(n) => n.clone(),
+                        None => format!("{}{}", m.method, m.output),
+                    };
+                    peaks.insert(name.clone(), peak(&map.data, map.shape.w));
+                    let display = m.method.info().display;
+                    files.extend(output_files(out, &p.stem, &name, display, &map.data, &p.original));
+                }
+                for m in &maps {
+                    let Some(json) = m.json.get(i) else { continue };
+                    let text = side_json(json.clone(), &peaks);
+                    let path = out.join(format!("{}.{}.json", p.stem, m.method));
+                    let write: WriteFn = Box::new(move |w| Ok(w.write_all(text.as_bytes())?));
+                    files.push((path, write));
+                }
                 write_all_or_nothing(files)
                     .with_context(|| format!("{}: cannot write outputs", p.path.shown()))
             })
@@ -396,19 +425,45 @@ impl MapSink for WriteSink<'_> {
     }
 }
 
-/// The three outputs of one map, `<stem>.<method><suffix>.npy`, `.png` and `.overlay.png`
-/// (the suffix is "" or RELAX's "-uncertainty"), for [`write_all_or_nothing`].
+/// A method's per-image JSON (concepts'), with each listed concept's peak (`[y, x]` at the
+/// original resolution) read off its conditional map.
+fn side_json(mut j: serde_json::Value, peaks: &HashMap<String, [usize; 2]>) -> String {
+    if let Some(list) = j.get_mut("concepts").and_then(|c| c.as_array_mut()) {
+        for c in list {
+            let name = format!("concept-{}", c["channel"]);
+            if let Some(&[y, x]) = peaks.get(&name) {
+                c["peak"] = serde_json::json!([y, x]);
+            }
+        }
+    }
+    serde_json::to_string_pretty(&j).expect("JSON of numbers and strings") + "\n"
+}
+
+/// The position `[y, x]` of a map's maximum (the first, in row-major order).
+fn peak(map: &[f32], w: usize) -> [usize; 2] {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (i, &v) in map.iter().enumerate() {
+        if v > best.1 {
+            best = (i, v);
+        }
+    }
+    [best.0 / w.max(1), best.0 % w.max(1)]
+}
+
+/// The three outputs of one map, `<stem>.<name>.npy`, `.png` and `.overlay.png` (the name is
+/// the method with its output suffix, e.g. "relax-uncertainty", or a per-image name such as
+/// "concept-17"), for [`write_all_or_nothing`].
 pub fn output_files<'a>(
     dir: &Path,
     stem: &str,
-    method: Method,
-    suffix: &str,
+    name: &str,
+    display: crate::io::Display,
     map: &'a [f32],
     original: &RgbImage,
 ) -> Vec<(PathBuf, WriteFn<'a>)> {
     let (w, h) = (original.width() as usize, original.height() as usize);
-    let base = format!("{stem}.{method}{suffix}");
-    let (heat, blended) = render_map(map, original, method.info().display, OVERLAY_ALPHA);
+    let base = format!("{stem}.{name}");
+    let (heat, blended) = render_map(map, original, display, OVERLAY_ALPHA);
     vec![
         (dir.join(format!("{base}.npy")), npy_f32(h, w, map)),
         (dir.join(format!("{base}.png")), png(heat)),

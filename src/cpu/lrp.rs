@@ -314,4 +314,35 @@ impl LrpBackend for Cpu {
             .for_each(|(i, v)| *v = values[i % shape.c]);
         Ok(CpuTensor::new(shape, data))
     }
+
+    fn repeat_images_unchecked(
+        &mut self,
+        x: &CpuTensor,
+        k: usize,
+        keep: Option<&[u32]>,
+        shape: Shape,
+    ) -> Result<CpuTensor> {
+        let mut data = zeros(
+            &format!("repeat_images output {shape}"),
+            shape.len(),
+            shape.n,
+        )?;
+        let (per, c) = (shape.image_len(), shape.c);
+        let xs = x.as_slice();
+        data.par_chunks_mut(per.max(1))
+            .enumerate()
+            .for_each(|(j, out)| {
+                let src = &xs[(j / k) * per..(j / k + 1) * per];
+                match keep {
+                    None => out.copy_from_slice(src),
+                    Some(keep) => {
+                        let ch = keep[j] as usize;
+                        for (o, s) in out.chunks_mut(c).zip(src.chunks(c)) {
+                            o[ch] = s[ch];
+                        }
+                    }
+                }
+            });
+        Ok(CpuTensor::new(shape, data))
+    }
 }

@@ -26,7 +26,13 @@ pub const INFO: MethodInfo = MethodInfo {
 
 pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>> {
     let weights = pass.lrp.context("LRP rules are not prepared")?;
-    let tape = pass.tape.take().context("LRP needs a taped forward pass")?;
+    // Concepts run after LaFAM-LRP in the same pass and need the tape too.
+    let tape = if pass.request.methods.contains(&super::Method::Concepts) {
+        pass.tape.clone()
+    } else {
+        pass.tape.take()
+    }
+    .context("LRP needs a taped forward pass")?;
     let r_in = input_relevance(pass.b, pass.net, weights, tape, None)?;
     // Summed over RGB (the mean kernel times 3); relevance is at pixel resolution already,
     // so it is resampled bilinearly (nearest would alias).
@@ -238,9 +244,38 @@ pub(crate) fn input_relevance<B: LrpBackend>(
     net: &ResNet<B::Conv>,
     lrp: &LrpWeights<B::Conv>,
     tape: Tape<B::Tensor>,
+    trace: Option<&mut RelevanceTrace>,
+) -> Result<B::Tensor> {
+    conditional_relevance(b, net, lrp, tape, trace, None)
+}
+
+/// Conditions a backward pass at a stage's output (CRP): given the relevance `R [n, h, w, c]`
+/// arriving there, returns the conditioned relevance `[n*k, h, w, c]` (image `i`'s `k`
+/// conditions at `i*k..(i+1)*k`) and `k`.
+pub(crate) type Conditioner<'a, B> =
+    &'a mut dyn FnMut(&mut B, &<B as Backend>::Tensor) -> Result<(<B as Backend>::Tensor, usize)>;
+
+/// [`input_relevance`], optionally conditioned at the output of stage `at.0` (`<=` the tape's
+/// stage) by `at.1`: from there on the backward runs once over the `n*k` conditions, the
+/// tape of the lower blocks repeated `k` times per image ([`LrpBackend::repeat_images`])
+/// rather than recomputed. Returns `[n*k, h, w, 3]`.
+pub(crate) fn conditional_relevance<B: LrpBackend>(
+    b: &mut B,
+    net: &ResNet<B::Conv>,
+    lrp: &LrpWeights<B::Conv>,
+    tape: Tape<B::Tensor>,
     mut trace: Option<&mut RelevanceTrace>,
+    mut at: Option<(Stage, Conditioner<'_, B>)>,
 ) -> Result<B::Tensor> {
     let stage = tape.spec.stage;
+    if let Some((layer, _)) = &at {
+        ensure!(
+            *layer <= stage,
+            "the concept layer {layer} is above the explained layer {stage}"
+        );
+    }
+    // Repeats per image once conditioned (None before).
+    let mut k: Option<usize> = None;
     ensure!(tape.spec.lrp, "the forward pass was not taped for LRP");
     let Tape {
         input,
@@ -273,19 +308,49 @@ pub(crate) fn input_relevance<B: LrpBackend>(
         .enumerate()
     {
         for (i, pair) in lrp_blocks.iter().zip(fwd_blocks).enumerate() {
-            blocks.push((pair, format!("layer{}.{i}", s + 1)));
+            blocks.push((pair, format!("layer{}.{i}", s + 1), s));
         }
     }
     ensure!(tape_blocks.len() == blocks.len(), "tape and network differ");
-    for ((block, fwd), name) in blocks.iter().rev() {
+    // Conditions the relevance once the backward reaches the output of stage `layer`.
+    let mut condition =
+        |b: &mut B, r: B::Tensor, s: usize, k: &mut Option<usize>| -> Result<B::Tensor> {
+            match &mut at {
+                Some((layer, f)) if k.is_none() && s <= layer.index() => {
+                    let (conditioned, repeats) = f(b, &r)?;
+                    *k = Some(repeats);
+                    Ok(conditioned)
+                }
+                _ => Ok(r),
+            }
+        };
+    let rep = |b: &mut B, t: B::Tensor, k: Option<usize>| -> Result<B::Tensor> {
+        match k {
+            Some(k) if k > 1 => b.repeat_images(&t, k, None),
+            _ => Ok(t),
+        }
+    };
+    for ((block, fwd), name, s) in blocks.iter().rev() {
+        r = condition(b, r, *s, &mut k)?;
         let super::tape::BlockTape {
-            mut conv_inputs,
+            conv_inputs,
             skip,
             branch,
             out,
             ..
         } = tape_blocks.pop().context("tape shorter than the network")?;
-        let skip = skip.context("the tape lacks a skip operand")?;
+        // Conditioned: each conv input repeated per condition, and as it was, for the
+        // denominators z (the same for every condition of an image: computed once).
+        let mut conv_inputs = conv_inputs
+            .into_iter()
+            .map(|t| match k {
+                Some(k) if k > 1 => Ok((b.repeat_images(&t, k, None)?, Some(t))),
+                _ => Ok((t, None)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let skip = rep(b, skip.context("the tape lacks a skip operand")?, k)?;
+        let branch = branch.map(|t| rep(b, t, k)).transpose()?;
+        let out = rep(b, out, k)?;
         let (r_skip, r_branch) = match &branch {
             Some(branch) => b.residual_split(&skip, branch, &r)?,
             None => b.residual_split_relu(&skip, &out, &r)?,
@@ -300,7 +365,17 @@ pub(crate) fn input_relevance<B: LrpBackend>(
             };
             // The identity skip's relevance joins the first conv's result in its epilogue.
             let acc = (i == 0 && block.downsample.is_none()).then_some(&r_skip);
-            rb = apply_rule(b, &lrp.rule, conv, fwd_conv, &x, &rb, acc, true)?;
+            rb = apply_rule(
+                b,
+                &lrp.rule,
+                conv,
+                fwd_conv,
+                &x.0,
+                &rb,
+                acc,
+                true,
+                shared_input(&x, k),
+            )?;
         }
         r = match (&block.downsample, &fwd.downsample) {
             (Some(ds), Some(fwd_ds)) => apply_rule(
@@ -308,15 +383,18 @@ pub(crate) fn input_relevance<B: LrpBackend>(
                 &lrp.rule,
                 ds,
                 fwd_ds,
-                &conv_inputs[0],
+                &conv_inputs[0].0,
                 &r_skip,
                 Some(&rb),
                 true,
+                shared_input(&conv_inputs[0], k),
             )?,
             _ => rb,
         };
         record(b, format!("{name} input"), &r)?;
     }
+    let stem_out = rep(b, stem_out, k)?;
+    let input_rep = rep(b, input.clone(), k)?;
     r = b.max_pool_backward(&stem_out, &r, Pool::RESNET_STEM)?;
     drop(stem_out);
     record(b, "stem output".into(), &r)?;
@@ -325,18 +403,26 @@ pub(crate) fn input_relevance<B: LrpBackend>(
         &lrp.first,
         &lrp.net.stem,
         &net.stem,
-        &input,
+        &input_rep,
         &r,
         None,
         false,
+        k.filter(|&k| k > 1).map(|k| (&input, k)),
     )?;
     record(b, "input".into(), &r_in)?;
     Ok(r_in)
 }
 
+/// A conditioned conv input `(repeated, Some(base))` as [`apply_rule`]'s `shared`.
+fn shared_input<T>(pair: &(T, Option<T>), k: Option<usize>) -> Option<(&T, usize)> {
+    pair.1.as_ref().map(|base| (base, k.unwrap_or(1)))
+}
+
 /// One conv's backward step under `rule`: `R_in = Σ_terms r_coef · input_t ⊙ convT(s_g, W_t)`
 /// with `s_g = R / stab(Σ_{t in g} z_coef · conv(input_t, W_t))` (+ `acc`). `nonneg_input`:
-/// `x >= 0` (a ReLU output), so `x⁺ = x` needs no pass.
+/// `x >= 0` (a ReLU output), so `x⁺ = x` needs no pass. `shared`: `x` is `base` repeated `k`
+/// times per image (the conditions of a conditional backward, [`conditional_relevance`]): the
+/// denominators depend on the input only, so they are computed once on `base` and repeated.
 #[allow(clippy::too_many_arguments)]
 fn apply_rule<B: LrpBackend>(
     b: &mut B,
@@ -347,6 +433,7 @@ fn apply_rule<B: LrpBackend>(
     r: &B::Tensor,
     acc: Option<&B::Tensor>,
     nonneg_input: bool,
+    shared: Option<(&B::Tensor, usize)>,
 ) -> Result<B::Tensor> {
     let shape = b.shape(x);
     if let Some(flat) = &conv.flat {
@@ -371,7 +458,22 @@ fn apply_rule<B: LrpBackend>(
         }
     }
     let fused = |t: &super::rules::Term| {
-        members[t.group] == 1 && t.z_coef == 1.0 && rule.gates[t.group].is_none()
+        shared.is_none()
+            && members[t.group] == 1
+            && t.z_coef == 1.0
+            && rule.gates[t.group].is_none()
+    };
+    // The inputs and denominators are computed on `base` when shared.
+    let x_all = x;
+    let (x, shape) = match shared {
+        Some((base, _)) => (base, b.shape(base)),
+        None => (x, shape),
+    };
+    let repeat = |b: &mut B, t: B::Tensor| -> Result<B::Tensor> {
+        match shared {
+            Some((_, k)) if k > 1 => b.repeat_images(&t, k, None),
+            _ => Ok(t),
+        }
     };
     let mut ratios: Vec<Option<B::Tensor>> = vec![None; rule.gates.len()];
     let mut inputs: Vec<Option<B::Tensor>> = Vec::with_capacity(rule.terms.len());
@@ -419,10 +521,15 @@ fn apply_rule<B: LrpBackend>(
         inputs.push(Some(input));
     }
     let gate_out = if rule.gates.iter().any(Option::is_some) {
-        Some(b.conv2d(x, forward, None, false)?)
+        let g = b.conv2d(x, forward, None, false)?;
+        Some(repeat(b, g)?)
     } else {
         None
     };
+    let z: Vec<Option<B::Tensor>> = z
+        .into_iter()
+        .map(|zg| zg.map(|t| repeat(b, t)).transpose())
+        .collect::<Result<_>>()?;
     for ((zg, gate), ratio) in z.iter().zip(&rule.gates).zip(&mut ratios) {
         if ratio.is_some() {
             continue;
@@ -441,13 +548,21 @@ fn apply_rule<B: LrpBackend>(
         let (Some(w), Some(input)) = (w, input) else {
             continue;
         };
-        let mul = (t.input != InputMod::Ones).then_some(input);
+        // x itself (or x⁺ = x after a ReLU) is already repeated: `x_all`.
+        let plain_x =
+            t.input == InputMod::Identity || (t.input == InputMod::Positive && nonneg_input);
+        let mul = match (t.input != InputMod::Ones, shared) {
+            (false, _) => None,
+            (true, Some(_)) if plain_x => Some(x_all.clone()),
+            (true, Some(_)) => Some(repeat(b, input.clone())?),
+            (true, None) => Some(input.clone()),
+        };
         out = Some(b.conv_transpose(
             &ratios[t.group],
             w,
             shape.h,
             shape.w,
-            mul,
+            mul.as_ref(),
             t.r_coef,
             out.as_ref(),
         )?);

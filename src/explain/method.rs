@@ -48,7 +48,8 @@ pub struct MethodInfo {
     pub about: &'static str,
     pub needs: Needs,
     /// Suffixes of the maps the method makes, appended to its name in output files ("" for
-    /// the main map; RELAX also makes "-uncertainty").
+    /// the main map; RELAX also makes "-uncertainty"). Empty: as many as the method makes
+    /// for the request, named per image ([`Produced::names`]; concepts).
     pub outputs: &'static [&'static str],
     pub resample: Resample,
     pub display: Display,
@@ -81,14 +82,30 @@ pub struct Produced<T> {
     /// Per image, the class the maps explain (Grad-CAM's target; empty for label-free
     /// methods).
     pub targets: Vec<usize>,
+    /// Per map, the index of each image in the map's tensor (empty: image `i` at `i`): the
+    /// maps of a batched conditional backward share one tensor.
+    pub index: Vec<Vec<usize>>,
+    /// Per map, per image, the output's name in file names in place of
+    /// `<method><suffix>` (empty: that default), e.g. "concept-17".
+    pub names: Vec<Vec<String>>,
+    /// Per image, a JSON side output `<stem>.<method>.json` (empty: none).
+    pub json: Vec<serde_json::Value>,
 }
 
 impl<T> Produced<T> {
     pub fn one(map: T) -> Self {
+        Produced::many(vec![map])
+    }
+
+    /// Maps with nothing else to say (all finite, no targets, default names).
+    pub fn many(maps: Vec<T>) -> Self {
         Produced {
-            maps: vec![map],
+            maps,
             non_finite: Vec::new(),
             targets: Vec::new(),
+            index: Vec::new(),
+            names: Vec::new(),
+            json: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod rules;
 pub mod tape;
 pub mod ties;
 
+pub use concepts::ConceptConfig;
 pub use engine::{Engine, ImageBatch, NoLrp};
 pub use lrp::LrpWeights;
 pub use pipeline::{MethodMaps, Request};
@@ -34,6 +35,9 @@ method::methods! {
     Eigencam => eigencam,
     /// RELAX: occlusion with random masks, similarity of embeddings.
     Relax => relax,
+    /// Concepts (CRP): the concept layer's channels ranked by relevance, with conditional
+    /// LaFAM-LRP maps.
+    Concepts => concepts,
 }
 
 impl std::fmt::Display for Method {

@@ -3,6 +3,7 @@
 //! makes its maps from it, and the pipeline resamples them to each image's size, downloads
 //! them in one submission and marks the maps of images with non-finite activations.
 
+use super::concepts::ConceptConfig;
 use super::engine::{finite_images, finite_probe, Engine, ImageBatch, LrpState};
 use super::method::{Needs, Pass, Resample};
 use super::relax::RelaxConfig;
@@ -25,6 +26,8 @@ pub struct Request {
     /// Grad-CAM's target class (None: each image's argmax logit).
     pub class: Option<usize>,
     pub relax: RelaxConfig,
+    /// The concepts method's layer and channels.
+    pub concepts: ConceptConfig,
 }
 
 impl Default for Request {
@@ -35,6 +38,7 @@ impl Default for Request {
             upsample: Upsample::Nearest,
             class: None,
             relax: RelaxConfig::default(),
+            concepts: ConceptConfig::default(),
         }
     }
 }
@@ -59,6 +63,12 @@ pub struct MethodMaps {
     /// Per image, the class the maps explain (Grad-CAM's target; empty for label-free
     /// methods).
     pub targets: Vec<usize>,
+    /// Per image, the output's name in file names in place of `<method><output>` (empty:
+    /// that default; concepts: "concept-<c>").
+    pub names: Vec<String>,
+    /// Per image, the method's JSON side output `<stem>.<method>.json` (empty: none; carried
+    /// by the method's first output only).
+    pub json: Vec<serde_json::Value>,
 }
 
 /// One forward pass and the methods that share it (the one that needs the pass last).
@@ -134,6 +144,9 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
                 bail!("{m} needs LRP rules: prepare them with Engine::with_lrp");
             }
         }
+        if req.methods.contains(&Method::Concepts) {
+            super::concepts::conditions(&req.concepts, req.stage, self.spec.stage_channels())?;
+        }
         if let (Some(c), Some((_, _, classes))) = (req.class, &self.spec.heads.fc) {
             ensure!(
                 c < *classes,
@@ -178,22 +191,9 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
         self.check(req)?;
         let mut out: Vec<MethodMaps> = Vec::new();
         for pass in plan(&req.methods) {
-            for &m in &pass.methods {
-                for &output in m.info().outputs {
-                    out.push(MethodMaps {
-                        method: m,
-                        output,
-                        maps: Vec::with_capacity(images.n),
-                        targets: Vec::new(),
-                    });
-                }
-            }
-            let first = out.len()
-                - pass
-                    .methods
-                    .iter()
-                    .map(|m| m.info().outputs.len())
-                    .sum::<usize>();
+            // The pass's outputs, from its first chunk (a method may make as many as the
+            // request asks for); later chunks append to them in order.
+            let mut mine: Vec<MethodMaps> = Vec::new();
             let spec = self.tape_spec(pass.needs, req.stage);
             let chunks = match spec {
                 Some(s) => self.chunks(images, s.upto),
@@ -203,12 +203,20 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
             for chunk in chunks {
                 let sizes = &out_sizes[start..start + chunk.n];
                 let maps = self.run_pass(&pass.methods, spec, chunk, req, sizes)?;
-                for (dst, (maps, targets)) in out[first..].iter_mut().zip(maps) {
-                    dst.maps.extend(maps);
-                    dst.targets.extend(targets);
+                if mine.is_empty() {
+                    mine = maps;
+                } else {
+                    ensure!(mine.len() == maps.len(), "chunks made different outputs");
+                    for (dst, src) in mine.iter_mut().zip(maps) {
+                        dst.maps.extend(src.maps);
+                        dst.targets.extend(src.targets);
+                        dst.names.extend(src.names);
+                        dst.json.extend(src.json);
+                    }
                 }
                 start += chunk.n;
             }
+            out.extend(mine);
         }
         Ok(out)
     }
@@ -260,7 +268,7 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
         chunk: ImageBatch,
         req: &Request,
         sizes: &[(usize, usize)],
-    ) -> Result<Vec<(Vec<HostTensor>, Vec<usize>)>> {
+    ) -> Result<Vec<MethodMaps>> {
         let Engine {
             backend: b,
             net,
@@ -293,28 +301,31 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
         // Record every image's resampling before the first download, so that the whole
         // chunk is one submission.
         let mut pending: Vec<Vec<B::Tensor>> = Vec::new();
-        for (m, p) in &produced {
+        // (method, output suffix, its Produced, map index) per pending output.
+        let mut owners: Vec<(Method, &'static str, usize, usize)> = Vec::new();
+        for (pi, (m, p)) in produced.iter().enumerate() {
             let info = m.info();
             ensure!(
-                p.maps.len() == info.outputs.len(),
+                p.maps.len() == info.outputs.len() || info.outputs.is_empty(),
                 "{m} made {} maps for {} outputs",
                 p.maps.len(),
                 info.outputs.len()
             );
-            for small in &p.maps {
+            for (k, small) in p.maps.iter().enumerate() {
+                let index = p.index.get(k);
                 let mut per_image = Vec::with_capacity(chunk.n);
                 for (i, &size) in sizes.iter().enumerate() {
-                    per_image.push(resample(b, small, i, size, info.resample, req.upsample)?);
+                    let at = index.map_or(i, |ix| ix[i]);
+                    per_image.push(resample(b, small, at, size, info.resample, req.upsample)?);
                 }
                 pending.push(per_image);
+                owners.push((*m, info.outputs.get(k).copied().unwrap_or(""), pi, k));
             }
         }
         let finite = finite_images(b, &probe)?;
         let mut maps = Vec::with_capacity(pending.len());
-        let per_output = produced
-            .iter()
-            .flat_map(|(m, p)| std::iter::repeat_n(p, m.info().outputs.len()));
-        for (tensors, p) in pending.iter().zip(per_output) {
+        for (tensors, &(method, output, pi, k)) in pending.iter().zip(&owners) {
+            let p = &produced[pi].1;
             let bad = &p.non_finite;
             let mut host = Vec::with_capacity(tensors.len());
             for (i, t) in tensors.iter().enumerate() {
@@ -328,7 +339,14 @@ impl<B: CamBackend, L: LrpState<B::Conv>> Engine<B, L> {
                 }
                 host.push(map);
             }
-            maps.push((host, p.targets.clone()));
+            maps.push(MethodMaps {
+                method,
+                output,
+                maps: host,
+                targets: p.targets.clone(),
+                names: p.names.get(k).cloned().unwrap_or_default(),
+                json: if k == 0 { p.json.clone() } else { Vec::new() },
+            });
         }
         Ok(maps)
     }

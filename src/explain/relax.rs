@@ -71,9 +71,8 @@ pub fn run<B: CamBackend>(pass: &mut Pass<'_, B>) -> Result<Produced<B::Tensor>>
         .map(|m| pass.b.upload(&HostTensor::stack(m)))
         .collect::<Result<_>>()?;
     Ok(Produced {
-        maps,
         non_finite,
-        targets: Vec::new(),
+        ..Produced::many(maps)
     })
 }
 
@@ -133,7 +132,10 @@ pub fn relax_one<B: CamBackend>(
         "relax_one takes one RGB image, got {s}"
     );
     let (h, w) = (s.h, s.w);
-    let per_pass = cfg.batch.min(max_batch(b, spec, h, w, Stage::Layer4)).max(1);
+    let per_pass = cfg
+        .batch
+        .min(max_batch(b, spec, h, w, Stage::Layer4))
+        .max(1);
     let tape = forward(b, net, x.clone(), TapeSpec::plain(Stage::Layer4), None)?;
     let probe = finite_probe(b, &tape.outputs)?;
     let reference = b.spatial_mean(tape.activations())?;

@@ -40,6 +40,7 @@ impl TapeSpec {
 }
 
 /// What one block kept.
+#[derive(Clone)]
 pub struct BlockTape<T> {
     /// Stage index of the block (0 = layer1).
     pub stage: usize,
@@ -53,6 +54,7 @@ pub struct BlockTape<T> {
 }
 
 /// A forward pass and what it kept.
+#[derive(Clone)]
 pub struct Tape<T> {
     pub spec: TapeSpec,
     /// The preprocessed input.

@@ -392,4 +392,43 @@ impl LrpBackend for Gpu {
         )?;
         Ok(out)
     }
+
+    fn repeat_images_unchecked(
+        &mut self,
+        x: &GpuTensor,
+        k: usize,
+        keep: Option<&[u32]>,
+        shape: Shape,
+    ) -> Result<GpuTensor> {
+        self.check_view("repeat_images operand", x)?;
+        let out = self.alloc(shape)?;
+        let total = shape.len();
+        if total == 0 {
+            return Ok(out);
+        }
+        let keep = keep.map(|keep| {
+            let as_f32: Vec<f32> = keep.iter().map(|&c| c as f32).collect();
+            GpuTensor {
+                buffer: self
+                    .pool
+                    .alloc_init(&self.ctx.device, bytemuck::cast_slice(&as_f32)),
+                offset: 0,
+                shape: Shape::new(1, 1, 1, as_f32.len()),
+            }
+        });
+        let params = LrpParams {
+            c: u32_of(shape.c, "channels")?,
+            h: u32_of(shape.image_len(), "elements per image")?,
+            w: u32_of(k, "repeats")?,
+            ..ew_params(total, x.offset, 0, 0, keep.is_some() as u32, 0.0, 0.0)?
+        };
+        self.lrp_dispatch(
+            |p| &p.repeat_images,
+            &params,
+            [Some(x), keep.as_ref(), None],
+            [Some(&out), None],
+            total,
+        )?;
+        Ok(out)
+    }
 }

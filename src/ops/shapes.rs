@@ -4,7 +4,7 @@
 
 use super::{ConvGeometry, GramOver, Pool};
 use crate::tensor::Shape;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 /// `a` and `b` of an elementwise op have one shape.
 pub fn same(what: &str, a: Shape, b: Shape) -> Result<()> {
@@ -81,6 +81,25 @@ fn pool_window(what: &str, x: Shape, pool: Pool) -> Result<Shape> {
     );
     let (ho, wo) = pool.out_size(x.h, x.w);
     Ok(Shape::new(x.n, ho, wo, x.c))
+}
+
+/// `[n, h, w, c]` repeated `k` times per image, `keep` (if given) one channel per output
+/// image.
+pub fn repeat_images(x: Shape, k: usize, keep: Option<&[u32]>) -> Result<Shape> {
+    ensure!(k >= 1, "repeat_images: k must be at least 1");
+    let out = Shape::new(x.n * k, x.h, x.w, x.c);
+    if let Some(keep) = keep {
+        ensure!(
+            keep.len() == out.n,
+            "repeat_images: {} kept channels for {} output images",
+            keep.len(),
+            out.n
+        );
+        if let Some(&c) = keep.iter().find(|&&c| c as usize >= x.c) {
+            bail!("repeat_images: channel {c} out of range ({} channels)", x.c);
+        }
+    }
+    Ok(out)
 }
 
 /// The relevance `r` of a max-pool of `x` has the pool's output shape.
