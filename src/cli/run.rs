@@ -400,7 +400,14 @@ impl MapSink for WriteSink<'_> {
                     };
                     peaks.insert(name.clone(), peak(&map.data, map.shape.w));
                     let display = m.method.info().display;
-                    files.extend(output_files(out, &p.stem, &name, display, &map.data, &p.original));
+                    files.extend(output_files(
+                        out,
+                        &p.stem,
+                        &name,
+                        display,
+                        &map.data,
+                        &p.original,
+                    ));
                 }
                 for m in &maps {
                     let Some(json) = m.json.get(i) else { continue };
