@@ -82,6 +82,13 @@ fn parse_methods(methods: &Bound<'_, PyAny>) -> PyResult<Vec<Method>> {
         let m: Method = n
             .parse()
             .map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
+        if m == Method::Concepts {
+            // Its outputs are named per image (concept-<channel>) with a JSON side output:
+            // not yet mapped to the dict this API returns.
+            return Err(PyValueError::new_err(
+                "concepts is not available from Python yet: use `lafam-gpu run --method concepts`",
+            ));
+        }
         if !out.contains(&m) {
             out.push(m);
         }
@@ -277,15 +284,9 @@ fn resolve(
     let mut bar: Option<Bound<'_, PyAny>> = None;
     let mut last = 0u64;
     let r = lib::checkpoint::resolve_weights(arg, cache, &mut |event| match event {
-        Resolving::Downloading { model, to } => say(format!(
-            "downloading {} ({}, {}; licence {}) from {}\n  to {} (once; later runs reuse it)",
-            model.name,
-            model.arch,
-            model.training,
-            model.licence,
-            model.url,
-            to.shown()
-        )),
+        Resolving::Downloading { model, to } => {
+            say(lib::checkpoint::download_notice(model, to))
+        }
         Resolving::Progress { done, total } => {
             if bar.is_none() {
                 bar = tqdm(py, total, "B").ok();
@@ -391,6 +392,7 @@ impl PyExplainer {
                 batch: mask_batch as usize,
                 seed,
             },
+            ..Options::default()
         };
         let net = &loaded.net;
         let mut heads = Vec::new();

@@ -73,6 +73,11 @@ def test_unknown_method(ex):
         ex.explain(np.zeros((32, 32, 3), np.uint8), methods=("lafam", "nope"))
 
 
+def test_concepts_is_cli_only_for_now(ex):
+    with pytest.raises(ValueError, match="lafam-gpu run --method concepts"):
+        ex.explain(np.zeros((32, 32, 3), np.uint8), methods="concepts")
+
+
 @pytest.mark.parametrize(
     "images, exc, needle",
     [

@@ -23,7 +23,7 @@ pub mod models;
 pub mod pickle;
 pub mod resolve;
 
-pub use resolve::{resolve_weights, Resolving};
+pub use resolve::{download_notice, resolve_weights, Resolving};
 
 use crate::io::Shown;
 use crate::model::LoadedWeights;

@@ -77,3 +77,17 @@ fn load_file(path: &Path, on_event: &mut dyn FnMut(Resolving<'_>)) -> Result<Loa
     }
     Ok(weights)
 }
+
+/// The line that announces a download (the CLI prints it on stderr, Python on `sys.stderr`).
+pub fn download_notice(model: &KnownModel, to: &Path) -> String {
+    use crate::io::Shown;
+    format!(
+        "downloading {} ({}, {}; licence {}) from {}\n  to {} (once; later runs reuse it)",
+        model.name,
+        model.arch,
+        model.training,
+        model.licence,
+        model.url,
+        to.shown()
+    )
+}

@@ -109,15 +109,9 @@ pub(crate) fn resolve_weights(arg: &Path) -> Result<LoadedWeights> {
     let flag = CACHE_DIR.lock().map(|g| g.clone()).unwrap_or(None);
     let mut bar: Option<indicatif::ProgressBar> = None;
     crate::checkpoint::resolve_weights(arg, flag.as_deref(), &mut |event| match event {
-        Resolving::Downloading { model, to } => eprintln!(
-            "downloading {} ({}, {}; licence {}) from {}\n  to {} (once; later runs reuse it)",
-            model.name,
-            model.arch,
-            model.training,
-            model.licence,
-            model.url,
-            to.shown()
-        ),
+        Resolving::Downloading { model, to } => {
+            eprintln!("{}", crate::checkpoint::download_notice(model, to))
+        }
         Resolving::Progress { done, total } => {
             let bar = bar.get_or_insert_with(|| {
                 let bar = indicatif::ProgressBar::new(0);
