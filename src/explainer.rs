@@ -226,7 +226,8 @@ impl Explainer {
     pub fn explain(&mut self, images: &[RgbImage], methods: &[Method]) -> Result<Vec<MethodMaps>> {
         self.check(methods)?;
         let req = self.options.request(methods);
-        let nets: Vec<RgbImage> = images
+        // The resized network input, None where the image is fed as it is (no copy).
+        let resized: Vec<Option<RgbImage>> = images
             .iter()
             .enumerate()
             .map(|(i, img)| {
@@ -237,13 +238,15 @@ impl Explainer {
                 };
                 crate::io::check_net_input(nw, nh)
                     .with_context(|| format!("image {i} ({w}x{h})"))?;
-                Ok(if (nw, nh) == (w, h) {
-                    img.clone()
-                } else {
-                    crate::io::resize_shorter_side(img, self.options.size)
-                })
+                Ok(((nw, nh) != (w, h))
+                    .then(|| crate::io::resize_shorter_side(img, self.options.size)))
             })
             .collect::<Result<_>>()?;
+        let nets: Vec<&RgbImage> = resized
+            .iter()
+            .zip(images)
+            .map(|(r, img)| r.as_ref().unwrap_or(img))
+            .collect();
         // Images of one network size, in batches.
         let mut groups: BTreeMap<(u32, u32), Vec<usize>> = BTreeMap::new();
         for (i, img) in nets.iter().enumerate() {

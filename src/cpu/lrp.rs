@@ -101,9 +101,8 @@ impl LrpBackend for Cpu {
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
         let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
-        if !direct && self.cols.len() < m * k {
-            self.cols = Vec::new();
-            self.cols = zeros(&format!("conv {} columns (one image)", c.name), m * k, 1)?;
+        if !direct {
+            self.reserve_cols(&c.name, m * k)?;
         }
         let mut out = zeros(
             &format!("conv {} transposed output {in_shape}", c.name),

@@ -177,6 +177,16 @@ fn zeros(what: &str, len: usize, images: usize) -> Result<Vec<f32>> {
 }
 
 impl Cpu {
+    /// Grows the im2col scratch to `len` values (one image), checked and with the old
+    /// scratch freed before anything else is allocated.
+    pub(crate) fn reserve_cols(&mut self, conv: &str, len: usize) -> Result<()> {
+        if self.cols.len() < len {
+            self.cols = Vec::new();
+            self.cols = zeros(&format!("conv {conv} columns (one image)"), len, 1)?;
+        }
+        Ok(())
+    }
+
     /// The conv's GEMM without its epilogue: `out_shape` (`[n, ho, wo, cout]`, checked) of
     /// `Σ x w` (no bias).
     fn conv_gemm(&mut self, x: &CpuTensor, conv: &CpuConv, out_shape: Shape) -> Result<Vec<f32>> {
@@ -186,10 +196,8 @@ impl Cpu {
         let k = c.kh * c.kw * c.cin;
         let m = ho * wo;
         let direct = c.kh == 1 && c.kw == 1 && c.stride == 1 && c.pad == 0;
-        if !direct && self.cols.len() < m * k {
-            // Checked (and the old scratch freed) before the output is allocated.
-            self.cols = Vec::new();
-            self.cols = zeros(&format!("conv {} im2col (one image)", c.name), m * k, 1)?;
+        if !direct {
+            self.reserve_cols(&c.name, m * k)?;
         }
         let mut out = zeros(
             &format!("conv {} output {out_shape}", c.name),
