@@ -497,16 +497,15 @@ fn bar_png(colormap: Colormap, display: Display) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn map_json(
-    id: u64,
-    name: &str,
-    method: Method,
-    data: &[f32],
-    h: usize,
-    w: usize,
-    colormap: Colormap,
-    options: &Options,
-) -> Result<Value> {
+fn map_json(id: u64, m: &MapEntry, colormap: Colormap, options: &Options) -> Result<Value> {
+    let MapEntry {
+        name,
+        method,
+        data,
+        h,
+        w,
+    } = m;
+    let (method, h, w) = (*method, *h, *w);
     let display = method.info().display;
     use crate::explain::method::{Needs, Resample};
     let how = if method.info().needs == Needs::LrpTape {
@@ -594,17 +593,7 @@ fn explain(
     let mut listed = Vec::new();
     for m in &maps {
         listed.push(
-            map_json(
-                id,
-                &m.name,
-                m.method,
-                &m.data,
-                m.h,
-                m.w,
-                style.colormap,
-                &options,
-            )
-            .map_err(|e| Bad(500, format!("{e:#}")))?,
+            map_json(id, m, style.colormap, &options).map_err(|e| Bad(500, format!("{e:#}")))?,
         );
     }
     let entry = Arc::new(Entry {
@@ -726,7 +715,7 @@ fn point(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> {
         o.concepts = ConceptConfig {
             layer: None,
             top: n_concepts,
-            channels: order[..n_concepts].iter().copied().collect(),
+            channels: order[..n_concepts].to_vec(),
         };
         engine
             .set_options(o)
@@ -752,17 +741,15 @@ fn point(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> {
                 .find(|c| c["channel"].as_u64() == channel)
                 .cloned()
                 .unwrap_or(Value::Null);
-            let mut j = map_json(
-                entry.id,
-                &name,
-                Method::Concepts,
-                &map.data,
-                map.shape.h,
-                map.shape.w,
-                Colormap::Auto,
-                &entry.options,
-            )
-            .map_err(|e| Bad(500, format!("{e:#}")))?;
+            let concept = MapEntry {
+                name,
+                method: Method::Concepts,
+                h: map.shape.h,
+                w: map.shape.w,
+                data: map.data,
+            };
+            let mut j = map_json(entry.id, &concept, Colormap::Auto, &entry.options)
+                .map_err(|e| Bad(500, format!("{e:#}")))?;
             // Not kept: no download links.
             for k in ["npy_url", "png_url", "overlay_url"] {
                 j.as_object_mut().expect("an object").remove(k);
