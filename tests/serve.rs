@@ -74,7 +74,10 @@ impl Answer {
 fn request(port: u16, method: &str, path: &str, headers: &[&str], body: &[u8]) -> Answer {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|h| h.starts_with("Host:")) {
+        head += "Host: 127.0.0.1\r\n";
+    }
     if !headers.iter().any(|h| h.starts_with("Content-Length")) {
         head += &format!("Content-Length: {}\r\n", body.len());
     }
@@ -374,6 +377,18 @@ fn bad_uploads_get_4xx_with_the_clis_message() {
         assert_eq!(a.status, 400, "{q}");
         let e = a.json()["error"].as_str().unwrap().to_string();
         assert!(e.contains(needle), "{q}: {e}");
+    }
+    // A request addressed to another host name (DNS rebinding) is refused; loopback names
+    // are not.
+    let a = request(s.port, "GET", "/api/info", &["Host: evil.example:80"], b"");
+    assert_eq!(a.status, 403);
+    for host in ["localhost", "127.0.0.1:1", "[::1]:8080", "LOCALHOST:9"] {
+        let mut s2 = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        let req = format!("GET /api/info HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s2.write_all(req.as_bytes()).unwrap();
+        let mut raw = String::new();
+        let _ = s2.read_to_string(&mut raw);
+        assert!(raw.starts_with("HTTP/1.1 200"), "{host}: {raw}");
     }
     // Wrong method, unknown route, a result that does not exist.
     assert_eq!(get(s.port, "/api/explain").status, 405);

@@ -260,6 +260,12 @@ fn route(state: &State, rq: &mut tiny_http::Request) -> Reply {
         None => (url.clone(), String::new()),
     };
     let params = parse_query(&query);
+    if !host_allowed(state, rq) {
+        return Reply::error(
+            403,
+            "this viewer answers requests addressed to its own host name only (Host header)",
+        );
+    }
     let get = *rq.method() == tiny_http::Method::Get || *rq.method() == tiny_http::Method::Head;
     let post = *rq.method() == tiny_http::Method::Post;
     let result: Result<Reply, Bad> = match path.as_str() {
@@ -285,6 +291,41 @@ fn route(state: &State, rq: &mut tiny_http::Request) -> Reply {
         _ => Err(Bad(404, "not found".to_string())),
     };
     result.unwrap_or_else(|Bad(status, msg)| Reply::error(status, msg))
+}
+
+/// Whether the request's `Host` header names this server: `localhost`, a loopback address or
+/// the `--host` given. This keeps a web page the user visits from reaching the viewer
+/// through a DNS name it rebinds to 127.0.0.1. A server listening on every address
+/// (`--host 0.0.0.0` or `::`) is reachable by any name and accepts any.
+fn host_allowed(state: &State, rq: &tiny_http::Request) -> bool {
+    let listen = state.config.host.trim_matches(['[', ']']);
+    if listen
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return true;
+    }
+    let Some(h) = rq
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_ascii_lowercase())
+    else {
+        return true;
+    };
+    // Without the port: "[::1]:8080" -> "::1", "localhost:8080" -> "localhost".
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("").to_string()
+    } else {
+        h.rsplit_once(':')
+            .map_or(h.as_str(), |(n, _)| n)
+            .to_string()
+    };
+    name == "localhost"
+        || name.eq_ignore_ascii_case(listen)
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `a=1&b=2` percent-decoded (`+` as a space).
