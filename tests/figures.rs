@@ -254,3 +254,27 @@ fn bad_figure_flags_are_usage_errors() {
         assert!(names(d.path()).is_empty(), "{args:?}: nothing written");
     }
 }
+
+/// The default style draws exactly what `render_map` (the CLI before `--colormap`, and the
+/// Python package's `overlay`) draws, for every kind of map, non-finite values included.
+#[test]
+fn default_style_draws_as_before() {
+    use lafam_gpu::io::{render_map, render_map_styled, Display, Style, OVERLAY_ALPHA};
+    let (w, h) = (7u32, 5u32);
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 30) as u8, (y * 50) as u8, 99])
+    });
+    let mut map: Vec<f32> = (0..w * h)
+        .map(|i| ((i as f32) * 0.37).sin() * 2.0)
+        .collect();
+    map[3] = f32::NAN;
+    map[4] = f32::INFINITY;
+    map[5] = f32::NEG_INFINITY;
+    for display in [Display::Unit, Display::Scaled, Display::Signed] {
+        assert_eq!(
+            render_map(&map, &img, display, OVERLAY_ALPHA),
+            render_map_styled(&map, &img, display, Style::default()),
+            "{display:?}"
+        );
+    }
+}

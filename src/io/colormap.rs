@@ -255,17 +255,13 @@ pub fn render_map_styled(
     let (w, h) = (original.width() as usize, original.height() as usize);
     let table = style.colormap.resolve(display).table();
     let scale = display_scale(map, display);
-    let heat = paint(map, h, w, table, |v| {
-        if !v.is_finite() {
-            // NaN as the colormap's start for unit maps (as before), the middle for signed.
-            return if display == Display::Signed { 0.5 } else { 0.0 };
-        }
-        match display {
-            Display::Unit => v,
-            Display::Scaled => (v - scale.lo) / (scale.hi - scale.lo).max(1e-12),
-            Display::Signed if scale.hi > 0.0 => 0.5 + v * 0.5 / scale.hi,
-            Display::Signed => 0.5,
-        }
+    // As the CLI always drew them: NaN at the colormap's start (infinities clamped) for unit
+    // and scaled maps; non-finite values at the middle of signed ones.
+    let heat = paint(map, h, w, table, |v| match display {
+        Display::Unit => v,
+        Display::Scaled => (v - scale.lo) / (scale.hi - scale.lo).max(1e-12),
+        Display::Signed if scale.hi > 0.0 && v.is_finite() => 0.5 + v * 0.5 / scale.hi,
+        Display::Signed => 0.5,
     });
     let blended = match display {
         Display::Unit | Display::Scaled => {
