@@ -88,6 +88,21 @@ enum Slot<B: Backend> {
 }
 
 impl<B: CamBackend> Slot<B> {
+    /// Prepares LRP's weights for `rule` now if they are prepared (for another rule).
+    fn change_rule(&mut self, rule: Composite) -> Result<()> {
+        if let Slot::Lrp(_) = self {
+            let Slot::Lrp(engine) = std::mem::replace(self, Slot::Lost) else {
+                unreachable!("matched above");
+            };
+            *self = Slot::Lrp(Box::new(
+                engine
+                    .with_lrp(rule)
+                    .context("cannot prepare the LRP rules on the backend")?,
+            ));
+        }
+        Ok(())
+    }
+
     fn ensure_lrp(&mut self, rule: Composite) -> Result<()> {
         if let Slot::Plain(_) = self {
             let Slot::Plain(engine) = std::mem::replace(self, Slot::Lost) else {
@@ -193,6 +208,50 @@ impl Explainer {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Changes how maps are computed from now on (stage, rule, upsampling, size, ...), keeping
+    /// the engine warm: the network stays on the device; a new LRP rule re-prepares only
+    /// LRP's weights (on first use, as at open). The backend cannot change (open another
+    /// explainer for that).
+    pub fn set_options(&mut self, options: Options) -> Result<()> {
+        if options.backend != self.options.backend {
+            bail!(
+                "the backend cannot change on an open explainer ({} -> {})",
+                self.options.backend.name(),
+                options.backend.name()
+            );
+        }
+        if options.rule != self.options.rule {
+            let rule = options.rule;
+            match &mut self.engines {
+                Engines::Gpu(slot) => slot.change_rule(rule)?,
+                Engines::Cpu(slot) => slot.change_rule(rule)?,
+            }
+        }
+        self.options = options;
+        Ok(())
+    }
+
+    /// The activations of `stage` for one image (`[1, h, w, channels]`, at the stage's
+    /// resolution), the image resized for the network as the options say.
+    pub fn stage_activations(
+        &mut self,
+        image: &RgbImage,
+        stage: Stage,
+    ) -> Result<crate::HostTensor> {
+        let (w, h) = image.dimensions();
+        let (nw, nh) = match self.options.size {
+            0 => (w, h),
+            s => crate::io::shorter_side_dims(w, h, s),
+        };
+        crate::io::check_net_input(nw, nh).with_context(|| format!("image ({w}x{h})"))?;
+        let resized =
+            ((nw, nh) != (w, h)).then(|| crate::io::resize_shorter_side(image, self.options.size));
+        let net = resized.as_ref().unwrap_or(image);
+        let batch = ImageBatch::new(net.as_raw(), 1, nh as usize, nw as usize)?;
+        let mut stages = on_engine!(&mut self.engines, e => e.stage_activations(batch, stage))?;
+        stages.pop().context("no stage activations")
     }
 
     /// The network's host description (architecture, widths, heads).

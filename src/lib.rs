@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod serve;
 pub mod stream;
 pub mod tensor;
 

@@ -1,4 +1,4 @@
-//! Command-line interface: `run`, `info`, `bench`, `eval`, `convert` (clap derive). `main.rs` only calls
+//! Command-line interface: `run`, `info`, `bench`, `eval`, `convert`, `serve` (clap derive). `main.rs` only calls
 //! [`main`].
 //!
 //! Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 usage error or
@@ -9,6 +9,7 @@ mod convert;
 mod eval;
 mod info;
 mod run;
+mod serve;
 
 use crate::checkpoint::Resolving;
 use crate::device::BackendChoice;
@@ -98,6 +99,11 @@ enum Command {
     /// Convert a PyTorch checkpoint (.pth/.pth.tar; zip or legacy format) to safetensors,
     /// without Python. Non-tensor entries (epoch, optimizer, args) are dropped.
     Convert(convert::ConvertArgs),
+    /// A local web viewer: open or drop images, see every method's maps side by side over
+    /// the image, change layer, rule or upsampling on the warm engine, click a point for
+    /// its top channels and their conditional maps, download any map. Listens on
+    /// 127.0.0.1 unless --host says otherwise.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// `--cache-dir` of the current invocation (set by [`main_from`]).
@@ -173,6 +179,7 @@ where
         Command::Bench(a) => bench::bench(a),
         Command::Eval(a) => eval::eval(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Serve(a) => serve::serve(a),
     });
     std::panic::set_hook(default_hook);
     ExitCode::from(match result {

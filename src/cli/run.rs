@@ -7,9 +7,12 @@ use crate::device::BackendChoice;
 use crate::explain::relax::RelaxConfig;
 use crate::explain::{Method, MethodMaps};
 use crate::explainer::{Explainer, Options};
-use crate::io::output::{npy_f32, png, remove_stale_temps, write_all_or_nothing, WriteFn};
+use crate::io::figure::{montage, Panel, PanelContent};
+use crate::io::output::{
+    npy_f32, png_with_text, remove_stale_temps, write_all_or_nothing, WriteFn,
+};
 use crate::io::Shown;
-use crate::io::{collect_inputs, render_map};
+use crate::io::{collect_inputs, render_map_styled, Colormap, Style};
 use crate::model::Stage;
 use crate::stream::{MapSink, Prepared};
 use crate::Upsample;
@@ -21,9 +24,6 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Blend factor of the heatmap over the image in `*.overlay.png`.
-pub use crate::io::OVERLAY_ALPHA;
 
 /// How maps are computed: the options `run` and `eval --weights` share.
 #[derive(clap::Args, Debug, Clone)]
@@ -213,10 +213,162 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub timings: bool,
 
+    /// How heatmaps, overlays and montages are coloured: auto (inferno for maps in [0, 1],
+    /// blue-white-red centred on zero for signed relevance), or one colormap for every map
+    /// (sequential: inferno, viridis, magma, cividis, turbo, greys; diverging:
+    /// blue-white-red, purple-orange). Signed maps keep zero at the colormap's middle.
+    #[arg(long, default_value = "auto", value_name = "NAME", value_parser = parse_colormap)]
+    pub colormap: Colormap,
+
+    /// Opacity of the heatmap over the image in *.overlay.png and the montage, 0 to 1
+    /// (default: 0.5 for maps in [0, 1]; signed maps' opacity grows with |value| up to 0.9,
+    /// and --alpha sets that largest opacity instead).
+    #[arg(long, value_name = "A", value_parser = parse_alpha)]
+    pub alpha: Option<f32>,
+
+    /// Write only the .npy maps (and JSON side outputs): no heatmap or overlay PNGs. For
+    /// dataset-scale runs. --montage still writes the montage.
+    #[arg(long)]
+    pub no_png: bool,
+
+    /// Also write <stem>.montage.png per image: the image, then every map over it, each with
+    /// a caption (method, layer, rule, weights) and a colour bar labelled with its range.
+    #[arg(long)]
+    pub montage: bool,
+
     /// Image files (JPEG, PNG, WebP, BMP, TIFF; recognised by content) or directories (their
     /// image files, by extension, not recursive).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+}
+
+fn parse_colormap(s: &str) -> Result<Colormap, String> {
+    s.parse()
+}
+
+/// `--alpha`: a number in [0, 1].
+pub(crate) fn parse_alpha(s: &str) -> Result<f32, String> {
+    let a: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number (the opacity is 0 to 1)"))?;
+    if !(0.0..=1.0).contains(&a) {
+        return Err(format!("{s} is outside 0 to 1 (the opacity)"));
+    }
+    Ok(a)
+}
+
+/// What every figure of a run says about how its maps were made (PNG text chunks and
+/// montage captions).
+pub struct FigureInfo {
+    /// The weights' file name or known model name.
+    pub weights: String,
+    pub layer: Stage,
+    pub concept_layer: Option<Stage>,
+    pub rule: crate::explain::Composite,
+    pub upsample: Upsample,
+    pub size: u32,
+    pub style: Style,
+    /// Write heatmap and overlay PNGs.
+    pub pngs: bool,
+    pub montage: bool,
+}
+
+impl FigureInfo {
+    pub fn from_args(args: &RunArgs) -> Self {
+        let weights = args
+            .weights
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| args.weights.to_string_lossy().into_owned());
+        FigureInfo {
+            weights,
+            layer: args.map.layer,
+            concept_layer: args.map.concept_layer,
+            rule: args.map.rule,
+            upsample: args.map.upsample,
+            size: args.map.size,
+            style: Style {
+                colormap: args.colormap,
+                alpha: args.alpha,
+            },
+            pngs: !args.no_png,
+            montage: args.montage,
+        }
+    }
+
+    /// The LRP rule as figures name it: the composite for methods that use one, "none"
+    /// otherwise.
+    pub fn rule_for(&self, method: Method) -> String {
+        if uses_rule(method) {
+            self.rule.name().to_string()
+        } else {
+            "none (not an LRP method)".to_string()
+        }
+    }
+
+    /// The layer as figures name it ("layer4", or "layer4 -> layer3" for concepts of a
+    /// lower concept layer).
+    pub fn layer_for(&self, method: Method) -> String {
+        match (method, self.concept_layer) {
+            (Method::Concepts, Some(c)) if c != self.layer => format!("{} -> {c}", self.layer),
+            _ => self.layer.to_string(),
+        }
+    }
+
+    /// How `method`'s maps were brought to the image's resolution.
+    pub fn upsample_for(&self, method: Method) -> String {
+        use crate::explain::method::Resample;
+        match method.info().resample {
+            Resample::AsRequested => self.upsample.to_string(),
+            Resample::Bilinear | Resample::BilinearRenormalised => "bilinear".to_string(),
+        }
+    }
+
+    /// The PNG text chunks of map `name` of `method` drawn as `kind`.
+    pub fn text(
+        &self,
+        method: Method,
+        name: &str,
+        kind: &str,
+        display: crate::io::Display,
+    ) -> Vec<(String, String)> {
+        let colormap = self.style.colormap.resolve(display);
+        vec![
+            (
+                "Software".into(),
+                format!("lafam-gpu {}", env!("CARGO_PKG_VERSION")),
+            ),
+            ("method".into(), method.to_string()),
+            ("map".into(), name.to_string()),
+            ("layer".into(), self.layer_for(method)),
+            ("rule".into(), self.rule_for(method)),
+            ("weights".into(), self.weights.clone()),
+            ("upsample".into(), self.upsample_for(method)),
+            ("size".into(), self.size.to_string()),
+            ("colormap".into(), colormap.to_string()),
+            ("kind".into(), kind.to_string()),
+        ]
+    }
+
+    /// A map panel's caption: the map's name, layer and rule (or upsampling), weights.
+    pub fn caption(&self, method: Method, name: &str) -> Vec<String> {
+        let how = if uses_rule(method) {
+            self.rule.name().to_string()
+        } else {
+            format!("{} upsampling", self.upsample_for(method))
+        };
+        vec![
+            name.to_string(),
+            format!("{} · {how}", self.layer_for(method)),
+            self.weights.clone(),
+        ]
+    }
+}
+
+/// Whether `method`'s maps depend on the LRP rule.
+fn uses_rule(method: Method) -> bool {
+    method.info().needs == crate::explain::method::Needs::LrpTape
 }
 
 /// Error lines and the progress bar share stderr.
@@ -346,8 +498,10 @@ fn run_with(explainer: &mut Explainer, args: &RunArgs) -> Result<u8> {
     }
 
     let rep = Reporter::new(jobs.len());
+    let figure = FigureInfo::from_args(args);
     let mut sink = WriteSink {
         args,
+        figure: &figure,
         rep: &rep,
         written: 0,
         failed: 0,
@@ -367,6 +521,7 @@ fn run_with(explainer: &mut Explainer, args: &RunArgs) -> Result<u8> {
 /// `run`'s sink: writes each map's outputs.
 struct WriteSink<'a> {
     args: &'a RunArgs,
+    figure: &'a FigureInfo,
     rep: &'a Reporter,
     written: usize,
     failed: usize,
@@ -392,6 +547,17 @@ impl MapSink for WriteSink<'_> {
                 let out = &self.args.out;
                 let mut files = Vec::new();
                 let mut peaks: HashMap<String, [usize; 2]> = HashMap::new();
+                let mut panels = vec![Panel {
+                    caption: vec![
+                        "image".to_string(),
+                        p.path
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        format!("{}x{} px", p.original.width(), p.original.height()),
+                    ],
+                    content: PanelContent::Image,
+                }];
                 for m in &maps {
                     let Some(map) = m.maps.get(i) else { continue };
                     let name = match m.names.get(i) {
@@ -404,9 +570,47 @@ impl MapSink for WriteSink<'_> {
                         out,
                         &p.stem,
                         &name,
-                        display,
+                        m.method,
                         &map.data,
                         &p.original,
+                        self.figure,
+                    ));
+                    if self.figure.montage {
+                        panels.push(Panel {
+                            caption: self.figure.caption(m.method, &name),
+                            content: PanelContent::Map {
+                                map: &map.data,
+                                display,
+                                style: self.figure.style,
+                            },
+                        });
+                    }
+                }
+                if self.figure.montage {
+                    let img = montage(&p.original, &panels);
+                    let mut text = vec![
+                        (
+                            "Software".to_string(),
+                            format!("lafam-gpu {}", env!("CARGO_PKG_VERSION")),
+                        ),
+                        ("kind".to_string(), "montage".to_string()),
+                        ("weights".to_string(), self.figure.weights.clone()),
+                        ("layer".to_string(), self.figure.layer.to_string()),
+                        ("rule".to_string(), self.figure.rule.name().to_string()),
+                    ];
+                    let names: Vec<String> = panels
+                        .iter()
+                        .skip(1)
+                        .map(|q| q.caption[0].clone())
+                        .collect();
+                    text.push(("maps".to_string(), names.join(",")));
+                    let methods: Vec<String> = maps.iter().map(|m| m.method.to_string()).collect();
+                    let mut methods_unique = methods.clone();
+                    methods_unique.dedup();
+                    text.push(("method".to_string(), methods_unique.join(",")));
+                    files.push((
+                        out.join(format!("{}.montage.png", p.stem)),
+                        png_with_text(img, text),
                     ));
                 }
                 for m in &maps {
@@ -457,23 +661,33 @@ fn peak(map: &[f32], w: usize) -> [usize; 2] {
     [best.0 / w.max(1), best.0 % w.max(1)]
 }
 
-/// The three outputs of one map, `<stem>.<name>.npy`, `.png` and `.overlay.png` (the name is
-/// the method with its output suffix, e.g. "relax-uncertainty", or a per-image name such as
-/// "concept-17"), for [`write_all_or_nothing`].
+/// The outputs of one map, `<stem>.<name>.npy`, `.png` and `.overlay.png` (the name is the
+/// method with its output suffix, e.g. "relax-uncertainty", or a per-image name such as
+/// "concept-17"; the PNGs only without `--no-png`, drawn in the run's style and carrying its
+/// text chunks), for [`write_all_or_nothing`].
 pub fn output_files<'a>(
     dir: &Path,
     stem: &str,
     name: &str,
-    display: crate::io::Display,
+    method: Method,
     map: &'a [f32],
     original: &RgbImage,
+    figure: &FigureInfo,
 ) -> Vec<(PathBuf, WriteFn<'a>)> {
     let (w, h) = (original.width() as usize, original.height() as usize);
     let base = format!("{stem}.{name}");
-    let (heat, blended) = render_map(map, original, display, OVERLAY_ALPHA);
-    vec![
-        (dir.join(format!("{base}.npy")), npy_f32(h, w, map)),
-        (dir.join(format!("{base}.png")), png(heat)),
-        (dir.join(format!("{base}.overlay.png")), png(blended)),
-    ]
+    let mut files = vec![(dir.join(format!("{base}.npy")), npy_f32(h, w, map))];
+    if figure.pngs {
+        let display = method.info().display;
+        let (heat, blended) = render_map_styled(map, original, display, figure.style);
+        files.push((
+            dir.join(format!("{base}.png")),
+            png_with_text(heat, figure.text(method, name, "heatmap", display)),
+        ));
+        files.push((
+            dir.join(format!("{base}.overlay.png")),
+            png_with_text(blended, figure.text(method, name, "overlay", display)),
+        ));
+    }
+    files
 }

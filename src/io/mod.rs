@@ -1,6 +1,7 @@
 //! Input files (regular files only), image decoding and resizing, .npy maps in and out, colormaps and overlays, atomic writes.
 
 pub mod colormap;
+pub mod figure;
 pub mod files;
 pub mod image;
 pub mod npy;
@@ -12,8 +13,8 @@ pub use self::image::{
 };
 pub use ::image::RgbImage;
 pub use colormap::{
-    heatmap, heatmap_diverging, overlay, overlay_relevance, relevance_scale, render_map, Display,
-    OVERLAY_ALPHA,
+    heatmap, heatmap_diverging, overlay, overlay_relevance, relevance_scale, render_map,
+    render_map_styled, Colormap, Display, Style, OVERLAY_ALPHA,
 };
 pub use output::{write_atomic, write_npy_f32, write_png};
 

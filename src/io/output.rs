@@ -141,6 +141,48 @@ pub fn png(img: RgbImage) -> WriteFn<'static> {
     })
 }
 
+/// An RGB8 PNG with text chunks (`keyword`, `text`), for [`write_all_or_nothing`]. Texts
+/// that Latin-1 can hold are `tEXt` chunks (what most viewers and `exiftool` show); others
+/// (a weights file named in another script) are UTF-8 `iTXt` chunks. Keywords must be 1-79
+/// Latin-1 characters (PNG's rule).
+pub fn png_with_text(img: RgbImage, text: Vec<(String, String)>) -> WriteFn<'static> {
+    Box::new(move |out| {
+        out.write_all(&encode_png_with_text(&img, &text)?)?;
+        Ok(())
+    })
+}
+
+/// The bytes of [`png_with_text`]'s PNG.
+pub fn encode_png_with_text(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, img.width(), img.height());
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            let latin1 = v
+                .chars()
+                .all(|c| (c as u32) < 256 && (c == '\n' || !c.is_control()));
+            if latin1 {
+                enc.add_text_chunk(k.clone(), v.clone())?;
+            } else {
+                enc.add_itxt_chunk(k.clone(), v.clone())?;
+            }
+        }
+        let mut w = enc.write_header()?;
+        w.write_image_data(img.as_raw())?;
+        w.finish()?;
+    }
+    Ok(bytes)
+}
+
+/// A float32 `.npy` array of shape `[h, w]`, C order, in memory.
+pub fn encode_npy_f32(h: usize, w: usize, data: &[f32]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    npy_f32(h, w, data)(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Writes a float32 `.npy` array of shape `[h, w]`, C order, atomically.
 pub fn write_npy_f32(path: &Path, h: usize, w: usize, data: &[f32]) -> Result<()> {
     ensure!(
