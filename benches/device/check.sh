@@ -27,7 +27,7 @@ $BIN info --backend gpu 2>&1 | tee "$OUT/info.txt"
 log "GPU test suite under every tile policy (test binaries built by prepare.sh)"
 # The tests read their fixtures through the path they were built in: link it to this copy.
 want=$(cat .dev/manifest_dir 2>/dev/null || true)
-if [ -n "$want" ] && [ "$want" != "$PWD" ]; then mkdir -p "$(dirname "$want")"; ln -sfn "$PWD" "$want"; fi
+if [ -n "$want" ] && [ "$want" != "$PWD" ] && [ ! -e "$want" ]; then mkdir -p "$(dirname "$want")"; ln -sfn "$PWD" "$want"; fi
 for t in $TILE_POLICIES; do
   for exe in .dev/tests/*; do
     [ -x "$exe" ] || continue
