@@ -83,6 +83,10 @@ pub(crate) struct AtlasArgs {
     #[arg(long, num_args = 1.., value_name = "DIR", conflicts_with = "weights")]
     pub merge: Vec<PathBuf>,
 
+    /// Rank only: skip the second pass (no receptive-field maps, no crops).
+    #[arg(long, conflicts_with = "merge")]
+    pub no_crops: bool,
+
     /// Output directory: atlas.json, index.html and crops/.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -150,6 +154,7 @@ pub(crate) fn atlas(args: &AtlasArgs) -> Result<u8> {
         "rule": args.rule.to_string(),
         "size": args.size,
         "per_concept": args.per_concept,
+        "crops": !args.no_crops,
         "max_target": "sum",
         "abs_norm": true,
         "version": env!("CARGO_PKG_VERSION"),
@@ -184,7 +189,11 @@ pub(crate) fn atlas(args: &AtlasArgs) -> Result<u8> {
         .iter()
         .map(|(i, e)| (*i, e.image.as_path()))
         .collect();
-    let needed = atlas.neurons();
+    let needed = if args.no_crops {
+        BTreeMap::new()
+    } else {
+        atlas.neurons()
+    };
     let mut maps = 0usize;
     for (index, neurons) in &needed {
         let Some(stem) = atlas_stem(&atlas, *index) else {

@@ -67,7 +67,8 @@ const el = (tag, props, kids) => {
 const url = p => p.split("/").map(encodeURIComponent).join("/");
 document.getElementById("settings").textContent =
   `${s.arch || ""}, layer ${s.layer}, concepts of ${s.concept_layer}, rule ${s.rule}, ` +
-  `${atlas.images} images (${s.dataset} ${s.split}), size ${s.size}, ` +
+  `${atlas.images} images (${s.dataset}${s.dataset === "folder" ? "" : " " + s.split}), ` +
+  `size ${s.size}, ` +
   `top ${atlas.per_concept} per channel`;
 function row(label, samples) {
   const r = el("div", {className: "row"}, [el("b", {textContent: label})]);
