@@ -395,3 +395,62 @@ fn shards_merge_to_the_single_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing shards: 1/3"));
 }
+
+/// A file that is not an image gets one error line naming it; the others still make the
+/// atlas; the exit code is 1. An unknown shard part is refused.
+#[test]
+fn bad_image_is_reported_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    for i in 0..3 {
+        let name = format!("img{i:02}.png");
+        std::fs::copy(
+            dir().join("images").join(&name),
+            root.join("images").join(&name),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        root.join("images/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("out");
+    let w = weights();
+    let out = Command::new(BIN)
+        .args([
+            "atlas",
+            "--weights",
+            w.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ])
+        .args([
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--size",
+            "0",
+        ])
+        .args([
+            "--per-concept",
+            "2",
+            "--no-crops",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("broken.png"), "{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("atlas.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["atlas"]["images"], 3);
+    assert!(out_dir.join("index.html").is_file());
+}
