@@ -454,3 +454,27 @@ fn bad_image_is_reported_and_skipped() {
     assert_eq!(doc["atlas"]["images"], 3);
     assert!(out_dir.join("index.html").is_file());
 }
+
+/// A part whose crop path leaves crops/ is refused by --merge, naming the file.
+#[test]
+fn merge_refuses_crop_paths_outside_crops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let part = tmp.path().join("part0");
+    atlas_run("cpu", "layer4", &part, &["--shard", "0/1", "--no-crops"]);
+    let file = part.join("atlas.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    doc["atlas"]["channels"][0]["actmax"]["samples"][0]["crop"] = "../../evil.png".into();
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["atlas", "--merge", part.to_str().unwrap()])
+        .args(["--out", tmp.path().join("merged").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not crops/<file>") && stderr.contains("atlas.json"),
+        "{stderr}"
+    );
+}

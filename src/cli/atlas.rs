@@ -474,10 +474,23 @@ fn merge(args: &AtlasArgs) -> Result<u8> {
     ensure!(missing.is_empty(), "missing shards: {}", missing.join(", "));
     // Where each part's crops are.
     let mut from: HashMap<String, PathBuf> = HashMap::new();
-    for (_, dir, _, a) in &parts {
+    for (file, dir, _, a) in &parts {
         for c in &a.channels {
             for s in c.actmax.samples.iter().chain(&c.relmax.samples) {
                 for f in [&s.crop, &s.heatmap].into_iter().flatten() {
+                    // Only crops/<file name>: a part cannot make --merge read or write
+                    // anywhere else.
+                    let parts: Vec<_> = Path::new(f).components().collect();
+                    ensure!(
+                        matches!(
+                            parts.as_slice(),
+                            [std::path::Component::Normal(d), std::path::Component::Normal(_)]
+                                if *d == "crops"
+                        ),
+                        "{}: crop path {} is not crops/<file>",
+                        file.shown(),
+                        crate::io::escape_controls(f)
+                    );
                     from.insert(f.clone(), dir.join(f));
                 }
             }
