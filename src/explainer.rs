@@ -149,6 +149,23 @@ macro_rules! on_slot {
     };
 }
 
+/// Runs `$body` with `$e` bound to the concrete engine with LRP prepared.
+macro_rules! on_lrp_engine {
+    ($engines:expr, $e:ident => $body:expr) => {
+        match $engines {
+            Engines::Gpu(Slot::Lrp(boxed)) => {
+                let $e = &mut **boxed;
+                $body
+            }
+            Engines::Cpu(Slot::Lrp(boxed)) => {
+                let $e = &mut **boxed;
+                $body
+            }
+            _ => bail!("the LRP rules are not prepared"),
+        }
+    };
+}
+
 /// A backbone prepared on a backend.
 pub struct Explainer {
     engines: Engines,
@@ -393,6 +410,31 @@ impl Explainer {
             stream_maps(e, jobs, &settings, sink);
             Ok(())
         })
+    }
+
+    /// The concept atlas's first pass ([`Engine::concept_activity`]): activations and
+    /// LaFAM-LRP relevance (seeded at the options' stage) at the output of `concept`, on the
+    /// host, `[n, h, w, c]` each, for a batch of network inputs.
+    pub fn concept_activity(
+        &mut self,
+        images: ImageBatch,
+        concept: Stage,
+    ) -> Result<(crate::HostTensor, crate::HostTensor)> {
+        self.prepare_for(&[Method::Lrp])?;
+        let stage = self.options.stage;
+        on_lrp_engine!(&mut self.engines, e => e.concept_activity(images, stage, concept))
+    }
+
+    /// The concept atlas's receptive-field maps ([`Engine::neuron_maps`]) of one network
+    /// input: per `(channel, [y, x])` of `concept`, `[k, h, w, 1]`.
+    pub fn neuron_maps(
+        &mut self,
+        image: ImageBatch,
+        concept: Stage,
+        neurons: &[(usize, [usize; 2])],
+    ) -> Result<crate::HostTensor> {
+        self.prepare_for(&[Method::Lrp])?;
+        on_lrp_engine!(&mut self.engines, e => e.neuron_maps(image, concept, neurons))
     }
 
     /// Starts timing every kernel (GPU timestamps); false where the adapter has none.

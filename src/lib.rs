@@ -18,9 +18,11 @@
 //! - [`stream`]: image files decoded, batched by size and streamed through an engine.
 //! - [`device`]: choosing and opening a backend (`auto`, `gpu`, `cpu`).
 //! - [`explainer`]: the front door, [`Explainer::open`] then [`Explainer::explain`].
-//! - [`cli`]: clap subcommands (`run`, `info`, `bench`, `eval`, `convert`): argument parsing
+//! - [`atlas`]: the concept atlas (top samples per channel, receptive-field crops).
+//! - [`cli`]: clap subcommands (`run`, `info`, `bench`, `eval`, `atlas`, `convert`): argument parsing
 //!   and output sinks only.
 
+pub mod atlas;
 pub mod backend;
 pub mod checkpoint;
 pub mod cli;

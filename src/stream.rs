@@ -82,38 +82,41 @@ pub fn prepare(path: &Path, stem: &str, size: u32) -> Result<Prepared> {
     })
 }
 
+/// Receives [`stream_groups`]'s decoded inputs.
+pub trait GroupSink {
+    /// An input that could not be decoded or prepared, with the error's message.
+    fn failed(&mut self, path: &Path, stem: &str, msg: String);
+    /// A batch of decoded inputs of one network size (at most `batch`).
+    fn group(&mut self, group: Vec<Prepared>);
+}
+
 /// Decodes `jobs` (path, stem) in parallel a chunk at a time, groups them by network input
-/// size into batches of `settings.batch`, computes every method's maps and hands each batch
-/// to `sink`, telling it of every input done. Memory stays bounded (a few batches' worth).
-pub fn stream_maps<B: CamBackend, L: LrpState<B::Conv>>(
-    engine: &mut Engine<B, L>,
+/// size (shorter side `size`, 0 = as is) into batches of at most `batch` and hands each to
+/// `sink`. Memory stays bounded (a few batches' worth of decoded images).
+pub fn stream_groups(
     jobs: &[(PathBuf, String)],
-    settings: &StreamSettings,
-    sink: &mut dyn MapSink,
+    size: u32,
+    batch: usize,
+    sink: &mut dyn GroupSink,
 ) {
-    let batch = settings.batch.max(1);
+    let batch = batch.max(1);
     // Decoded images waiting for a full batch, by network size (w, h).
     let mut pending: BTreeMap<(u32, u32), Vec<Prepared>> = BTreeMap::new();
     let cap = (batch * 4).max(64);
     let chunk = batch.max(rayon::current_num_threads() * 2);
     for part in jobs.chunks(chunk) {
-        let decoded: Vec<Result<Prepared>> = part
-            .par_iter()
-            .map(|(p, s)| prepare(p, s, settings.size))
-            .collect();
+        let decoded: Vec<Result<Prepared>> =
+            part.par_iter().map(|(p, s)| prepare(p, s, size)).collect();
         for (d, (path, stem)) in decoded.into_iter().zip(part) {
             match d {
-                Err(e) => {
-                    sink.failed(path, stem, format!("{e:#}"));
-                    sink.done(1);
-                }
+                Err(e) => sink.failed(path, stem, format!("{e:#}")),
                 Ok(p) => {
                     let key = p.net_image().dimensions();
                     let group = pending.entry(key).or_default();
                     group.push(p);
                     if group.len() >= batch {
                         let g = pending.remove(&key).unwrap_or_default();
-                        explain_group(engine, settings, g, sink);
+                        sink.group(g);
                     }
                 }
             }
@@ -126,12 +129,49 @@ pub fn stream_maps<B: CamBackend, L: LrpState<B::Conv>>(
                 .map(|(k, _)| k)
                 .expect("non-empty");
             let g = pending.remove(&key).unwrap_or_default();
-            explain_group(engine, settings, g, sink);
+            sink.group(g);
         }
     }
     for (_, g) in std::mem::take(&mut pending) {
-        explain_group(engine, settings, g, sink);
+        if !g.is_empty() {
+            sink.group(g);
+        }
     }
+}
+
+/// Decodes `jobs` (path, stem) in parallel a chunk at a time, groups them by network input
+/// size into batches of `settings.batch`, computes every method's maps and hands each batch
+/// to `sink`, telling it of every input done. Memory stays bounded (a few batches' worth).
+pub fn stream_maps<B: CamBackend, L: LrpState<B::Conv>>(
+    engine: &mut Engine<B, L>,
+    jobs: &[(PathBuf, String)],
+    settings: &StreamSettings,
+    sink: &mut dyn MapSink,
+) {
+    struct Explain<'a, B: CamBackend, L: LrpState<B::Conv>> {
+        engine: &'a mut Engine<B, L>,
+        settings: &'a StreamSettings,
+        sink: &'a mut dyn MapSink,
+    }
+    impl<B: CamBackend, L: LrpState<B::Conv>> GroupSink for Explain<'_, B, L> {
+        fn failed(&mut self, path: &Path, stem: &str, msg: String) {
+            self.sink.failed(path, stem, msg);
+            self.sink.done(1);
+        }
+        fn group(&mut self, group: Vec<Prepared>) {
+            explain_group(self.engine, self.settings, group, self.sink);
+        }
+    }
+    stream_groups(
+        jobs,
+        settings.size,
+        settings.batch,
+        &mut Explain {
+            engine,
+            settings,
+            sink,
+        },
+    );
 }
 
 fn explain_group<B: CamBackend, L: LrpState<B::Conv>>(

@@ -63,7 +63,9 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
 
-    /// Also write each computed map as <DIR>/<stem>.<method>.npy.
+    /// Also write each computed map as <DIR>/<stem>.<method>.npy. With --method concepts (or
+    /// --channel): the conditional maps <DIR>/<stem>.concept-<c>.npy and
+    /// <DIR>/<stem>.concepts.json, as `run` names them (saved, not scored).
     #[arg(long, value_name = "DIR", requires = "weights")]
     pub save_maps: Option<PathBuf>,
 
@@ -325,9 +327,9 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         _ => bail!("--weights needs --dataset and --root"),
     };
     ensure!(
-        !args.map.methods().contains(&Method::Concepts),
+        !args.map.methods().contains(&Method::Concepts) || args.save_maps.is_some(),
         "eval does not score --method concepts or --channel (one map per channel, not one \
-         per image): use `run` for them"
+         per image): give --save-maps DIR to keep their maps (not scored), or use `run`"
     );
     let mut entries = datasets::entries(kind, root, &args.split)?;
     ensure!(
@@ -390,11 +392,14 @@ fn eval_with(
         opts: args.options(),
         void_id: kind.void_id(),
         masks: HashMap::new(),
+        // Concepts' maps are saved (--save-maps), not scored.
         reports: methods
             .iter()
+            .filter(|m| **m != Method::Concepts)
             .map(|m| (*m, Report::new(Some(m.to_string()), args.settings())))
             .collect(),
         rep: Reporter::new(entries.len()),
+        unsaved: 0,
     };
     let mut jobs = Vec::with_capacity(entries.len());
     for e in entries {
@@ -412,6 +417,13 @@ fn eval_with(
     let bar = sink.rep.bar.clone();
     explainer.stream(&jobs, &methods, &mut sink)?;
     bar.finish_and_clear();
+    if sink.reports.is_empty() {
+        ensure!(
+            sink.unsaved == 0,
+            "the concept maps of {} images could not be computed or written",
+            sink.unsaved
+        );
+    }
     let mut reports: Vec<Report> = sink.reports.into_iter().map(|(_, r)| r).collect();
     reports.iter_mut().for_each(Report::sort);
     Ok(reports)
@@ -424,10 +436,13 @@ struct ScoreSink<'a> {
     masks: HashMap<String, PathBuf>,
     reports: Vec<(Method, Report)>,
     rep: Reporter,
+    /// Images whose concept maps were not saved.
+    unsaved: usize,
 }
 
 impl ScoreSink<'_> {
     fn skip_all(&mut self, stem: &str, reason: String) {
+        self.unsaved += 1;
         report_skip(&self.rep, stem, None, &reason);
         for (_, r) in self.reports.iter_mut() {
             r.skipped.push(Skipped {
@@ -448,6 +463,23 @@ impl MapSink for ScoreSink<'_> {
     }
 
     fn maps(&mut self, group: &[Prepared], maps: Vec<MethodMaps>) {
+        // Concepts: one map per channel, saved as `run` names them (and the ranking as
+        // <stem>.concepts.json), all of an image's or none; not scored.
+        let (concepts, maps): (Vec<MethodMaps>, Vec<MethodMaps>) =
+            maps.into_iter().partition(|m| m.method == Method::Concepts);
+        let mut failed: Vec<String> = vec![String::new(); group.len()];
+        if let (false, Some(dir)) = (concepts.is_empty(), &self.args.save_maps) {
+            let saved: Vec<Result<()>> = group
+                .par_iter()
+                .enumerate()
+                .map(|(i, p)| save_concepts(dir, p, i, &concepts))
+                .collect();
+            for (f, r) in failed.iter_mut().zip(saved) {
+                if let Err(e) = r {
+                    *f = format!("{e:#}");
+                }
+            }
+        }
         // Only attribution maps are scored (not RELAX's uncertainty).
         let maps: Vec<(Method, Vec<HostTensor>)> = maps
             .into_iter()
@@ -488,7 +520,11 @@ impl MapSink for ScoreSink<'_> {
                     .collect())
             })
             .collect();
-        for (p, r) in group.iter().zip(results) {
+        for ((p, r), f) in group.iter().zip(results).zip(failed) {
+            if !f.is_empty() {
+                self.skip_all(&p.stem, f);
+                continue;
+            }
             match r {
                 Err(e) => self.skip_all(&p.stem, e),
                 Ok(list) => {
@@ -514,4 +550,32 @@ impl MapSink for ScoreSink<'_> {
             }
         }
     }
+}
+
+/// Writes image `i` of `p`'s concept maps (`<stem>.concept-<c>.npy`) and ranking
+/// (`<stem>.concepts.json`, with each concept's peak) into `dir`, all or nothing.
+fn save_concepts(dir: &Path, p: &Prepared, i: usize, concepts: &[MethodMaps]) -> Result<()> {
+    let (h, w) = (p.original.height() as usize, p.original.width() as usize);
+    let mut files: Vec<(PathBuf, crate::io::output::WriteFn<'_>)> = Vec::new();
+    let mut peaks: HashMap<String, [usize; 2]> = HashMap::new();
+    for m in concepts {
+        let (Some(map), Some(name)) = (m.maps.get(i), m.names.get(i)) else {
+            continue;
+        };
+        peaks.insert(name.clone(), super::run::peak(&map.data, map.shape.w));
+        files.push((
+            dir.join(format!("{}.{name}.npy", p.stem)),
+            crate::io::output::npy_f32(h, w, &map.data),
+        ));
+    }
+    for m in concepts {
+        let Some(json) = m.json.get(i) else { continue };
+        let text = super::run::side_json(json.clone(), &peaks);
+        files.push((
+            dir.join(format!("{}.{}.json", p.stem, m.method)),
+            Box::new(move |f| Ok(f.write_all(text.as_bytes())?)),
+        ));
+    }
+    crate::io::output::write_all_or_nothing(files)
+        .with_context(|| format!("{}: cannot write the concept maps", p.path.shown()))
 }

@@ -1,9 +1,11 @@
-//! Command-line interface: `run`, `info`, `bench`, `eval`, `convert`, `serve` (clap derive). `main.rs` only calls
+//! Command-line interface: `run`, `info`, `bench`, `eval`, `atlas`, `convert`, `serve` (clap derive). `main.rs` only calls
 //! [`main`].
 //!
 //! Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 usage error or
 //! a fatal error (weights, backend, output directory), in which case nothing is written.
 
+mod atlas;
+mod atlas_page;
 mod bench;
 mod convert;
 mod eval;
@@ -96,6 +98,10 @@ enum Command {
     /// relevance mass/rank accuracy, AUC, sparseness; Quantus 0.6.0 semantics): existing maps
     /// (--maps/--masks), or computed over a dataset (--weights --dataset voc|imagenet-s|folder).
     Eval(Box<eval::EvalArgs>),
+    /// What each channel of a layer responds to over a dataset (CRP's reference samples):
+    /// per channel the top samples by activation and by relevance, their receptive-field
+    /// crops and conditional maps, atlas.json and a static index.html.
+    Atlas(Box<atlas::AtlasArgs>),
     /// Convert a PyTorch checkpoint (.pth/.pth.tar; zip or legacy format) to safetensors,
     /// without Python. Non-tensor entries (epoch, optimizer, args) are dropped.
     Convert(convert::ConvertArgs),
@@ -178,6 +184,7 @@ where
         Command::Info(a) => info::info(a),
         Command::Bench(a) => bench::bench(a),
         Command::Eval(a) => eval::eval(a),
+        Command::Atlas(a) => atlas::atlas(a),
         Command::Convert(a) => convert::convert(a),
         Command::Serve(a) => serve::serve(a),
     });

@@ -638,7 +638,7 @@ impl MapSink for WriteSink<'_> {
 
 /// A method's per-image JSON (concepts'), with each listed concept's peak (`[y, x]` at the
 /// original resolution) read off its conditional map.
-fn side_json(mut j: serde_json::Value, peaks: &HashMap<String, [usize; 2]>) -> String {
+pub(crate) fn side_json(mut j: serde_json::Value, peaks: &HashMap<String, [usize; 2]>) -> String {
     if let Some(list) = j.get_mut("concepts").and_then(|c| c.as_array_mut()) {
         for c in list {
             let name = format!("concept-{}", c["channel"]);
@@ -651,7 +651,7 @@ fn side_json(mut j: serde_json::Value, peaks: &HashMap<String, [usize; 2]>) -> S
 }
 
 /// The position `[y, x]` of a map's maximum (the first, in row-major order).
-fn peak(map: &[f32], w: usize) -> [usize; 2] {
+pub(crate) fn peak(map: &[f32], w: usize) -> [usize; 2] {
     let mut best = (0usize, f32::NEG_INFINITY);
     for (i, &v) in map.iter().enumerate() {
         if v > best.1 {

@@ -251,7 +251,8 @@ pub(crate) fn input_relevance<B: LrpBackend>(
 
 /// Conditions a backward pass at a stage's output (CRP): given the relevance `R [n, h, w, c]`
 /// arriving there, returns the conditioned relevance `[n*k, h, w, c]` (image `i`'s `k`
-/// conditions at `i*k..(i+1)*k`) and `k`.
+/// conditions at `i*k..(i+1)*k`) and `k`; `k = 0` stops the backward there and returns the
+/// conditioner's tensor.
 pub(crate) type Conditioner<'a, B> =
     &'a mut dyn FnMut(&mut B, &<B as Backend>::Tensor) -> Result<(<B as Backend>::Tensor, usize)>;
 
@@ -332,6 +333,10 @@ pub(crate) fn conditional_relevance<B: LrpBackend>(
     };
     for ((block, fwd), name, s) in blocks.iter().rev() {
         r = condition(b, r, *s, &mut k)?;
+        // A conditioner that asks for no conditions only wanted the relevance there.
+        if k == Some(0) {
+            return Ok(r);
+        }
         let super::tape::BlockTape {
             conv_inputs,
             skip,

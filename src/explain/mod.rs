@@ -7,6 +7,7 @@
 //! - one file per method (the registry below), plus [`rules`] (LRP rules as data) and
 //!   [`ties`] (taking a backend comparison of LRP apart).
 
+pub mod atlas;
 pub mod engine;
 pub mod method;
 pub mod pipeline;
