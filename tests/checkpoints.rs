@@ -738,3 +738,26 @@ fn duplicated_bytes_are_shared_not_copied() {
     let err = read_checkpoint(&legacy_checkpoint(&m), "memo").unwrap_err();
     assert!(format!("{err:#}").contains("memo exceeds"), "{err:#}");
 }
+
+/// A safetensors file whose header length has 0x80 as its low byte starts like a pickle's
+/// PROTO opcode; it must still load as safetensors (it was once read as a pickle and refused
+/// with "pickle protocol 106").
+#[test]
+fn safetensors_with_header_length_0x80_is_not_a_pickle() {
+    use lafam_gpu::checkpoint::open_weights;
+    use lafam_gpu::model::random::{random_state_dict, to_safetensors_bytes, Dtype, RandomSpec};
+    let sd = random_state_dict(&RandomSpec::resnet(50, 8, 7).unwrap());
+    let header_len = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().unwrap());
+    // Pad the metadata until the header length's low byte is 0x80.
+    let bytes = (0..256)
+        .map(|pad| to_safetensors_bytes(&sd, Dtype::F32, "", &[("pad", &"x".repeat(pad))]))
+        .find(|b| header_len(b) % 256 == 0x80)
+        .expect("some padding gives a low byte of 0x80");
+    assert_eq!(bytes[0], 0x80);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let (w, notes) = open_weights(&path).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(w.net.stages.len(), 4);
+}

@@ -67,7 +67,19 @@ pub struct Checkpoint {
 /// True for bytes that start like a PyTorch checkpoint (zip or pickle), as opposed to
 /// safetensors.
 pub fn looks_like_pytorch(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) || is_tar(bytes)
+    // A safetensors header length whose low byte is 0x80 starts like a pickle's PROTO opcode
+    // (a 1/256 chance): a length that fits the file followed by a JSON object is safetensors.
+    !looks_like_safetensors(bytes)
+        && (bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80) || is_tar(bytes))
+}
+
+/// An 8-byte little-endian header length that fits in the file, then `{`.
+fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    let Some(len) = bytes.get(..8) else {
+        return false;
+    };
+    let n = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    n >= 2 && n <= (bytes.len() - 8) as u64 && bytes.get(8) == Some(&b'{')
 }
 
 fn is_tar(bytes: &[u8]) -> bool {
