@@ -3,6 +3,7 @@
 //! ([`masks`]), dataset layouts and sharding ([`datasets`]), reports ([`report`]).
 
 pub mod datasets;
+pub mod faithfulness;
 pub mod masks;
 pub mod metrics;
 pub mod report;

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod method;
 pub mod pipeline;
 pub mod rules;
+pub mod score;
 pub mod tape;
 pub mod ties;
 
