@@ -336,6 +336,29 @@ impl Explainer {
         })
     }
 
+    /// The label-free score of the faithfulness metrics for the original image `x`
+    /// (`[3, h, w]` in the normalised input space): see [`crate::explain::score`]. The stage
+    /// is the explained one; `logit` targets the options' class, else the argmax.
+    pub fn score_for(
+        &mut self,
+        kind: crate::explain::score::ScoreKind,
+        x: &[f64],
+        hw: (usize, usize),
+    ) -> Result<crate::explain::score::Score> {
+        let (stage, class) = (self.options.stage, self.options.class);
+        on_engine!(&mut self.engines, e => e.score_for(kind, x, hw, stage, class))
+    }
+
+    /// The score of every image (`[3, h, w]` each), batched on the backend.
+    pub fn score_images(
+        &mut self,
+        images: &[Vec<f64>],
+        hw: (usize, usize),
+        score: &crate::explain::score::Score,
+    ) -> Result<Vec<f64>> {
+        on_engine!(&mut self.engines, e => e.score_images(images, hw, score))
+    }
+
     /// Starts timing every kernel (GPU timestamps); false where the adapter has none.
     pub fn start_kernel_timing(&mut self) -> bool {
         match &mut self.engines {

@@ -7,7 +7,9 @@
 mod bench;
 mod convert;
 mod eval;
+mod faith;
 mod info;
+mod plot;
 mod run;
 
 use crate::checkpoint::Resolving;

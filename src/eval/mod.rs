@@ -11,7 +11,7 @@ pub mod report;
 pub use datasets::{DatasetKind, Entry, Shard};
 pub use masks::{load_labels, object_mask, Labels, VoidMode};
 pub use metrics::{score, MetricOptions, Scores, Skip, Ties, METRICS};
-pub use report::{ImageScore, Report, Skipped};
+pub use report::{Faith, ImageScore, Report, Skipped};
 
 /// Scores a row-major map against a label image (sizes must agree) with the void rule.
 pub fn score_labels(
