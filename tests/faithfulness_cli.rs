@@ -120,7 +120,8 @@ fn faithfulness_json_csv_and_skips() {
     let root = dir.path().join("ds");
     dataset(&root);
     let (j, c) = (dir.path().join("out.json"), dir.path().join("out.csv"));
-    let o = eval(&root, &[&"--json", &j, &"--csv", &c]);
+    let plots = dir.path().join("plots");
+    let o = eval(&root, &[&"--json", &j, &"--csv", &c, &"--plot", &plots]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -199,6 +200,21 @@ fn faithfulness_json_csv_and_skips() {
         "{head}"
     );
     assert_eq!(csv.lines().count(), 1 + 2 * 4);
+    // One plot per curve kind, with lines in more than two colours (methods) besides text.
+    for name in ["pixel_flipping", "region_perturbation", "road"] {
+        let img = image::open(plots.join(format!("{name}.png")))
+            .unwrap_or_else(|e| panic!("{name}.png: {e}"))
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (800, 520));
+        let coloured = img
+            .pixels()
+            .filter(|p| {
+                let (mx, mn) = (p.0.iter().max().unwrap(), p.0.iter().min().unwrap());
+                mx - mn > 100
+            })
+            .count();
+        assert!(coloured > 500, "{name}.png has {coloured} coloured pixels");
+    }
 }
 
 #[test]

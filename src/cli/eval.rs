@@ -415,7 +415,7 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
             explainer.backend()
         );
         if let Some(dir) = &args.faith.plot {
-            super::plot::write_plots(dir, &reports)?;
+            super::plot::write_plots(dir, &reports, args.faith.score.name())?;
         }
     }
     annotate(args, &mut reports, settings, provenance);
