@@ -52,7 +52,9 @@ pub(crate) fn write_plots(dir: &Path, reports: &[Report], score: &str) -> Result
             .map(|(i, &v)| ((i + 1) as f64, v))
             .collect()
     };
-    let plots: [(&str, &str, &str, String, Vec<(&str, &str)>); 3] = [
+    // (file, title, x label, y label, [(curve, label suffix)])
+    type Plot<'a> = (&'a str, &'a str, &'a str, String, Vec<(&'a str, &'a str)>);
+    let plots: [Plot; 3] = [
         (
             "pixel_flipping",
             "Pixel-Flipping (mean curve)",

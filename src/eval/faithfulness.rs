@@ -28,9 +28,12 @@ use rand_distr::StandardNormal;
 /// Channels of an input image.
 pub const CHANNELS: usize = 3;
 
+/// The closure behind a [`Scorer`].
+pub type ScoreFn<'a> = dyn FnMut(&[Vec<f64>]) -> Result<Vec<f64>> + 'a;
+
 /// A batched score: images (`[3, h, w]` each, normalised input space) to one score each.
 pub struct Scorer<'a> {
-    f: Box<dyn FnMut(&[Vec<f64>]) -> Result<Vec<f64>> + 'a>,
+    f: Box<ScoreFn<'a>>,
     /// Images per call of the closure.
     pub batch: usize,
     /// Images scored so far (perturbed forward passes, including unperturbed references).
