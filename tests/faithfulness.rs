@@ -251,3 +251,23 @@ fn imputation_matches_quantus() {
     let changed = (0..x.len()).filter(|&i| got[i] != x[i]).count();
     assert_eq!(changed, 3 * k(30));
 }
+
+/// MPRT's similarity functions against Quantus' `correlation_spearman` and `ssim` (scipy,
+/// skimage) on flattened maps, with ties and without.
+#[test]
+fn similarity_functions_match_quantus() {
+    use lafam_gpu::eval::faithfulness::{spearman, ssim};
+    let m = manifest();
+    let (a, b) = (npy64("similarity_a.npy"), npy64("similarity_b.npy"));
+    let cases = m["similarity"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    let n = a.len() / cases.len();
+    for (i, c) in cases.iter().enumerate() {
+        let (x, y) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
+        let (rs, ss) = (spearman(x, y).unwrap(), ssim(x, y).unwrap());
+        let (ws, wss) = (c["spearman"].as_f64().unwrap(), c["ssim"].as_f64().unwrap());
+        eprintln!("case {i}: spearman {rs} vs {ws}, ssim {ss} vs {wss}");
+        assert!(rel(&[rs], &[ws]) <= 1e-10, "spearman {rs} vs {ws}");
+        assert!(rel(&[ss], &[wss]) <= 1e-10, "ssim {ss} vs {wss}");
+    }
+}

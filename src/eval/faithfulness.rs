@@ -748,3 +748,83 @@ mod tests {
         assert_eq!(c.points[0], 153.0 - 21.0);
     }
 }
+
+/// Ranks (1-based) with ties given their average rank (`scipy.stats.rankdata`).
+fn average_ranks(v: &[f64]) -> Vec<f64> {
+    let order = argsort(v, false);
+    let mut ranks = vec![0f64; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = r;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation (`scipy.stats.spearmanr`, Quantus'
+/// `correlation_spearman`); None when either side is constant.
+pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.len() != b.len() {
+        return None;
+    }
+    pearson(&average_ranks(a), &average_ranks(b))
+}
+
+/// `scipy.ndimage.uniform_filter1d(x, size)` with its default `reflect` boundary
+/// (`d c b a | a b c d | d c b a`).
+fn uniform_filter(x: &[f64], size: usize) -> Vec<f64> {
+    let n = x.len() as i64;
+    let half = (size / 2) as i64;
+    let at = |mut i: i64| {
+        // Half-sample symmetric reflection, repeated for windows longer than the signal.
+        let period = 2 * n;
+        i = i.rem_euclid(period);
+        if i >= n {
+            i = period - 1 - i;
+        }
+        x[i as usize]
+    };
+    (0..n)
+        .map(|i| (i - half..i - half + size as i64).map(at).sum::<f64>() / size as f64)
+        .collect()
+}
+
+/// Quantus' `ssim` of two flattened maps: `skimage.metrics.structural_similarity` on the
+/// 1-D arrays (window 7, uniform filter, sample covariance, K1 0.01, K2 0.03) with
+/// `data_range` = max - min over both; None when the arrays are shorter than the window.
+pub fn ssim(a: &[f64], b: &[f64]) -> Option<f64> {
+    const WIN: usize = 7;
+    if a.len() != b.len() || a.len() < WIN {
+        return None;
+    }
+    let all = a.iter().chain(b);
+    let max = all.clone().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = all.copied().fold(f64::INFINITY, f64::min);
+    let range = (max - min).abs();
+    let (c1, c2) = ((0.01 * range).powi(2), (0.03 * range).powi(2));
+    let prod = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).collect::<Vec<_>>();
+    let (ux, uy) = (uniform_filter(a, WIN), uniform_filter(b, WIN));
+    let uxx = uniform_filter(&prod(a, a), WIN);
+    let uyy = uniform_filter(&prod(b, b), WIN);
+    let uxy = uniform_filter(&prod(a, b), WIN);
+    let cov_norm = WIN as f64 / (WIN as f64 - 1.0);
+    let pad = (WIN - 1) / 2;
+    let n = a.len();
+    let mut sum = 0.0;
+    for i in pad..n - pad {
+        let vx = cov_norm * (uxx[i] - ux[i] * ux[i]);
+        let vy = cov_norm * (uyy[i] - uy[i] * uy[i]);
+        let vxy = cov_norm * (uxy[i] - ux[i] * uy[i]);
+        let s = ((2.0 * ux[i] * uy[i] + c1) * (2.0 * vxy + c2))
+            / ((ux[i] * ux[i] + uy[i] * uy[i] + c1) * (vx + vy + c2));
+        sum += s;
+    }
+    Some(sum / (n - 2 * pad) as f64)
+}
