@@ -359,6 +359,13 @@ impl Explainer {
         on_engine!(&mut self.engines, e => e.score_images(images, hw, score))
     }
 
+    /// Replaces the network by another of the same architecture on the same backend (MPRT's
+    /// randomised networks; LRP's weights are re-prepared where they were).
+    pub fn set_network(&mut self, spec: &ResNet<ConvLayer>) -> Result<()> {
+        use crate::explain::randomise::SetNetwork;
+        on_engine!(&mut self.engines, e => e.set_network(spec))
+    }
+
     /// Starts timing every kernel (GPU timestamps); false where the adapter has none.
     pub fn start_kernel_timing(&mut self) -> bool {
         match &mut self.engines {

@@ -9,7 +9,9 @@ use crate::eval::faithfulness::{
     self as fm, Baseline, FaithfulnessCorrelation, Order, PixelFlipping, RegionPerturbation, Road,
     Scorer, SeededDraws,
 };
+use crate::eval::faithfulness::{spearman, ssim};
 use crate::eval::report::{ImageScore, Report, Skipped};
+use crate::explain::randomise::{cascade, conv_mut, randomise_conv};
 use crate::explain::score::ScoreKind;
 use crate::explain::Method;
 use crate::explainer::Explainer;
@@ -38,6 +40,10 @@ pub(crate) enum FaithMetric {
     /// ROAD: score after noisy linear imputation of the top (MoRF) and bottom (LeRF) pixels
     /// (curves and means; LeRF above MoRF = faithful).
     Road,
+    /// Model Parameter Randomisation Test: Spearman and SSIM between the map and the map of
+    /// the network with its convs re-initialised top-down from the explained stage to the
+    /// stem, per step (curves; low = the map depends on the parameters).
+    Mprt,
 }
 
 impl FaithMetric {
@@ -47,6 +53,7 @@ impl FaithMetric {
             FaithMetric::RegionPerturbation => "region-perturbation",
             FaithMetric::FaithfulnessCorrelation => "faithfulness-correlation",
             FaithMetric::Road => "road",
+            FaithMetric::Mprt => "mprt",
         }
     }
 }
@@ -54,8 +61,8 @@ impl FaithMetric {
 #[derive(clap::Args, Debug)]
 pub(crate) struct FaithArgs {
     /// Faithfulness metrics to compute on the maps of the same run (comma-separated;
-    /// with --weights): pixel-flipping, region-perturbation, faithfulness-correlation, road.
-    /// Quantus 0.6.0 semantics; images need no mask.
+    /// with --weights): pixel-flipping, region-perturbation, faithfulness-correlation, road,
+    /// mprt. Quantus 0.6.0 semantics; images need no mask.
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., value_name = "LIST")]
     pub faithfulness: Vec<FaithMetric>,
 
@@ -143,6 +150,9 @@ impl FaithArgs {
             "road": m.contains(&FaithMetric::Road).then(|| json!({
                 "noise": self.road_noise, "percentages": Road::default().percentages,
             })),
+            "mprt": m.contains(&FaithMetric::Mprt).then(|| json!({
+                "order": "top_down", "similarity": ["spearman", "ssim"], "abs": true,
+            })),
             "seed": seed,
         })
     }
@@ -205,53 +215,26 @@ pub(crate) fn run(
     let rep = Reporter::new(jobs.len());
     let start = Instant::now();
     let mut passes = 0usize;
+    let mprt = metrics.contains(&FaithMetric::Mprt);
     for part in jobs.chunks(batch.max(1)) {
         let decoded: Vec<Result<Prepared>> =
             part.par_iter().map(|(p, s)| prepare(p, s, size)).collect();
+        let mut outcomes: Vec<(String, Option<Prepared>, Outcome)> = Vec::new();
         for (d, (_, stem)) in decoded.into_iter().zip(part) {
-            let outcome = match d {
-                Err(e) => Err(format!("{e:#}")),
-                Ok(p) => one_image(explainer, args, seed, &metrics, methods, &p, &mut passes)
-                    .map_err(|e| format!("{}: faithfulness: {e:#}", p.path.shown())),
-            };
-            match outcome {
-                Ok(per_method) => {
-                    for (m, faith) in per_method {
-                        let name = m.to_string();
-                        let Some(r) = reports
-                            .iter_mut()
-                            .find(|r| r.method.as_deref() == Some(&name))
-                        else {
-                            continue;
-                        };
-                        if r.skipped.iter().any(|s| &s.stem == stem) {
-                            continue;
-                        }
-                        match r.images.iter_mut().find(|i| &i.stem == stem) {
-                            Some(i) => i.faith = faith,
-                            None => {
-                                let mut i = ImageScore::new(stem.clone(), [None; 6]);
-                                i.faith = faith;
-                                r.images.push(i);
-                            }
-                        }
-                    }
-                }
-                Err(reason) => {
-                    rep.bar
-                        .suspend(|| eprintln!("skipped: {}", crate::io::escape_controls(&reason)));
-                    for r in reports.iter_mut() {
-                        if r.skipped.iter().any(|s| &s.stem == stem) {
-                            continue;
-                        }
-                        r.images.retain(|i| &i.stem != stem);
-                        r.skipped.push(Skipped {
-                            stem: stem.clone(),
-                            reason: reason.clone(),
-                        });
-                    }
+            match d {
+                Err(e) => outcomes.push((stem.clone(), None, Err(format!("{e:#}")))),
+                Ok(p) => {
+                    let o = one_image(explainer, args, seed, &metrics, methods, &p, &mut passes)
+                        .map_err(|e| format!("{}: faithfulness: {e:#}", p.path.shown()));
+                    outcomes.push((stem.clone(), Some(p), o));
                 }
             }
+        }
+        if mprt {
+            mprt_chunk(explainer, seed, methods, &mut outcomes)?;
+        }
+        for (stem, _, outcome) in outcomes {
+            add_outcome(reports, &rep, &stem, outcome);
             rep.done(1);
         }
     }
@@ -261,6 +244,133 @@ pub(crate) fn run(
         passes,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Per method, an image's faithfulness results, or why there are none.
+type Outcome = std::result::Result<Vec<(Method, crate::eval::Faith)>, String>;
+
+/// Adds one image's outcome to the reports.
+fn add_outcome(reports: &mut [Report], rep: &Reporter, stem: &String, outcome: Outcome) {
+    match outcome {
+        Ok(per_method) => {
+            for (m, faith) in per_method {
+                let name = m.to_string();
+                let Some(r) = reports
+                    .iter_mut()
+                    .find(|r| r.method.as_deref() == Some(&name))
+                else {
+                    continue;
+                };
+                if r.skipped.iter().any(|s| &s.stem == stem) {
+                    continue;
+                }
+                match r.images.iter_mut().find(|i| &i.stem == stem) {
+                    Some(i) => i.faith = faith,
+                    None => {
+                        let mut i = ImageScore::new(stem.clone(), [None; 6]);
+                        i.faith = faith;
+                        r.images.push(i);
+                    }
+                }
+            }
+        }
+        Err(reason) => {
+            rep.bar
+                .suspend(|| eprintln!("skipped: {}", crate::io::escape_controls(&reason)));
+            for r in reports.iter_mut() {
+                if r.skipped.iter().any(|s| &s.stem == stem) {
+                    continue;
+                }
+                r.images.retain(|i| &i.stem != stem);
+                r.skipped.push(Skipped {
+                    stem: stem.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// MPRT for the images of a chunk whose other metrics succeeded: the original maps, then,
+/// per randomisation step, the maps of the randomised network, compared (absolute values, as
+/// Quantus' default `abs=True`) by Spearman and SSIM. The network is restored afterwards;
+/// an error here is fatal (the network could not be swapped).
+fn mprt_chunk(
+    explainer: &mut Explainer,
+    seed: u64,
+    methods: &[Method],
+    outcomes: &mut [(String, Option<Prepared>, Outcome)],
+) -> Result<()> {
+    let idx: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].1.is_some() && outcomes[i].2.is_ok())
+        .collect();
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let nets: Vec<RgbImage> = idx
+        .iter()
+        .map(|&i| {
+            outcomes[i]
+                .1
+                .as_ref()
+                .expect("filtered")
+                .net_image()
+                .clone()
+        })
+        .collect();
+    let abs_maps = |maps: Vec<crate::explain::MethodMaps>| -> Vec<(Method, Vec<Vec<f64>>)> {
+        maps.into_iter()
+            .filter(|m| m.output.is_empty())
+            .map(|m| {
+                let per: Vec<Vec<f64>> = m
+                    .maps
+                    .iter()
+                    .map(|t| t.data.iter().map(|&v| (v as f64).abs()).collect())
+                    .collect();
+                (m.method, per)
+            })
+            .collect()
+    };
+    let original = abs_maps(explainer.explain(&nets, methods)?);
+    let spec0 = explainer.network()?;
+    let stage = explainer.options().stage;
+    let mut spec = spec0.clone();
+    // Per method, per image: (spearman curve, ssim curve).
+    let mut curves: Vec<Vec<(Vec<f64>, Vec<f64>)>> =
+        vec![vec![(Vec::new(), Vec::new()); nets.len()]; original.len()];
+    let result = (|| -> Result<()> {
+        for p in cascade(&spec0, stage) {
+            randomise_conv(conv_mut(&mut spec, p), seed);
+            explainer.set_network(&spec)?;
+            let randomised = abs_maps(explainer.explain(&nets, methods)?);
+            for ((orig, rand), per) in original.iter().zip(&randomised).zip(curves.iter_mut()) {
+                for ((a, b), c) in orig.1.iter().zip(&rand.1).zip(per.iter_mut()) {
+                    // A constant map (no ranking) counts as uncorrelated.
+                    c.0.push(spearman(a, b).unwrap_or(0.0));
+                    c.1.push(ssim(a, b).unwrap_or(0.0));
+                }
+            }
+        }
+        Ok(())
+    })();
+    explainer.set_network(&spec0)?;
+    result?;
+    for (j, &i) in idx.iter().enumerate() {
+        let Ok(per_method) = &mut outcomes[i].2 else {
+            continue;
+        };
+        for ((m, per), (method, faith)) in original.iter().zip(&curves).zip(per_method.iter_mut()) {
+            debug_assert_eq!(m.0, *method);
+            let (sp, ss) = per[j].clone();
+            if let (Some(&a), Some(&b)) = (sp.last(), ss.last()) {
+                faith.values.insert("mprt_spearman_last".into(), a);
+                faith.values.insert("mprt_ssim_last".into(), b);
+            }
+            faith.curves.insert("mprt_spearman".into(), sp);
+            faith.curves.insert("mprt_ssim".into(), ss);
+        }
+    }
+    Ok(())
 }
 
 /// Every method's faithfulness results for one decoded image.
@@ -333,6 +443,7 @@ fn one_image(
                         faith.values.insert("faithfulness_correlation".into(), r);
                     }
                 }
+                FaithMetric::Mprt => {} // per chunk: mprt_chunk
                 FaithMetric::Road => {
                     let opts = Road {
                         noise: args.road_noise,

@@ -1,6 +1,7 @@
 //! `eval --plot DIR`: the mean faithfulness curves of every method as PNG line plots
 //! (plotters, text in the bundled DejaVu Sans): `pixel_flipping.png`,
-//! `region_perturbation.png`, `road.png` (MoRF and LeRF), each written atomically.
+//! `region_perturbation.png`, `road.png` (MoRF and LeRF), `mprt_spearman.png`,
+//! `mprt_ssim.png`, each written atomically.
 
 use crate::eval::faithfulness::Road;
 use crate::eval::report::Report;
@@ -54,7 +55,7 @@ pub(crate) fn write_plots(dir: &Path, reports: &[Report], score: &str) -> Result
     };
     // (file, title, x label, y label, [(curve, label suffix)])
     type Plot<'a> = (&'a str, &'a str, &'a str, String, Vec<(&'a str, &'a str)>);
-    let plots: [Plot; 3] = [
+    let plots: [Plot; 5] = [
         (
             "pixel_flipping",
             "Pixel-Flipping (mean curve)",
@@ -75,6 +76,20 @@ pub(crate) fn write_plots(dir: &Path, reports: &[Report], score: &str) -> Result
             "% of pixels imputed",
             score.clone(),
             vec![("road_morf", " MoRF"), ("road_lerf", " LeRF")],
+        ),
+        (
+            "mprt_spearman",
+            "MPRT: Spearman rank correlation with the original map",
+            "convs randomised (top-down from the explained stage to the stem)",
+            "Spearman r".into(),
+            vec![("mprt_spearman", "")],
+        ),
+        (
+            "mprt_ssim",
+            "MPRT: SSIM with the original map",
+            "convs randomised (top-down from the explained stage to the stem)",
+            "SSIM".into(),
+            vec![("mprt_ssim", "")],
         ),
     ];
     for (file, title, xlabel, ylabel, curves) in plots {

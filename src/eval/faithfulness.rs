@@ -695,60 +695,6 @@ fn conjugate_gradient(
     bail!("imputation did not converge")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trapz_matches_numpy() {
-        assert_eq!(trapz(&[1.0, 2.0, 4.0]), 4.5);
-        assert_eq!(trapz(&[3.0]), 0.0);
-    }
-
-    #[test]
-    fn order_is_stable_over_channel_copies() {
-        let o = element_order(&[0.5, 1.0]);
-        assert_eq!(o, vec![1, 3, 5, 0, 2, 4]);
-    }
-
-    #[test]
-    fn padding_as_quantus() {
-        assert_eq!(padding(36, 8), (2, 2));
-        assert_eq!(padding(35, 8), (2, 3));
-        assert_eq!(padding(32, 8), (0, 0));
-    }
-
-    #[test]
-    fn imputation_of_constant_image_is_constant() {
-        let (h, w) = (5, 6);
-        let x = vec![0.25; 3 * h * w];
-        let mut d = SeededDraws::new(1);
-        let y = noisy_linear_imputation(&x, (h, w), &[0, 7, 8, 13, 29], 0.0, &mut d).unwrap();
-        for v in y {
-            assert!((v - 0.25).abs() < 1e-12, "{v}");
-        }
-    }
-
-    #[test]
-    fn pixel_flipping_counts_steps() {
-        let (h, w) = (2, 3);
-        let x: Vec<f64> = (0..18).map(|i| i as f64).collect();
-        let map = [0.1, 0.9, 0.3, 0.2, 0.5, 0.4];
-        let mut s = Scorer::new(4, |imgs: &[Vec<f64>]| {
-            Ok(imgs.iter().map(|i| i.iter().sum()).collect())
-        });
-        let opts = PixelFlipping {
-            features_in_step: 3,
-            baseline: Baseline::Black,
-        };
-        let c = pixel_flipping(&x, &map, (h, w), &opts, &mut SeededDraws::new(0), &mut s).unwrap();
-        assert_eq!(c.points.len(), 6);
-        assert_eq!(s.passes, 6);
-        // Step 1 replaces pixel 1 in all channels (values 1, 7, 13) with the minimum 0.
-        assert_eq!(c.points[0], 153.0 - 21.0);
-    }
-}
-
 /// Ranks (1-based) with ties given their average rank (`scipy.stats.rankdata`).
 fn average_ranks(v: &[f64]) -> Vec<f64> {
     let order = argsort(v, false);
@@ -827,4 +773,58 @@ pub fn ssim(a: &[f64], b: &[f64]) -> Option<f64> {
         sum += s;
     }
     Some(sum / (n - 2 * pad) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trapz_matches_numpy() {
+        assert_eq!(trapz(&[1.0, 2.0, 4.0]), 4.5);
+        assert_eq!(trapz(&[3.0]), 0.0);
+    }
+
+    #[test]
+    fn order_is_stable_over_channel_copies() {
+        let o = element_order(&[0.5, 1.0]);
+        assert_eq!(o, vec![1, 3, 5, 0, 2, 4]);
+    }
+
+    #[test]
+    fn padding_as_quantus() {
+        assert_eq!(padding(36, 8), (2, 2));
+        assert_eq!(padding(35, 8), (2, 3));
+        assert_eq!(padding(32, 8), (0, 0));
+    }
+
+    #[test]
+    fn imputation_of_constant_image_is_constant() {
+        let (h, w) = (5, 6);
+        let x = vec![0.25; 3 * h * w];
+        let mut d = SeededDraws::new(1);
+        let y = noisy_linear_imputation(&x, (h, w), &[0, 7, 8, 13, 29], 0.0, &mut d).unwrap();
+        for v in y {
+            assert!((v - 0.25).abs() < 1e-12, "{v}");
+        }
+    }
+
+    #[test]
+    fn pixel_flipping_counts_steps() {
+        let (h, w) = (2, 3);
+        let x: Vec<f64> = (0..18).map(|i| i as f64).collect();
+        let map = [0.1, 0.9, 0.3, 0.2, 0.5, 0.4];
+        let mut s = Scorer::new(4, |imgs: &[Vec<f64>]| {
+            Ok(imgs.iter().map(|i| i.iter().sum()).collect())
+        });
+        let opts = PixelFlipping {
+            features_in_step: 3,
+            baseline: Baseline::Black,
+        };
+        let c = pixel_flipping(&x, &map, (h, w), &opts, &mut SeededDraws::new(0), &mut s).unwrap();
+        assert_eq!(c.points.len(), 6);
+        assert_eq!(s.passes, 6);
+        // Step 1 replaces pixel 1 in all channels (values 1, 7, 13) with the minimum 0.
+        assert_eq!(c.points[0], 153.0 - 21.0);
+    }
 }

@@ -10,6 +10,7 @@
 pub mod engine;
 pub mod method;
 pub mod pipeline;
+pub mod randomise;
 pub mod rules;
 pub mod score;
 pub mod tape;
