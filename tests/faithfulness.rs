@@ -271,3 +271,63 @@ fn similarity_functions_match_quantus() {
         assert!(rel(&[ss], &[wss]) <= 1e-10, "ssim {ss} vs {wss}");
     }
 }
+
+/// MPRT's network swap on each backend: an engine whose network was swapped for a
+/// randomised one (`set_network`) gives exactly the maps of an engine built on that network,
+/// LaFAM and LaFAM-LRP (whose rule-modified weights must follow), and swapping back restores
+/// the original maps.
+fn check_set_network<B: CamBackend>(make: impl Fn() -> B, label: &str) {
+    use lafam_gpu::backend::Upsample;
+    use lafam_gpu::explain::randomise::{cascade, conv_mut, randomise_conv, SetNetwork};
+    use lafam_gpu::explain::{Composite, ImageBatch, Method};
+    let w = load_weights(&common::fixtures().join("r50_tv.safetensors")).unwrap();
+    let spec0 = w.net.clone();
+    let mut spec = spec0.clone();
+    for p in cascade(&spec0, Stage::Layer3).into_iter().take(5) {
+        randomise_conv(conv_mut(&mut spec, p), 11);
+    }
+    let (rgb, h, wd) = common::read_rgb("img_48x80.png");
+    let images = ImageBatch::new(&rgb, 1, h, wd).unwrap();
+    let maps = |e: &mut Engine<B, lafam_gpu::explain::LrpWeights<B::Conv>>| {
+        [Method::Lafam, Method::Lrp].map(|m| {
+            e.explain_method(images, m, Stage::Layer3, Upsample::Bilinear, &[(h, wd)])
+                .unwrap()
+                .remove(0)
+                .data
+        })
+    };
+    let lrp = |s: &lafam_gpu::model::ResNet<lafam_gpu::model::ConvLayer>| {
+        Engine::new(make(), s)
+            .unwrap()
+            .with_lrp(Composite::EpsilonPlusFlat)
+            .unwrap()
+    };
+    let mut swapped = lrp(&spec0);
+    let before = maps(&mut swapped);
+    swapped.set_network(&spec).unwrap();
+    let after = maps(&mut swapped);
+    let fresh = maps(&mut lrp(&spec));
+    for (k, name) in ["lafam", "lrp"].iter().enumerate() {
+        assert_eq!(after[k], fresh[k], "{label} {name}: swapped != fresh");
+        assert_ne!(
+            after[k], before[k],
+            "{label} {name}: randomisation changed nothing"
+        );
+    }
+    swapped.set_network(&spec0).unwrap();
+    let back = maps(&mut swapped);
+    assert_eq!(
+        back, before,
+        "{label}: swapping back did not restore the maps"
+    );
+}
+
+#[test]
+fn set_network_swaps_every_weight_cpu() {
+    check_set_network(Cpu::new, "cpu");
+}
+
+#[test]
+fn set_network_swaps_every_weight_gpu() {
+    check_set_network(gpu, "gpu");
+}
