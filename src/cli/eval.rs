@@ -407,13 +407,15 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
             &jobs,
             &mut reports,
         )?;
-        eprintln!(
-            "faithfulness: {} perturbed forward passes in {:.1} s ({:.1}/s, {})",
-            t.passes,
-            t.seconds,
-            t.passes as f64 / t.seconds.max(1e-9),
-            explainer.backend()
-        );
+        if t.passes > 0 {
+            eprintln!(
+                "faithfulness: {} perturbed forward passes in {:.1} s ({:.1}/s, {})",
+                t.passes,
+                t.seconds,
+                t.passes as f64 / t.seconds.max(1e-9),
+                explainer.backend()
+            );
+        }
         if let Some(dir) = &args.faith.plot {
             super::plot::write_plots(dir, &reports, args.faith.score.name())?;
         }
