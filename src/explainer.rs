@@ -359,6 +359,11 @@ impl Explainer {
         on_engine!(&mut self.engines, e => e.score_images(images, hw, score))
     }
 
+    /// Sets Grad-CAM's target class (None: each image's argmax) for the following calls.
+    pub fn set_class(&mut self, class: Option<usize>) {
+        self.options.class = class;
+    }
+
     /// Replaces the network by another of the same architecture on the same backend (MPRT's
     /// randomised networks; LRP's weights are re-prepared where they were).
     pub fn set_network(&mut self, spec: &ResNet<ConvLayer>) -> Result<()> {

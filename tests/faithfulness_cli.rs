@@ -372,3 +372,80 @@ fn mprt_cascade_is_reproducible_and_restores_the_network() {
         }
     }
 }
+
+/// Random Logit: a value for Grad-CAM only (the class-dependent map), in [-1, 1],
+/// reproducible, and the target class restored for the next images' maps.
+#[test]
+fn random_logit_for_gradcam() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ds");
+    dataset(&root);
+    fs::remove_file(root.join("images/broken.png")).unwrap();
+    let tv =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference/r50_tv.safetensors");
+    let run = |metrics: &str, out: &Path| {
+        let o = lafam_gpu(&[
+            &"eval",
+            &"--weights",
+            &tv,
+            &"--dataset",
+            &"folder",
+            &"--root",
+            &root,
+            &"--backend",
+            &"cpu",
+            &"--size",
+            &"32",
+            &"--method",
+            &"lafam,gradcam",
+            &"--no-localisation",
+            &"--batch",
+            &"1",
+            &"--faithfulness",
+            &metrics,
+            &"--rp-regions",
+            &"3",
+            &"--json",
+            &out,
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let mut r = json(out)["reports"].as_array().unwrap().clone();
+        r.sort_by_key(|r| r["method"].as_str().unwrap().to_string());
+        r
+    };
+    let a = run(
+        "random-logit,region-perturbation",
+        &dir.path().join("a.json"),
+    );
+    let b = run(
+        "random-logit,region-perturbation",
+        &dir.path().join("b.json"),
+    );
+    let rp = run("region-perturbation", &dir.path().join("rp.json"));
+    assert_eq!(a, b, "reproducible");
+    let (eigen_or_grad, lafam) = (&a[0], &a[1]);
+    assert_eq!(eigen_or_grad["method"], "gradcam");
+    let mut defined = 0;
+    for (i, img) in eigen_or_grad["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        // Undefined (left out) where both maps are constant: a random network's Grad-CAM
+        // can be all zero.
+        if let Some(v) = img["faithfulness"]["random_logit_ssim"].as_f64() {
+            assert!((-1.0..=1.0).contains(&v), "{v}");
+            defined += 1;
+        }
+        assert_eq!(
+            img["faithfulness"]["region_perturbation_aopc"],
+            rp[0]["images"][i]["faithfulness"]["region_perturbation_aopc"],
+            "Grad-CAM's class was not restored"
+        );
+    }
+    assert!(defined > 0, "no Random Logit value at all");
+    for img in lafam["images"].as_array().unwrap() {
+        assert!(img["faithfulness"]["random_logit_ssim"].is_null());
+    }
+}

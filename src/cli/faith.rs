@@ -9,7 +9,7 @@ use crate::eval::faithfulness::{
     self as fm, Baseline, FaithfulnessCorrelation, Order, PixelFlipping, RegionPerturbation, Road,
     Scorer, SeededDraws,
 };
-use crate::eval::faithfulness::{spearman, ssim};
+use crate::eval::faithfulness::{spearman, ssim, Draws};
 use crate::eval::report::{ImageScore, Report, Skipped};
 use crate::explain::randomise::{cascade, conv_mut, randomise_conv};
 use crate::explain::score::ScoreKind;
@@ -44,6 +44,9 @@ pub(crate) enum FaithMetric {
     /// the network with its convs re-initialised top-down from the explained stage to the
     /// stem, per step (curves; low = the map depends on the parameters).
     Mprt,
+    /// Random Logit: SSIM between the class-dependent map (Grad-CAM) for the target class
+    /// and for a random other class (low = the map depends on the class; needs `fc`).
+    RandomLogit,
 }
 
 impl FaithMetric {
@@ -54,6 +57,7 @@ impl FaithMetric {
             FaithMetric::FaithfulnessCorrelation => "faithfulness-correlation",
             FaithMetric::Road => "road",
             FaithMetric::Mprt => "mprt",
+            FaithMetric::RandomLogit => "random-logit",
         }
     }
 }
@@ -62,7 +66,7 @@ impl FaithMetric {
 pub(crate) struct FaithArgs {
     /// Faithfulness metrics to compute on the maps of the same run (comma-separated;
     /// with --weights): pixel-flipping, region-perturbation, faithfulness-correlation, road,
-    /// mprt. Quantus 0.6.0 semantics; images need no mask.
+    /// mprt, random-logit. Quantus 0.6.0 semantics; images need no mask.
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1.., value_name = "LIST")]
     pub faithfulness: Vec<FaithMetric>,
 
@@ -153,6 +157,9 @@ impl FaithArgs {
             "mprt": m.contains(&FaithMetric::Mprt).then(|| json!({
                 "order": "top_down", "similarity": ["spearman", "ssim"], "abs": true,
             })),
+            "random_logit": m.contains(&FaithMetric::RandomLogit).then(|| json!({
+                "similarity": "ssim", "normalise": "max",
+            })),
             "seed": seed,
         })
     }
@@ -204,6 +211,13 @@ pub(crate) fn run(
     jobs: &[(PathBuf, String)],
     reports: &mut [Report],
 ) -> Result<Throughput> {
+    if args.faithfulness.contains(&FaithMetric::RandomLogit) {
+        ensure!(
+            explainer.network()?.heads.fc.is_some(),
+            "random-logit needs a classifier head (a linear `fc.weight` / `fc.bias`) and \
+             these weights have none"
+        );
+    }
     if args.score == ScoreKind::Logit {
         ensure!(
             explainer.network()?.heads.fc.is_some(),
@@ -362,15 +376,66 @@ fn mprt_chunk(
         for ((m, per), (method, faith)) in original.iter().zip(&curves).zip(per_method.iter_mut()) {
             debug_assert_eq!(m.0, *method);
             let (sp, ss) = per[j].clone();
-            if let (Some(&a), Some(&b)) = (sp.last(), ss.last()) {
-                faith.values.insert("mprt_spearman_last".into(), a);
-                faith.values.insert("mprt_ssim_last".into(), b);
+            for (k, v) in [
+                ("mprt_spearman_last", sp.last()),
+                ("mprt_ssim_last", ss.last()),
+            ] {
+                if let Some(&v) = v.filter(|v| v.is_finite()) {
+                    faith.values.insert(k.into(), v);
+                }
             }
             faith.curves.insert("mprt_spearman".into(), sp);
             faith.curves.insert("mprt_ssim".into(), ss);
         }
     }
     Ok(())
+}
+
+/// Random Logit (Quantus' `RandomLogit`: `ssim` of the max-normalised maps, no abs) for the
+/// class-dependent methods (Grad-CAM): the map for the image's target class against the map
+/// for a class drawn uniformly from the others (seeded by `--seed` and the image's name).
+fn random_logit(
+    explainer: &mut Explainer,
+    seed: u64,
+    stem: &str,
+    net: &RgbImage,
+    maps: &[crate::explain::MethodMaps],
+) -> Result<Vec<(Method, f64)>> {
+    let Some(gc) = maps
+        .iter()
+        .find(|m| m.method == Method::Gradcam && m.output.is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    let classes = explainer
+        .network()?
+        .heads
+        .fc
+        .as_ref()
+        .map_or(0, |(_, _, n)| *n);
+    let target = gc.targets.first().copied().unwrap_or(0);
+    ensure!(classes >= 2, "random-logit needs at least two classes");
+    let mut draws = SeededDraws::new(draw_seed(seed, stem, "random-logit"));
+    let mut other = draws.choice(classes - 1, 1)[0];
+    if other >= target {
+        other += 1;
+    }
+    let saved = explainer.options().class;
+    explainer.set_class(Some(other));
+    let off = explainer.explain(std::slice::from_ref(net), &[Method::Gradcam]);
+    explainer.set_class(saved);
+    let off = off?;
+    let norm = |t: &crate::HostTensor| {
+        let max = t.data.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+        let s = if max > 0.0 { 1.0 / max } else { 1.0 };
+        t.data.iter().map(|&v| v as f64 * s).collect::<Vec<f64>>()
+    };
+    let a = norm(&gc.maps[0]);
+    let b = norm(&off[0].maps[0]);
+    Ok(ssim(&a, &b)
+        .map(|v| (Method::Gradcam, v))
+        .into_iter()
+        .collect())
 }
 
 /// Every method's faithfulness results for one decoded image.
@@ -388,6 +453,11 @@ fn one_image(
     let hw = (h as usize, w as usize);
     // The net image is already at the network's size: the maps come at that resolution.
     let maps = explainer.explain(std::slice::from_ref(net), methods)?;
+    let random_logit = if metrics.contains(&FaithMetric::RandomLogit) {
+        random_logit(explainer, seed, &p.stem, net, &maps)?
+    } else {
+        Vec::new()
+    };
     let x = normalise(net);
     let score = explainer.score_for(args.score, &x, hw)?;
     let mut out = Vec::new();
@@ -443,7 +513,7 @@ fn one_image(
                         faith.values.insert("faithfulness_correlation".into(), r);
                     }
                 }
-                FaithMetric::Mprt => {} // per chunk: mprt_chunk
+                FaithMetric::Mprt | FaithMetric::RandomLogit => {} // done apart
                 FaithMetric::Road => {
                     let opts = Road {
                         noise: args.road_noise,
@@ -458,6 +528,12 @@ fn one_image(
             }
         }
         *passes += scorer.passes;
+        if let Some((_, v)) = random_logit.iter().find(|(m, _)| *m == mm.method) {
+            faith.values.insert("random_logit_ssim".into(), *v);
+        }
+        // An undefined value (e.g. SSIM of two constant maps) is left out, as an undefined
+        // correlation is.
+        faith.values.retain(|_, v| v.is_finite());
         out.push((mm.method, faith));
     }
     Ok(out)

@@ -245,9 +245,12 @@ impl Report {
                             .as_array()
                             .with_context(|| format!("{stem}: curve {k} is not an array"))?
                             .iter()
-                            .map(|x| {
-                                x.as_f64()
-                                    .with_context(|| format!("{stem}: curve {k}: not a number"))
+                            .map(|x| match x {
+                                // A non-finite point is written as null.
+                                Value::Null => Ok(f64::NAN),
+                                x => x
+                                    .as_f64()
+                                    .with_context(|| format!("{stem}: curve {k}: not a number")),
                             })
                             .collect::<Result<Vec<f64>>>()?;
                         faith.curves.insert(k.clone(), pts);
