@@ -279,6 +279,13 @@ fn faithfulness_usage_errors() {
         "{}",
         text(&o)
     );
+    let o = eval(&root, &[&"--road-noise", &"nan"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--road-noise must be"),
+        "{}",
+        text(&o)
+    );
     let o = lafam_gpu(&[
         &"eval",
         &"--maps",

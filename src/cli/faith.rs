@@ -211,6 +211,11 @@ pub(crate) fn run(
     jobs: &[(PathBuf, String)],
     reports: &mut [Report],
 ) -> Result<Throughput> {
+    ensure!(
+        args.road_noise.is_finite() && args.road_noise >= 0.0,
+        "--road-noise must be a finite number >= 0, got {}",
+        args.road_noise
+    );
     if args.faithfulness.contains(&FaithMetric::RandomLogit) {
         ensure!(
             explainer.network()?.heads.fc.is_some(),
