@@ -24,6 +24,7 @@ use anyhow::{bail, ensure, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 /// Channels of an input image.
 pub const CHANNELS: usize = 3;
@@ -549,12 +550,30 @@ pub fn road(
     let hw = h * w;
     let desc = argsort(map, true);
     let asc = argsort(map, false);
+    // (pixels, MoRF?) per scored image, in Quantus' order: per percentage, MoRF then LeRF.
+    let jobs: Vec<&[usize]> = opts
+        .percentages
+        .iter()
+        .flat_map(|&p| {
+            let k = (hw as f64 * p / 100.0) as usize;
+            [&desc[..k], &asc[..k]]
+        })
+        .collect();
     let mut pending = Pending::new(scorer);
-    for &p in &opts.percentages {
-        let k = (hw as f64 * p / 100.0) as usize;
-        for order in [&desc, &asc] {
-            let xi = noisy_linear_imputation(x, (h, w), &order[..k], opts.noise, draws)?;
-            pending.push(xi)?;
+    let chunk = pending.scorer.batch.max(1);
+    for part in jobs.chunks(chunk) {
+        // The noise is drawn in order; the solves (independent) run in parallel.
+        let noise: Vec<Vec<f64>> = part
+            .iter()
+            .map(|px| draws.normal(CHANNELS * px.len()))
+            .collect();
+        let images: Vec<Result<Vec<f64>>> = part
+            .par_iter()
+            .zip(&noise)
+            .map(|(px, z)| impute_with_noise(x, (h, w), px, opts.noise, z))
+            .collect();
+        for img in images {
+            pending.push(img?)?;
         }
     }
     let s = pending.finish()?;
@@ -582,6 +601,19 @@ pub fn noisy_linear_imputation(
     pixels: &[usize],
     noise: f64,
     draws: &mut dyn Draws,
+) -> Result<Vec<f64>> {
+    let z = draws.normal(CHANNELS * pixels.len());
+    impute_with_noise(x, (h, w), pixels, noise, &z)
+}
+
+/// [`noisy_linear_imputation`] with its `3·k` standard normal values given (channel-major);
+/// the three channels' systems are solved in parallel.
+fn impute_with_noise(
+    x: &[f64],
+    (h, w): (usize, usize),
+    pixels: &[usize],
+    noise: f64,
+    z: &[f64],
 ) -> Result<Vec<f64>> {
     const OFFSETS: [((i64, i64), f64); 8] = [
         ((1, 1), 1.0 / 12.0),
@@ -638,11 +670,13 @@ pub fn noisy_linear_imputation(
             out[i] = s;
         }
     };
-    let z = draws.normal(CHANNELS * k);
     ensure!(z.len() == CHANNELS * k, "too few noise values");
-    for c in 0..CHANNELS {
-        let b = &rhs[c * k..(c + 1) * k];
-        let u = conjugate_gradient(&apply, &diag, b)?;
+    let solved: Vec<Result<Vec<f64>>> = (0..CHANNELS)
+        .into_par_iter()
+        .map(|c| conjugate_gradient(&apply, &diag, &rhs[c * k..(c + 1) * k]))
+        .collect();
+    for (c, u) in solved.into_iter().enumerate() {
+        let u = u?;
         for (i, &p) in pixels.iter().enumerate() {
             out[c * hw + p] = u[i] + noise * z[c * k + i];
         }
@@ -652,7 +686,7 @@ pub fn noisy_linear_imputation(
 
 /// Jacobi-preconditioned conjugate gradients for a symmetric positive definite operator.
 fn conjugate_gradient(
-    apply: &dyn Fn(&[f64], &mut [f64]),
+    apply: &(dyn Fn(&[f64], &mut [f64]) + Sync),
     diag: &[f64],
     b: &[f64],
 ) -> Result<Vec<f64>> {
