@@ -437,6 +437,41 @@ impl Explainer {
         on_lrp_engine!(&mut self.engines, e => e.neuron_maps(image, concept, neurons))
     }
 
+    /// The label-free score of the faithfulness metrics for the original image `x`
+    /// (`[3, h, w]` in the normalised input space): see [`crate::explain::score`]. The stage
+    /// is the explained one; `logit` targets the options' class, else the argmax.
+    pub fn score_for(
+        &mut self,
+        kind: crate::explain::score::ScoreKind,
+        x: &[f64],
+        hw: (usize, usize),
+    ) -> Result<crate::explain::score::Score> {
+        let (stage, class) = (self.options.stage, self.options.class);
+        on_engine!(&mut self.engines, e => e.score_for(kind, x, hw, stage, class))
+    }
+
+    /// The score of every image (`[3, h, w]` each), batched on the backend.
+    pub fn score_images(
+        &mut self,
+        images: &[Vec<f64>],
+        hw: (usize, usize),
+        score: &crate::explain::score::Score,
+    ) -> Result<Vec<f64>> {
+        on_engine!(&mut self.engines, e => e.score_images(images, hw, score))
+    }
+
+    /// Sets Grad-CAM's target class (None: each image's argmax) for the following calls.
+    pub fn set_class(&mut self, class: Option<usize>) {
+        self.options.class = class;
+    }
+
+    /// Replaces the network by another of the same architecture on the same backend (MPRT's
+    /// randomised networks; LRP's weights are re-prepared where they were).
+    pub fn set_network(&mut self, spec: &ResNet<ConvLayer>) -> Result<()> {
+        use crate::explain::randomise::SetNetwork;
+        on_engine!(&mut self.engines, e => e.set_network(spec))
+    }
+
     /// Starts timing every kernel (GPU timestamps); false where the adapter has none.
     pub fn start_kernel_timing(&mut self) -> bool {
         match &mut self.engines {

@@ -11,6 +11,7 @@
 //! Outputs: a table of means ± std on stdout, `--json` (per image, mean, std, count, skipped)
 //! and `--csv` (per image), written atomically. Exit code 1 when some images were skipped.
 
+use super::faith::FaithArgs;
 use super::run::{MapArgs, Reporter};
 use super::{resolve_weights, EXIT_FAILED, EXIT_FATAL, EXIT_OK};
 use crate::eval::datasets::{self, stem_of, DatasetKind, Shard};
@@ -109,6 +110,10 @@ pub(crate) struct EvalArgs {
     /// Write the per-image results as CSV.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+
+    /// Faithfulness metrics (computed on the maps of this run).
+    #[command(flatten)]
+    pub faith: FaithArgs,
 }
 
 impl EvalArgs {
@@ -149,6 +154,13 @@ fn annotate(
 }
 
 pub(crate) fn eval(args: &EvalArgs) -> Result<u8> {
+    if args.faith.enabled() && args.weights.is_none() {
+        eprintln!(
+            "error: --faithfulness needs --weights with --dataset and --root (the metrics run \
+             the network on perturbed images)"
+        );
+        return Ok(EXIT_FATAL);
+    }
     let reports = if !args.merge.is_empty() {
         let parts = args
             .merge
@@ -295,10 +307,7 @@ fn eval_maps(args: &EvalArgs, maps_dir: &Path, masks_dir: &Path) -> Result<Vec<R
     for (stem, out) in outcomes {
         for (r, (_, res)) in reports.iter_mut().zip(out) {
             match res {
-                Ok(scores) => r.images.push(ImageScore {
-                    stem: stem.clone(),
-                    scores,
-                }),
+                Ok(scores) => r.images.push(ImageScore::new(stem.clone(), scores)),
                 Err(reason) => {
                     report_skip(&rep, &stem, r.method.as_deref(), &reason);
                     r.skipped.push(Skipped {
@@ -367,6 +376,8 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         "relax_masks": m.method.contains(&Method::Relax).then_some(args.relax_masks),
         "seed": m.method.contains(&Method::Relax).then_some(m.seed),
         "backend": explainer.backend_kind(),
+        "localisation": !args.faith.no_localisation,
+        "faithfulness": args.faith.enabled().then(|| args.faith.settings(m.seed)),
     });
     let provenance = json!({
         "weights": weights.source.to_string_lossy(),
@@ -374,7 +385,43 @@ fn eval_dataset(args: &EvalArgs, weights_path: &Path) -> Result<Vec<Report>> {
         "root": root.to_string_lossy(),
     });
     drop(weights);
-    let mut reports = eval_with(&mut explainer, args, kind, entries)?;
+    let jobs: Vec<(PathBuf, String)> = entries
+        .iter()
+        .map(|e| (e.image.clone(), e.stem.clone()))
+        .collect();
+    let mut reports = if args.faith.no_localisation {
+        args.map
+            .methods()
+            .iter()
+            .map(|m| Report::new(Some(m.to_string()), args.settings()))
+            .collect()
+    } else {
+        eval_with(&mut explainer, args, kind, entries)?
+    };
+    if args.faith.enabled() {
+        let t = super::faith::run(
+            &mut explainer,
+            &args.faith,
+            m.seed,
+            m.size,
+            m.batch as usize,
+            &args.map.methods(),
+            &jobs,
+            &mut reports,
+        )?;
+        if t.passes > 0 {
+            eprintln!(
+                "faithfulness: {} perturbed forward passes in {:.1} s ({:.1}/s, {})",
+                t.passes,
+                t.seconds,
+                t.passes as f64 / t.seconds.max(1e-9),
+                explainer.backend()
+            );
+        }
+        if let Some(dir) = &args.faith.plot {
+            super::plot::write_plots(dir, &reports, args.faith.score.name())?;
+        }
+    }
     annotate(args, &mut reports, settings, provenance);
     Ok(reports)
 }
@@ -408,6 +455,9 @@ fn eval_with(
                 sink.masks.insert(e.stem.clone(), m);
                 jobs.push((e.image, e.stem));
             }
+            // With --faithfulness, an image without a mask has no localisation scores but
+            // is not skipped.
+            None if args.faith.enabled() => sink.rep.done(1),
             None => {
                 sink.skip_all(&e.stem, format!("missing mask for {}", e.image.shown()));
                 sink.rep.done(1);
@@ -533,10 +583,10 @@ impl MapSink for ScoreSink<'_> {
                             continue;
                         };
                         match r {
-                            Ok(scores) => self.reports[j].1.images.push(ImageScore {
-                                stem: p.stem.clone(),
-                                scores,
-                            }),
+                            Ok(scores) => self.reports[j]
+                                .1
+                                .images
+                                .push(ImageScore::new(p.stem.clone(), scores)),
                             Err(reason) => {
                                 report_skip(&self.rep, &p.stem, Some(&m.to_string()), &reason);
                                 self.reports[j].1.skipped.push(Skipped {

@@ -9,7 +9,9 @@ mod atlas_page;
 mod bench;
 mod convert;
 mod eval;
+mod faith;
 mod info;
+mod plot;
 mod run;
 mod serve;
 

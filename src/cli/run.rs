@@ -84,7 +84,9 @@ pub(crate) struct MapArgs {
     #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub mask_batch: u32,
 
-    /// RELAX: seed of the mask generator (results are deterministic per seed and backend).
+    /// RELAX: seed of the mask generator (results are deterministic per seed and backend);
+    /// eval --faithfulness: seed of the random subsets, baselines, noise and MPRT's
+    /// re-initialised weights.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
 

@@ -3,6 +3,7 @@
 //! ([`masks`]), dataset layouts and sharding ([`datasets`]), reports ([`report`]).
 
 pub mod datasets;
+pub mod faithfulness;
 pub mod masks;
 pub mod metrics;
 pub mod report;
@@ -10,7 +11,7 @@ pub mod report;
 pub use datasets::{DatasetKind, Entry, Shard};
 pub use masks::{load_labels, object_mask, Labels, VoidMode};
 pub use metrics::{score, MetricOptions, Scores, Skip, Ties, METRICS};
-pub use report::{ImageScore, Report, Skipped};
+pub use report::{Faith, ImageScore, Report, Skipped};
 
 /// Scores a row-major map against a label image (sizes must agree) with the void rule.
 pub fn score_labels(

@@ -11,7 +11,39 @@ use std::path::Path;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageScore {
     pub stem: String,
+    /// The six localisation metrics (None where undefined or not computed).
     pub scores: Scores,
+    /// Faithfulness values and curves (empty unless `eval --faithfulness`).
+    pub faith: Faith,
+}
+
+impl ImageScore {
+    pub fn new(stem: String, scores: Scores) -> Self {
+        ImageScore {
+            stem,
+            scores,
+            faith: Faith::default(),
+        }
+    }
+}
+
+/// One image's faithfulness results: named values (`pixel_flipping_auc`,
+/// `region_perturbation_aopc`, `faithfulness_correlation`, `road_morf`, `road_lerf`) and
+/// named curves (`pixel_flipping`, `region_perturbation`, `road_morf`, `road_lerf`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faith {
+    pub values: BTreeMap<String, f64>,
+    pub curves: BTreeMap<String, Vec<f64>>,
+}
+
+/// Mean, population std and count of each faithfulness value over a report's images, and
+/// the pointwise mean of each curve (point `i` over the images whose curve has one).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaithSummary {
+    pub mean: BTreeMap<String, f64>,
+    pub std: BTreeMap<String, f64>,
+    pub n: BTreeMap<String, usize>,
+    pub curves: BTreeMap<String, Vec<f64>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +115,47 @@ impl Report {
         s
     }
 
+    /// Whether any image has faithfulness results.
+    pub fn has_faith(&self) -> bool {
+        self.images
+            .iter()
+            .any(|i| !i.faith.values.is_empty() || !i.faith.curves.is_empty())
+    }
+
+    pub fn faith_summary(&self) -> FaithSummary {
+        let mut vals: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut curves: BTreeMap<String, Vec<(f64, usize)>> = BTreeMap::new();
+        for i in &self.images {
+            for (k, v) in &i.faith.values {
+                vals.entry(k.clone()).or_default().push(*v);
+            }
+            for (k, c) in &i.faith.curves {
+                let acc = curves.entry(k.clone()).or_default();
+                if acc.len() < c.len() {
+                    acc.resize(c.len(), (0.0, 0));
+                }
+                for (a, v) in acc.iter_mut().zip(c) {
+                    a.0 += v;
+                    a.1 += 1;
+                }
+            }
+        }
+        let mut s = FaithSummary::default();
+        for (k, v) in vals {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            s.mean.insert(k.clone(), mean);
+            s.std.insert(k.clone(), var.sqrt());
+            s.n.insert(k, v.len());
+        }
+        for (k, c) in curves {
+            s.curves
+                .insert(k, c.iter().map(|(sum, n)| sum / *n as f64).collect());
+        }
+        s
+    }
+
     pub fn to_json(&self) -> Value {
         let num = |v: Option<f64>| v.map_or(Value::Null, |x| json!(x));
         let images: Vec<Value> = self
@@ -93,6 +166,12 @@ impl Report {
                 o.insert("stem".into(), json!(i.stem));
                 for (name, v) in METRICS.iter().zip(i.scores) {
                     o.insert((*name).into(), num(v));
+                }
+                if !i.faith.values.is_empty() {
+                    o.insert("faithfulness".into(), json!(i.faith.values));
+                }
+                if !i.faith.curves.is_empty() {
+                    o.insert("curves".into(), json!(i.faith.curves));
                 }
                 Value::Object(o)
             })
@@ -112,6 +191,10 @@ impl Report {
             .zip(s.n)
             .map(|(k, v)| ((*k).to_string(), json!(v)))
             .collect();
+        let faith = self.has_faith().then(|| {
+            let f = self.faith_summary();
+            json!({ "mean": f.mean, "std": f.std, "n": f.n, "mean_curves": f.curves })
+        });
         json!({
             "method": self.method,
             "settings": self.settings,
@@ -122,6 +205,7 @@ impl Report {
             "std": per(&s.std),
             "count": self.images.len(),
             "n": n,
+            "faithfulness": faith,
             "skipped": self.skipped.iter().map(|k| json!({"stem": k.stem, "reason": k.reason})).collect::<Vec<_>>(),
         })
     }
@@ -146,7 +230,37 @@ impl Report {
                         ),
                     };
                 }
-                Ok(ImageScore { stem, scores })
+                let mut faith = Faith::default();
+                if let Some(f) = i.get("faithfulness").filter(|v| !v.is_null()) {
+                    for (k, v) in f.as_object().context("\"faithfulness\" is not an object")? {
+                        let x = v
+                            .as_f64()
+                            .with_context(|| format!("{stem}: {k} is not a number"))?;
+                        faith.values.insert(k.clone(), x);
+                    }
+                }
+                if let Some(c) = i.get("curves").filter(|v| !v.is_null()) {
+                    for (k, v) in c.as_object().context("\"curves\" is not an object")? {
+                        let pts = v
+                            .as_array()
+                            .with_context(|| format!("{stem}: curve {k} is not an array"))?
+                            .iter()
+                            .map(|x| match x {
+                                // A non-finite point is written as null.
+                                Value::Null => Ok(f64::NAN),
+                                x => x
+                                    .as_f64()
+                                    .with_context(|| format!("{stem}: curve {k}: not a number")),
+                            })
+                            .collect::<Result<Vec<f64>>>()?;
+                        faith.curves.insert(k.clone(), pts);
+                    }
+                }
+                Ok(ImageScore {
+                    stem,
+                    scores,
+                    faith,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let skipped = match v.get("skipped") {
@@ -421,7 +535,9 @@ pub fn write_csv(path: &Path, reports: &[Report]) -> Result<()> {
 
 /// The CSV that [`write_csv`] writes.
 pub fn csv_text(reports: &[Report]) -> String {
-    let mut text = format!("method,stem,{},skipped\n", METRICS.join(","));
+    let faith = faith_names(reports);
+    let extra: String = faith.iter().map(|k| format!(",{k}")).collect();
+    let mut text = format!("method,stem,{}{extra},skipped\n", METRICS.join(","));
     for r in reports {
         let method = csv_field(r.method.as_deref().unwrap_or(""));
         for i in &r.images {
@@ -429,6 +545,12 @@ pub fn csv_text(reports: &[Report]) -> String {
                 .scores
                 .iter()
                 .map(|v| v.map_or(String::new(), |x| format!("{x}")))
+                .chain(faith.iter().map(|k| {
+                    i.faith
+                        .values
+                        .get(k)
+                        .map_or(String::new(), |x| format!("{x}"))
+                }))
                 .collect();
             text += &format!("{method},{},{},\n", csv_field(&i.stem), vals.join(","));
         }
@@ -436,12 +558,23 @@ pub fn csv_text(reports: &[Report]) -> String {
             text += &format!(
                 "{method},{},{},{}\n",
                 csv_field(&s.stem),
-                ",".repeat(5),
+                ",".repeat(5 + faith.len()),
                 csv_field(&s.reason)
             );
         }
     }
     text
+}
+
+/// The faithfulness value names present in any report, sorted.
+pub fn faith_names(reports: &[Report]) -> Vec<String> {
+    let mut names: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.images.iter().flat_map(|i| i.faith.values.keys().cloned()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Means ± std, one column per method.
@@ -455,10 +588,26 @@ pub fn table(reports: &[Report]) -> String {
     );
     rows.push(head);
     let sums: Vec<Summary> = reports.iter().map(Report::summary).collect();
+    let faith = faith_names(reports);
     for (m, name) in METRICS.iter().enumerate() {
+        // With faithfulness results, localisation rows nobody has are left out.
+        if !faith.is_empty() && sums.iter().all(|s| s.n[m] == 0) {
+            continue;
+        }
         let mut row = vec![name.to_string()];
         for s in &sums {
             row.push(match (s.mean[m], s.std[m]) {
+                (Some(a), Some(b)) => format!("{a:.4} ± {b:.4}"),
+                _ => "-".into(),
+            });
+        }
+        rows.push(row);
+    }
+    let fsums: Vec<FaithSummary> = reports.iter().map(Report::faith_summary).collect();
+    for name in &faith {
+        let mut row = vec![name.clone()];
+        for s in &fsums {
+            row.push(match (s.mean.get(name), s.std.get(name)) {
                 (Some(a), Some(b)) => format!("{a:.4} ± {b:.4}"),
                 _ => "-".into(),
             });

@@ -11,7 +11,9 @@ pub mod atlas;
 pub mod engine;
 pub mod method;
 pub mod pipeline;
+pub mod randomise;
 pub mod rules;
+pub mod score;
 pub mod tape;
 pub mod ties;
 
