@@ -613,3 +613,48 @@ fn explain_on_the_gpu() {
     assert_eq!(p.status, 200, "{}", String::from_utf8_lossy(&p.body));
     assert_eq!(p.json()["concepts"].as_array().unwrap().len(), 1);
 }
+
+/// With an atlas.json, a channel's crops come in the atlas's ranking (RelMax, then ActMax,
+/// each crop once), and none for the channels of another layer than the atlas's.
+#[test]
+fn atlas_crops_follow_the_atlas_ranking_and_layer() {
+    let root = tempfile::tempdir().unwrap();
+    let atlas = root.path().join("atlas");
+    std::fs::create_dir_all(atlas.join("crops")).unwrap();
+    for n in ["a.c3.y0x0", "b.c3.y1x1", "c.c3.y2x2"] {
+        std::fs::write(atlas.join(format!("crops/{n}.png")), n).unwrap();
+    }
+    let sample =
+        |stem: &str| serde_json::json!({"stem": stem, "crop": format!("crops/{stem}.c3.y0x0.png")});
+    let doc = serde_json::json!({
+        "settings": {"concept_layer": "layer3"},
+        "atlas": {"channels": [
+            {"channel": 2, "relmax": {"samples": []}, "actmax": {"samples": []}},
+            {"channel": 3,
+             "relmax": {"samples": [{"crop": "crops/b.c3.y1x1.png"}, {"crop": "crops/a.c3.y0x0.png"}]},
+             "actmax": {"samples": [sample("a"), {"crop": "crops/c.c3.y2x2.png"}, {"crop": "crops/../../x.png"}]}}
+        ]}
+    });
+    std::fs::write(atlas.join("atlas.json"), doc.to_string()).unwrap();
+    let s = serve(&["--backend", "cpu", "--atlas", atlas.to_str().unwrap()]);
+    let want = serde_json::json!([
+        "/atlas/crops/b.c3.y1x1.png",
+        "/atlas/crops/a.c3.y0x0.png",
+        "/atlas/crops/c.c3.y2x2.png"
+    ]);
+    let c = get(s.port, "/api/atlas?channel=3").json();
+    assert_eq!(c["crops"], want);
+    assert_eq!(c["atlas"]["concept_layer"], "layer3");
+    assert_eq!(
+        get(s.port, "/api/atlas?channel=3&layer=layer3").json()["crops"],
+        want
+    );
+    assert_eq!(
+        get(s.port, "/api/atlas?channel=3&layer=layer4").json()["crops"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        get(s.port, "/api/atlas?channel=2").json()["crops"],
+        serde_json::json!([])
+    );
+}

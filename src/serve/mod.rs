@@ -744,7 +744,7 @@ fn point(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> {
                 "activation": at[c],
                 "share": if total > 0.0 { at[c] / total } else { 0.0 },
                 "mean": mean(c),
-                "atlas": atlas_crops(state, c),
+                "atlas": atlas_crops(state, c, Some(&stage.to_string())),
             })
         })
         .collect();
@@ -997,41 +997,73 @@ fn folder_list(state: &State) -> Result<Reply, Bad> {
     Ok(Reply::ok(json!({ "files": files })))
 }
 
-/// The atlas's crops of `channel` (`crops/<stem>.c<channel>.y<y>x<x>.png`, as `lafam-gpu
-/// atlas` names them; their `.heat.png` maps are left out), at most 8, as URLs.
-fn atlas_crops(state: &State, channel: usize) -> Vec<String> {
+/// The atlas's `atlas.json` (None where there is no atlas or it cannot be read).
+fn atlas_doc(state: &State) -> Option<Value> {
+    let root = state.atlas.as_deref()?;
+    let bytes = std::fs::read(root.join("atlas.json")).ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()
+}
+
+/// The atlas's concept layer, from its settings.
+fn atlas_layer(doc: &Value) -> Option<&str> {
+    doc["settings"]["concept_layer"].as_str()
+}
+
+/// The atlas's crops of `channel`, at most 8, as URLs. With an `atlas.json`: its ranked
+/// samples (RelMax first, then ActMax, each best first), and none when the atlas is of another
+/// layer than `layer` (its channel numbers would be another layer's). Without one: the crop
+/// files of the channel by name (`crops/<stem>.c<channel>.y<y>x<x>.png`, as `lafam-gpu atlas`
+/// names them; their `.heat.png` maps are left out).
+fn atlas_crops(state: &State, channel: usize, layer: Option<&str>) -> Vec<String> {
     let Some(root) = state.atlas.as_deref() else {
         return Vec::new();
     };
-    let Ok(entries) = std::fs::read_dir(root.join("crops")) else {
-        return Vec::new();
+    let names: Vec<String> = match atlas_doc(state) {
+        Some(doc) => {
+            if layer.is_some_and(|l| atlas_layer(&doc).is_some_and(|a| a != l)) {
+                return Vec::new();
+            }
+            let entry = doc["atlas"]["channels"].as_array().and_then(|chs| {
+                chs.iter()
+                    .find(|c| c["channel"].as_u64() == Some(channel as u64))
+            });
+            let mut names = Vec::new();
+            for list in ["relmax", "actmax"] {
+                let samples = entry.and_then(|e| e[list]["samples"].as_array());
+                for crop in samples
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x["crop"].as_str())
+                {
+                    if let Some(n) = crop.strip_prefix("crops/") {
+                        if !names.iter().any(|m| m == n) {
+                            names.push(n.to_string());
+                        }
+                    }
+                }
+            }
+            names
+        }
+        None => {
+            let Ok(entries) = std::fs::read_dir(root.join("crops")) else {
+                return Vec::new();
+            };
+            let key = format!(".c{channel}.y");
+            let mut found: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&key) && n.ends_with(".png") && !n.ends_with(".heat.png"))
+                .collect();
+            found.sort();
+            found
+        }
     };
-    let key = format!(".c{channel}.y");
-    let mut found: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(&key) && n.ends_with(".png") && !n.ends_with(".heat.png"))
-        .filter(|n| {
-            resolve_under(
-                root,
-                &format!(
-                    "crops/{}",
-                    percent_encoding::utf8_percent_encode(n, FILE_NAME)
-                ),
-            )
-            .is_some()
-        })
-        .collect();
-    found.sort();
-    found.truncate(8);
-    found
+    names
         .iter()
-        .map(|n| {
-            format!(
-                "/atlas/crops/{}",
-                percent_encoding::utf8_percent_encode(n, FILE_NAME)
-            )
-        })
+        .map(|n| percent_encoding::utf8_percent_encode(n, FILE_NAME).to_string())
+        .filter(|n| resolve_under(root, &format!("crops/{n}")).is_some())
+        .take(8)
+        .map(|n| format!("/atlas/crops/{n}"))
         .collect()
 }
 
@@ -1040,13 +1072,10 @@ fn atlas_summary(state: &State) -> Value {
     let Some(root) = state.atlas.as_deref() else {
         return Value::Null;
     };
-    let layer = std::fs::read(root.join("atlas.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .and_then(|j| j.get("concept_layer").cloned());
+    let doc = atlas_doc(state);
     json!({
         "index": resolve_under(root, "index.html").map(|_| "/atlas/index.html"),
-        "concept_layer": layer,
+        "concept_layer": doc.as_ref().and_then(atlas_layer),
     })
 }
 
@@ -1060,7 +1089,7 @@ fn atlas_list(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> 
         .map_err(|_| Bad(400, format!("channel: '{c}' is not a channel number")))?;
     Ok(Reply::ok(json!({
         "channel": channel,
-        "crops": atlas_crops(state, channel),
+        "crops": atlas_crops(state, channel, param(params, "layer")),
         "atlas": atlas_summary(state),
     })))
 }
