@@ -29,6 +29,17 @@ impl Prepared {
     }
 }
 
+/// The network inputs of a group (all of one size, as [`stream_groups`] hands them over)
+/// packed into one RGB buffer, with their height and width: the bytes of an [`ImageBatch`].
+pub fn pack_group(group: &[Prepared]) -> (Vec<u8>, usize, usize) {
+    let (w, h) = group.first().map_or((0, 0), |p| p.net_image().dimensions());
+    let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
+    for p in group {
+        rgb.extend_from_slice(p.net_image().as_raw());
+    }
+    (rgb, h as usize, w as usize)
+}
+
 /// What [`stream_maps`] computes.
 #[derive(Clone, Debug)]
 pub struct StreamSettings {
@@ -183,16 +194,12 @@ fn explain_group<B: CamBackend, L: LrpState<B::Conv>>(
     if group.is_empty() {
         return;
     }
-    let (w, h) = group[0].net_image().dimensions();
-    let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
-    for p in &group {
-        rgb.extend_from_slice(p.net_image().as_raw());
-    }
+    let (rgb, h, w) = pack_group(&group);
     let out_sizes: Vec<(usize, usize)> = group
         .iter()
         .map(|p| (p.original.height() as usize, p.original.width() as usize))
         .collect();
-    let computed = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
+    let computed = ImageBatch::new(&rgb, group.len(), h, w)
         .and_then(|batch| engine.explain(batch, &settings.request, &out_sizes))
         .and_then(|c| {
             for MethodMaps { method, maps, .. } in &c {

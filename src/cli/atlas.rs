@@ -15,7 +15,7 @@ use crate::explain::{Composite, ImageBatch};
 use crate::explainer::{Explainer, Options};
 use crate::io::{heatmap_diverging, write_atomic, write_png, Shown};
 use crate::model::Stage;
-use crate::stream::{prepare, stream_groups, GroupSink, Prepared};
+use crate::stream::{pack_group, prepare, stream_groups, GroupSink, Prepared};
 use anyhow::{bail, ensure, Context, Result};
 use image::RgbImage;
 use serde_json::json;
@@ -268,12 +268,8 @@ impl GroupSink for TopSink<'_> {
     }
 
     fn group(&mut self, group: Vec<Prepared>) {
-        let (w, h) = group[0].net_image().dimensions();
-        let mut rgb = Vec::with_capacity(group.len() * (w * h * 3) as usize);
-        for p in &group {
-            rgb.extend_from_slice(p.net_image().as_raw());
-        }
-        let got = ImageBatch::new(&rgb, group.len(), h as usize, w as usize)
+        let (rgb, h, w) = pack_group(&group);
+        let got = ImageBatch::new(&rgb, group.len(), h, w)
             .and_then(|b| self.explainer.concept_activity(b, self.concept));
         let (act, rel) = match got {
             Ok(x) => x,

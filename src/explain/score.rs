@@ -177,13 +177,16 @@ impl<B: CamBackend, L> Engine<B, L> {
 
     /// `fc(gap(layer4))` of a preprocessed NHWC batch, `[n][classes]` in f64.
     fn logits(&mut self, x: &HostTensor) -> Result<Vec<Vec<f64>>> {
-        let Some((wt, bias, classes)) = self.spec.heads.fc.clone() else {
+        if self.spec.heads.fc.is_none() {
             bail!(
                 "{}",
                 super::gradcam::NEEDS_CLASSIFIER.replace("Grad-CAM", "--score logit")
             );
-        };
+        }
         let pooled = self.pooled(x)?;
+        // Borrowed, not cloned: this runs once per batch of perturbed images.
+        let (wt, bias, classes) = self.spec.heads.fc.as_ref().expect("checked above");
+        let classes = *classes;
         let mut out = Vec::with_capacity(pooled.len());
         for f in pooled {
             let c = f.len();

@@ -736,6 +736,8 @@ fn point(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> {
         }
         (sum / (s.h * s.w).max(1) as f64) as f32
     };
+    // atlas.json is read once per request (it can be large, and may be rewritten meanwhile).
+    let (doc, layer) = (atlas_doc(state), stage.to_string());
     let channels: Vec<Value> = order
         .iter()
         .map(|&c| {
@@ -744,7 +746,7 @@ fn point(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> {
                 "activation": at[c],
                 "share": if total > 0.0 { at[c] / total } else { 0.0 },
                 "mean": mean(c),
-                "atlas": atlas_crops(state, c, Some(&stage.to_string())),
+                "atlas": atlas_crops(state, doc.as_ref(), c, Some(&layer)),
             })
         })
         .collect();
@@ -811,7 +813,7 @@ fn point(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> {
         "total": total,
         "channels": channels,
         "concepts": concepts,
-        "atlas": atlas_summary(state),
+        "atlas": atlas_summary(state, doc.as_ref()),
     })))
 }
 
@@ -1014,13 +1016,18 @@ fn atlas_layer(doc: &Value) -> Option<&str> {
 /// layer than `layer` (its channel numbers would be another layer's). Without one: the crop
 /// files of the channel by name (`crops/<stem>.c<channel>.y<y>x<x>.png`, as `lafam-gpu atlas`
 /// names them; their `.heat.png` maps are left out).
-fn atlas_crops(state: &State, channel: usize, layer: Option<&str>) -> Vec<String> {
+fn atlas_crops(
+    state: &State,
+    doc: Option<&Value>,
+    channel: usize,
+    layer: Option<&str>,
+) -> Vec<String> {
     let Some(root) = state.atlas.as_deref() else {
         return Vec::new();
     };
-    let names: Vec<String> = match atlas_doc(state) {
+    let names: Vec<String> = match doc {
         Some(doc) => {
-            if layer.is_some_and(|l| atlas_layer(&doc).is_some_and(|a| a != l)) {
+            if layer.is_some_and(|l| atlas_layer(doc).is_some_and(|a| a != l)) {
                 return Vec::new();
             }
             let entry = doc["atlas"]["channels"].as_array().and_then(|chs| {
@@ -1068,14 +1075,13 @@ fn atlas_crops(state: &State, channel: usize, layer: Option<&str>) -> Vec<String
 }
 
 /// What the atlas directory holds: its index page and its concept layer (from atlas.json).
-fn atlas_summary(state: &State) -> Value {
+fn atlas_summary(state: &State, doc: Option<&Value>) -> Value {
     let Some(root) = state.atlas.as_deref() else {
         return Value::Null;
     };
-    let doc = atlas_doc(state);
     json!({
         "index": resolve_under(root, "index.html").map(|_| "/atlas/index.html"),
-        "concept_layer": doc.as_ref().and_then(atlas_layer),
+        "concept_layer": doc.and_then(atlas_layer),
     })
 }
 
@@ -1087,9 +1093,10 @@ fn atlas_list(state: &State, params: &[(String, String)]) -> Result<Reply, Bad> 
     let channel: usize = c
         .parse()
         .map_err(|_| Bad(400, format!("channel: '{c}' is not a channel number")))?;
+    let doc = atlas_doc(state);
     Ok(Reply::ok(json!({
         "channel": channel,
-        "crops": atlas_crops(state, channel, param(params, "layer")),
-        "atlas": atlas_summary(state),
+        "crops": atlas_crops(state, doc.as_ref(), channel, param(params, "layer")),
+        "atlas": atlas_summary(state, doc.as_ref()),
     })))
 }
